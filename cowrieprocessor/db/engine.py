@@ -1,0 +1,102 @@
+"""Engine factory with per-dialect defaults that an operator would otherwise forget.
+
+PostgreSQL: ``pool_pre_ping`` (a deploy often starts on connections that a proxy has
+silently dropped) and an ``application_name`` so the backends show up by name in
+``pg_stat_activity``.
+
+SQLite: foreign keys on (SQLite ignores them otherwise), WAL (readers never block the
+backfill's writer and vice versa), a busy timeout (wait for a lock rather than fail at
+once), and real transactions: the stdlib driver's implicit BEGIN is switched off and
+SQLAlchemy's own ``begin`` emits it, as SQLAlchemy's documentation recommends. A
+connection may ask for ``BEGIN IMMEDIATE`` with the execution option
+``sqlite_begin="IMMEDIATE"``: a batch that reads and then writes takes the write lock
+up front, so it waits politely instead of failing with SQLITE_BUSY half way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+from cowrieprocessor.settings import DatabaseSettings, SettingsError, parse_url
+
+_SQLITE_BEGIN_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
+
+
+def is_sqlite_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_engine_from_url(
+    url: str | URL,
+    *,
+    application_name: str = "cowrieprocessor",
+    sqlite_busy_timeout_ms: int = 30_000,
+    **kwargs: Any,
+) -> Engine:
+    """Create an engine for ``url`` with this project's per-dialect defaults."""
+    parsed = parse_url(url) if isinstance(url, str) else url
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        if parsed.get_driver_name() in ("psycopg2", "psycopg2cffi", ""):
+            connect_args.setdefault("application_name", application_name)
+        return create_engine(
+            parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs
+        )
+    if backend == "sqlite":
+        if not is_sqlite_memory(parsed) and parsed.database is not None:
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, **kwargs)
+        _install_sqlite_pragmas(engine, sqlite_busy_timeout_ms, wal=not is_sqlite_memory(parsed))
+        return engine
+    raise SettingsError(
+        f"unsupported database backend {backend!r}: use postgresql:// (13+) or sqlite:///"
+    )
+
+
+def create_engine_from_settings(settings: DatabaseSettings, **kwargs: Any) -> Engine:
+    """Create an engine from :class:`DatabaseSettings` (URL resolved in the documented order)."""
+    return create_engine_from_url(
+        settings.resolved_url,
+        application_name=settings.application_name,
+        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        **kwargs,
+    )
+
+
+def create_session_maker(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to ``engine`` (objects stay usable after commit)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy (see the module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # WAL + NORMAL is durable against application crashes (kill -9);
+                # only an OS crash can lose the very last commits.
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # Alembic's autocommit_block(): each statement commits on its own.
+        mode = str(options.get("sqlite_begin", "DEFERRED")).upper()
+        if mode not in _SQLITE_BEGIN_MODES:
+            raise SettingsError(f"sqlite_begin must be one of {sorted(_SQLITE_BEGIN_MODES)}")
+        conn.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,103 @@
+"""Database settings, resolved in one documented order.
+
+The URL comes from the first of these that is set:
+
+1. an explicit value (``--db URL`` on the command line, ``-x db=URL`` for Alembic,
+   or ``DatabaseSettings(url=...)`` in code);
+2. the ``COWRIE_DB_URL`` environment variable;
+3. the embedded default: a SQLite file at ``var/cowrie.sqlite`` inside the project
+   (its folder is created on demand), or ``$COWRIE_DATA_DIR/cowrie.sqlite`` when
+   ``COWRIE_DATA_DIR`` is set.
+
+Alembic's ``env.py`` and the ``cowrie-db`` CLI both call :func:`resolve_database_url`,
+so the two can never disagree about which database they touch. Whenever a URL is
+printed or logged it goes through :func:`mask_url` first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_URL = "COWRIE_DB_URL"
+ENV_DATA_DIR = "COWRIE_DATA_DIR"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SQLITE_NAME = "cowrie.sqlite"
+
+
+class SettingsError(ValueError):
+    """A database setting is unusable; the message names the setting and the problem."""
+
+
+def default_sqlite_path() -> Path:
+    """The embedded default database file (its folder is created on demand)."""
+    data_dir = os.environ.get(ENV_DATA_DIR)
+    base = Path(data_dir) if data_dir else PROJECT_ROOT / "var"
+    return base / DEFAULT_SQLITE_NAME
+
+
+def default_sqlite_url() -> str:
+    return f"sqlite:///{default_sqlite_path()}"
+
+
+def resolve_database_url(explicit: str | None = None) -> str:
+    """Return the URL to use: explicit, then ``COWRIE_DB_URL``, then the embedded default."""
+    for candidate in (explicit, os.environ.get(ENV_URL)):
+        if candidate is not None and candidate.strip():
+            return candidate.strip()
+    return default_sqlite_url()
+
+
+def parse_url(url: str) -> URL:
+    """Parse a URL, raising :class:`SettingsError` with the masked URL when it is malformed."""
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise SettingsError(f"database URL {mask_url(url)!r} is not a valid URL") from exc
+
+
+_PASSWORD_IN_TEXT = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@\s]*:)[^@\s]*@")
+
+
+def mask_url(url: str | URL) -> str:
+    """Render a URL with its password replaced by ``***``.
+
+    Works on anything: a parsed URL, a well-formed string, or a string that does not
+    parse (the regular expression still hides whatever sits between ``user:`` and ``@``).
+    """
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL must still never leak a password
+        return mask_secrets(url)
+
+
+def mask_secrets(text: str) -> str:
+    """Hide any ``scheme://user:password@`` password that appears inside free text."""
+    return _PASSWORD_IN_TEXT.sub(r"\g<head>***@", text)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the database is. ``url=None`` means: resolve it in the documented order."""
+
+    url: str | None = None
+    application_name: str = "cowrieprocessor"
+    sqlite_busy_timeout_ms: int = 30_000
+
+    @property
+    def resolved_url(self) -> str:
+        return resolve_database_url(self.url)
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.resolved_url)
+
+    def __repr__(self) -> str:  # never show a password in a traceback or a log line
+        return f"DatabaseSettings(url={self.masked_url!r})"
