@@ -106,5 +106,7 @@ def downgrade() -> None:
         return
     # SQLite cannot drop a column that a constraint mentions: rebuild the table.
     with op.batch_alter_table(TABLE, recreate="always") as batch:
+        if CK_NAME in _existing()[1]:
+            batch.drop_constraint(op.f(CK_NAME), type_="check")
         for name in COLUMNS:
             batch.drop_column(name)

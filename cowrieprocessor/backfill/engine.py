@@ -1,0 +1,643 @@
+"""The backfill engine: one implementation for the Alembic revision and the CLI.
+
+It walks ``session_id`` in key order, ``batch_size`` keys at a time. For each range it
+runs one set-based statement (resolve the canonical IP, join ``ip_inventory``, update
+only the NULL snapshot columns of matched sessions) and saves its position in the
+progress table, in one short transaction of its own. So:
+
+* no row lock is held longer than one batch, and no table lock is taken;
+* an interrupted run resumes after the last committed range, and ends with the same
+  data as an uninterrupted one (the statement only fills NULLs from the inventory,
+  so running a range twice is harmless);
+* transient failures (lock timeout, deadlock, serialization failure, a lost
+  connection, SQLite's "database is locked") are retried with exponential backoff; a
+  range that hits ``statement_timeout`` is split in two; a failure that persists stops
+  the run with :class:`BatchFailed`, naming the range and the cause.
+
+After the walk, a catch-up pass walks the keys again: sessions that the loader
+inserted into ranges already walked get their snapshots too. A run whose progress row
+says ``done`` is finished; the next run starts a fresh walk (it changes only what still
+needs changing).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from cowrieprocessor.backfill import progress, sql
+from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, Snapshot
+from cowrieprocessor.db.engine import create_engine_from_url, is_sqlite_memory
+from cowrieprocessor.settings import mask_secrets
+
+log = logging.getLogger("cowrieprocessor.backfill")
+
+BACKFILL_JOB = "snapshot_backfill"
+CLEAR_JOB = "snapshot_clear"
+ADVISORY_LOCK_KEY = 0x636F_7772_6965  # "cowrie": one backfill or clear at a time
+LOG_EVERY_S = 5.0
+STATEMENT_TIMEOUT = "statement timeout"
+SPLIT_ON = frozenset({STATEMENT_TIMEOUT})
+NONE: frozenset[str] = frozenset()
+
+# PostgreSQL SQLSTATEs worth a retry, and what to call them in a log line.
+PG_TRANSIENT = {
+    "55P03": "lock timeout",
+    "40P01": "deadlock",
+    "40001": "serialization failure",
+    "57014": STATEMENT_TIMEOUT,
+    "57P01": "connection lost",
+    "57P02": "connection lost",
+    "57P03": "connection lost",
+}
+
+
+class BackfillError(RuntimeError):
+    """The backfill cannot run or cannot finish; the message says why."""
+
+
+class BatchFailed(BackfillError):
+    """A range failed for good. Everything committed before it stays."""
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class BackfillInterrupted(BackfillError):
+    """Stopped on request between two batches; a rerun resumes."""
+
+
+@dataclass
+class BatchCounts:
+    candidates: int = 0
+    no_ip: int = 0
+    matched: int = 0
+    updated: int = 0
+
+    @property
+    def not_in_inventory(self) -> int:
+        return self.candidates - self.no_ip - self.matched
+
+
+@dataclass
+class BatchReport:
+    """Handed to ``on_batch`` after each committed (or, in a dry run, counted) range."""
+
+    job: str
+    phase: str
+    batch: int
+    lo: str | None
+    hi: str | None
+    counts: BatchCounts
+    seconds: float
+    done: int
+    total: int
+
+
+@dataclass
+class BackfillResult:
+    job: str
+    dry_run: bool
+    sessions_total: int
+    needing_at_start: int
+    inventory_size: int
+    rows_updated: int
+    matched: int
+    unmatched_no_ip: int
+    unmatched_not_in_inventory: int
+    batches: int
+    failed_batches: int
+    retries: int
+    splits: int
+    seconds: float
+    resumed: bool
+    batch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.sessions_total / self.seconds if self.seconds > 0 else 0.0
+
+
+def describe_range(lo: str | None, hi: str | None) -> str:
+    left = "(start" if lo is None else f"({lo!r}"
+    right = "end)" if hi is None else f"{hi!r}]"
+    return f"session_id range {left}, {right}"
+
+
+def classify(exc: BaseException, dialect: str) -> str | None:
+    """Name a transient failure, or None when retrying cannot help."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    if exc.connection_invalidated:
+        return "connection lost"
+    if dialect == "postgresql":
+        code = getattr(exc.orig, "pgcode", None)
+        if code in PG_TRANSIENT:
+            return PG_TRANSIENT[code]
+        if code is not None and code.startswith("08"):
+            return "connection lost"
+        if code is None and isinstance(exc, sa.exc.OperationalError):
+            return "connection lost"
+        return None
+    message = str(exc.orig).lower()
+    if "database is locked" in message or "database table is locked" in message:
+        return "database is locked"
+    return None
+
+
+class RangeWalker:
+    """Walks the key space of ``session_summaries`` and runs one statement per range."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        knobs: BackfillKnobs,
+        *,
+        job: str,
+        phases: tuple[str, ...] = (WALK,),
+        dry_run: bool = False,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.engine = engine
+        self.knobs = knobs
+        self.job = job
+        self.phases = phases
+        self.dry_run = dry_run
+        self.stop = stop or threading.Event()
+        self.on_batch = on_batch
+        self.sleep = sleep
+        self.dialect = engine.dialect.name
+        self.conn: Connection | None = None
+        self.state = JobState(job=job)
+        self.batch_seconds: list[float] = []
+        self._phase_total = 0
+        self._phase_started = time.monotonic()
+        self._phase_done_at_start = 0
+        self._last_log = 0.0
+
+    # -- connections ---------------------------------------------------------------
+
+    def connection(self) -> Connection:
+        if self.conn is None or self.conn.closed or self.conn.invalidated:
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = self.engine.connect()
+            if self.dialect == "postgresql":
+                self._take_advisory_lock(self.conn)
+        return self.conn
+
+    def _take_advisory_lock(self, conn: Connection) -> None:
+        got = conn.execute(
+            sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+        ).scalar()
+        conn.commit()
+        if not got:
+            holder = conn.execute(
+                sa.text(
+                    "SELECT a.pid, a.application_name FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.objid = (:key & 4294967295)"
+                ),
+                {"key": ADVISORY_LOCK_KEY},
+            ).first()
+            conn.commit()
+            who = f" (pid {holder[0]}, {holder[1]!r})" if holder else ""
+            raise BackfillError(
+                f"another backfill or clear is running on this database{who}; "
+                "wait for it to finish (cowrie-db status) or stop it first"
+            )
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def begin(self, conn: Connection) -> Any:
+        """A batch transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE)."""
+        if self.dialect == "sqlite" and not self.dry_run:
+            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        return conn.begin()
+
+    # -- retries -------------------------------------------------------------------
+
+    def retrying(
+        self, what: str, fn: Callable[[Connection], Any], *, fail_fast: frozenset[str] = NONE
+    ) -> Any:
+        """Run ``fn`` (one transaction's worth of work), retrying transient failures.
+
+        Failures whose kind is in ``fail_fast`` are raised at once (as BatchFailed with
+        that kind) so that the caller can react, e.g. split a range that timed out.
+        """
+        attempt = 0
+        while True:
+            conn = self.connection()
+            try:
+                return fn(conn)
+            except DBAPIError as exc:
+                if conn.in_transaction():
+                    conn.rollback()
+                kind = classify(exc, self.dialect)
+                if kind is None or kind in fail_fast or attempt >= self.knobs.max_retries:
+                    cause = kind or type(exc.orig).__name__
+                    detail = mask_secrets((str(exc.orig).strip().splitlines() or [""])[0])
+                    raise BatchFailed(
+                        f"{what} failed after {attempt + 1} attempt(s): {cause}: {detail}",
+                        kind,
+                    ) from exc
+                attempt += 1
+                self.state.retries += 1
+                delay = min(0.2 * 2 ** (attempt - 1), 10.0) * (0.5 + random.random() / 2)
+                log.warning("%s: %s, retry %d/%d in %.1f s", what, kind, attempt,
+                            self.knobs.max_retries, delay)
+                if kind == "connection lost":
+                    self.close()
+                self.sleep(delay)
+
+    # -- walking -------------------------------------------------------------------
+
+    def bound_after(self, lo: str | None, offset: int) -> str | None:
+        """The key ``offset`` places after ``lo`` (None: fewer keys remain)."""
+
+        def find(conn: Connection) -> str | None:
+            params: dict[str, Any] = {"offset": offset}
+            if lo is not None:
+                params["lo"] = lo
+            value = conn.execute(sql.next_bound(lo is not None), params).scalar()
+            conn.commit()
+            return None if value is None else str(value)
+
+        return self.retrying(f"finding the range after {lo!r}", find)  # type: ignore[no-any-return]
+
+    def count_range(self, lo: str | None, hi: str | None) -> int:
+        def count(conn: Connection) -> int:
+            n = conn.execute(sql.count_range(lo is not None, hi is not None),
+                             _params(lo, hi)).scalar_one()
+            conn.commit()
+            return int(n)
+
+        return self.retrying(f"counting {describe_range(lo, hi)}", count)  # type: ignore[no-any-return]
+
+    def walk(self, phase: str, run_range: Callable[[Connection, str | None, str | None],
+                                                     BatchCounts]) -> None:
+        """Walk every range of ``phase`` from the saved position to the end."""
+        self._start_phase(phase)
+        lo = self.state.last_key
+        while True:
+            if self.stop.is_set():
+                raise BackfillInterrupted(
+                    f"stopped after {describe_range(None, lo)}; rerun to resume"
+                )
+            hi = self.bound_after(lo, self.knobs.batch_size - 1)
+            self._process(phase, lo, hi, self.knobs.batch_size if hi is not None else None,
+                          run_range)
+            if hi is None:
+                return
+            lo = hi
+            if self.knobs.pause_ms:
+                self.sleep(self.knobs.pause_ms / 1000)
+
+    def _process(
+        self,
+        phase: str,
+        lo: str | None,
+        hi: str | None,
+        size: int | None,
+        run_range: Callable[[Connection, str | None, str | None], BatchCounts],
+    ) -> None:
+        pending: list[tuple[str | None, str | None, int | None]] = [(lo, hi, size)]
+        while pending:
+            r_lo, r_hi, r_size = pending.pop(0)
+            try:
+                self._commit_range(phase, r_lo, r_hi, r_size, run_range)
+            except BatchFailed as exc:
+                if exc.kind != STATEMENT_TIMEOUT:
+                    raise
+                if r_size is None:
+                    r_size = self.count_range(r_lo, r_hi)
+                if r_size <= 1:
+                    raise
+                half = r_size // 2
+                mid = self.bound_after(r_lo, half - 1)
+                if mid is None or mid == r_hi:
+                    raise
+                self.state.splits += 1
+                log.warning("%s hit statement_timeout (%d ms): splitting it in two",
+                            describe_range(r_lo, r_hi), self.knobs.statement_timeout)
+                pending[0:0] = [(r_lo, mid, half), (mid, r_hi, r_size - half)]
+
+    def _commit_range(
+        self,
+        phase: str,
+        lo: str | None,
+        hi: str | None,
+        size: int | None,
+        run_range: Callable[[Connection, str | None, str | None], BatchCounts],
+    ) -> None:
+        started = time.monotonic()
+        what = f"{self.job} {phase} batch {self.state.batches + 1}, {describe_range(lo, hi)}"
+
+        def attempt(conn: Connection) -> BatchCounts:
+            with self.begin(conn):
+                self._set_timeouts(conn)
+                counts = run_range(conn, lo, hi)
+                if not self.dry_run:
+                    self._advance(phase, hi, size, counts)
+                    progress.save(conn, self.state)
+            return counts
+
+        before = _copy_state(self.state)
+        try:
+            counts = self.retrying(what, attempt, fail_fast=SPLIT_ON)
+        except BaseException:
+            self.state = before  # the saved row was rolled back with the batch
+            raise
+        if self.dry_run:
+            self._advance(phase, hi, size, counts)
+        seconds = time.monotonic() - started
+        self.batch_seconds.append(seconds)
+        self._report(phase, lo, hi, counts, seconds)
+
+    def _advance(self, phase: str, hi: str | None, size: int | None, c: BatchCounts) -> None:
+        s = self.state
+        s.batches += 1
+        s.rows_updated += c.updated
+        s.sessions_walked = s.sessions_walked + size if size is not None else self._phase_total
+        # The catch-up pass sees again every session still lacking a snapshot: sessions
+        # it matches are new ones, and its unmatched counts replace the walk's.
+        s.matched += c.matched if phase == WALK else c.updated
+        s.unmatched_no_ip += c.no_ip
+        s.unmatched_not_in_inventory += c.not_in_inventory
+        s.last_key = hi
+        if hi is None:  # the last range of the phase: move on, atomically with it
+            following = self.phases[self.phases.index(phase) + 1:]
+            s.phase = following[0] if following else DONE
+            s.sessions_walked = 0
+            if s.phase == CATCHUP:
+                s.unmatched_no_ip = s.unmatched_not_in_inventory = 0
+            if s.phase == DONE:
+                s.finished_at = progress.utcnow()
+
+    def _set_timeouts(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(sql.PG_SET_TIMEOUTS, {
+                "lock_timeout": str(self.knobs.lock_timeout),
+                "statement_timeout": str(self.knobs.statement_timeout),
+            })
+
+    # -- reporting -----------------------------------------------------------------
+
+    def _start_phase(self, phase: str) -> None:
+        self._phase_total = self.state.sessions_total
+        self._phase_started = time.monotonic()
+        self._phase_done_at_start = self.state.sessions_walked
+        self._last_log = time.monotonic()
+
+    def snapshot(self, phase: str) -> Snapshot:
+        done = min(self.state.sessions_walked, self._phase_total) if phase != DONE else (
+            self._phase_total)
+        total = self._phase_total
+        elapsed = max(time.monotonic() - self._phase_started, 1e-9)
+        rate = (done - self._phase_done_at_start) / elapsed
+        eta = (total - done) / rate if rate > 0 else None
+        return Snapshot(
+            job=self.job, phase=phase, batch=self.state.batches, done=done, total=total,
+            percent=round(100.0 * done / total, 2) if total else 100.0,
+            rate=round(rate, 1), eta_seconds=None if eta is None else round(eta, 1),
+            started_at=self.state.started_at.isoformat(),
+            updated_at=progress.utcnow().isoformat(),
+            rows_updated=self.state.rows_updated, dry_run=self.dry_run,
+        )
+
+    def _report(self, phase: str, lo: str | None, hi: str | None, counts: BatchCounts,
+                seconds: float) -> None:
+        snap = self.snapshot(phase)
+        if self.knobs.status_file is not None:
+            progress.write_status_file(self.knobs.status_file, snap)
+        if self.on_batch is not None:
+            self.on_batch(BatchReport(self.job, phase, self.state.batches, lo, hi, counts,
+                                      seconds, snap.done, snap.total))
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_S or hi is None:
+            self._last_log = now
+            eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f} s"
+            log.info("%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated",
+                     self.job, phase, snap.done, snap.total, snap.percent, snap.rate, eta,
+                     self.state.rows_updated)
+
+
+def _copy_state(state: JobState) -> JobState:
+    return JobState(**state.as_row())
+
+
+def _params(lo: str | None, hi: str | None) -> dict[str, str]:
+    params = {}
+    if lo is not None:
+        params["lo"] = lo
+    if hi is not None:
+        params["hi"] = hi
+    return params
+
+
+# --- the two jobs ---------------------------------------------------------------------
+
+def _backfill_range(dialect: str, dry_run: bool) -> Callable[
+        [Connection, str | None, str | None], BatchCounts]:
+    def run_pg(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
+        stmt = (sql.pg_dry_run if dry_run else sql.pg_backfill)(lo is not None, hi is not None)
+        row = conn.execute(stmt, _params(lo, hi)).one()
+        return BatchCounts(int(row.candidates), int(row.no_ip), int(row.matched),
+                           int(row.updated))
+
+    def run_sqlite(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
+        conn.execute(sql.SQLITE_BATCH_TABLE)
+        conn.execute(sql.SQLITE_BATCH_CLEAR)
+        conn.execute(sql.sqlite_resolve(lo is not None, hi is not None), _params(lo, hi))
+        row = conn.execute(sql.SQLITE_COUNTS).one()
+        if dry_run:
+            updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
+        else:
+            updated = conn.execute(sql.SQLITE_UPDATE).rowcount
+        conn.execute(sql.SQLITE_BATCH_CLEAR)
+        return BatchCounts(int(row.candidates), int(row.no_ip), int(row.matched), updated)
+
+    return run_pg if dialect == "postgresql" else run_sqlite
+
+
+def _clear_range(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
+    updated = conn.execute(sql.clear_snapshots(lo is not None, hi is not None),
+                           _params(lo, hi)).rowcount
+    return BatchCounts(updated=updated)
+
+
+def _counts(conn: Connection) -> tuple[int, int, int]:
+    total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
+    needy = int(conn.execute(sql.COUNT_NEEDY).scalar_one())
+    inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
+    conn.commit()
+    return total, needy, inventory
+
+
+def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> bool:
+    """Load or start the job's state. Returns True when resuming an unfinished run."""
+
+    def setup(conn: Connection) -> JobState | None:
+        with conn.begin():
+            progress.ensure_table(conn)
+            if fresh_job_to_delete:
+                progress.delete(conn, fresh_job_to_delete)
+            return progress.load(conn, walker.job)
+
+    if walker.dry_run:
+        def peek(conn: Connection) -> JobState | None:
+            state = progress.load(conn, walker.job)
+            conn.commit()
+            return state
+        saved = walker.retrying("reading the progress table", peek)
+    else:
+        saved = walker.retrying("preparing the progress table", setup)
+    if saved is not None and saved.phase != DONE and not walker.dry_run:
+        walker.state = saved
+        return True
+    walker.state = JobState(job=walker.job)
+    return False
+
+
+def run_backfill(
+    engine: Engine,
+    knobs: BackfillKnobs,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> BackfillResult:
+    """Fill the five snapshot columns of every session that lacks them. See module doc."""
+    # A dry run walks once: without writes, a catch-up pass would only count twice.
+    phases = (WALK,) if dry_run else (WALK, CATCHUP)
+    walker = RangeWalker(engine, knobs, job=BACKFILL_JOB, phases=phases, dry_run=dry_run,
+                         stop=stop, on_batch=on_batch)
+    started = time.monotonic()
+    try:
+        resumed = _prepare(walker)
+        total, needy, inventory = walker.retrying("counting sessions", _counts)
+        walker.state.sessions_total = total
+        log.info(
+            "%sbackfill: %d sessions, %d need snapshots, %d IPs in inventory; batch_size=%d%s",
+            "DRY RUN (no changes) - " if dry_run else "", total, needy, inventory,
+            knobs.batch_size,
+            f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
+        )
+        run_range = _backfill_range(walker.dialect, dry_run)
+        for phase in phases:
+            if walker.state.phase == phase:
+                walker.walk(phase, run_range)
+    finally:
+        walker.close()
+    s = walker.state
+    result = BackfillResult(
+        job=BACKFILL_JOB, dry_run=dry_run, sessions_total=total, needing_at_start=needy,
+        inventory_size=inventory, rows_updated=s.rows_updated, matched=s.matched,
+        unmatched_no_ip=s.unmatched_no_ip,
+        unmatched_not_in_inventory=s.unmatched_not_in_inventory, batches=s.batches,
+        failed_batches=0, retries=s.retries, splits=s.splits,
+        seconds=time.monotonic() - started, resumed=resumed,
+        batch_seconds=walker.batch_seconds,
+    )
+    log_summary(result)
+    return result
+
+
+def log_summary(r: BackfillResult) -> None:
+    verb = "would update" if r.dry_run else "updated"
+    log.info("=" * 60)
+    log.info("Backfill %s: %s %d sessions of %d", "dry run complete" if r.dry_run else
+             "complete", verb, r.rows_updated, r.sessions_total)
+    if not r.dry_run:
+        log.info("Matched in inventory: %d; unmatched: %d (no canonical IP: %d, IP not in "
+                 "inventory: %d)", r.matched,
+                 r.unmatched_no_ip + r.unmatched_not_in_inventory, r.unmatched_no_ip,
+                 r.unmatched_not_in_inventory)
+    log.info("Batches: %d, failed batches: %d, retries: %d, ranges split: %d",
+             r.batches, r.failed_batches, r.retries, r.splits)
+    log.info("Total time: %.1f s, average rate: %.0f sessions/s", r.seconds, r.rate)
+    log.info("=" * 60)
+
+
+@dataclass
+class ClearResult:
+    rows_cleared: int
+    batches: int
+    seconds: float
+
+
+def clear_snapshots(
+    engine: Engine,
+    knobs: BackfillKnobs,
+    *,
+    stop: threading.Event | None = None,
+    drop_progress_table: bool = True,
+) -> ClearResult:
+    """NULL the five snapshot columns of every session, batch by batch (the downgrade).
+
+    The backfill's progress row is deleted first, so a later upgrade starts afresh
+    even if this is interrupted; the clear's own row lets a rerun resume.
+    """
+    walker = RangeWalker(engine, knobs, job=CLEAR_JOB, stop=stop)
+    started = time.monotonic()
+    try:
+        resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
+        total, _needy, _inv = walker.retrying("counting sessions", _counts)
+        walker.state.sessions_total = total
+        log.info("clearing snapshots: %d sessions%s", total,
+                 f"; resuming after {walker.state.last_key!r}" if resumed else "")
+        if walker.state.phase == WALK:
+            walker.walk(WALK, _clear_range)
+        if drop_progress_table:
+            walker.retrying("dropping the progress table", _drop_progress)
+    finally:
+        walker.close()
+    seconds = time.monotonic() - started
+    log.info("Cleared snapshot columns in %d rows, %d batches, %.1f s",
+             walker.state.rows_updated, walker.state.batches, seconds)
+    return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
+
+
+def _drop_progress(conn: Connection) -> None:
+    with conn.begin():
+        progress.drop_table(conn)
+
+
+# --- from inside an Alembic revision -------------------------------------------------
+
+def engine_for_bind(bind: Connection, knobs: BackfillKnobs) -> Engine:
+    """A separate engine on the migration's database, for the batches' own connections.
+
+    Batches run on their own connections so that a lost connection can be replaced
+    and retried; Alembic's connection, idle meanwhile, stamps the revision at the end.
+    """
+    url = bind.engine.url
+    if is_sqlite_memory(url):
+        raise BackfillError(
+            "the backfill needs a database file or server; an in-memory SQLite "
+            "database cannot be shared with the batch connections"
+        )
+    return create_engine_from_url(
+        url,
+        application_name="cowrie-backfill",
+        sqlite_busy_timeout_ms=knobs.lock_timeout,
+        pool_size=1,
+        max_overflow=1,
+    )

@@ -1,0 +1,90 @@
+"""Backfill the five snapshot columns of session_summaries from ip_inventory.
+
+Revision ID: 0003_backfill_session_snapshots
+Revises: 0002_snapshot_columns
+Create Date: 2026-11-27
+
+The story: 1.68M sessions were ingested without their snapshot columns, while their
+IPs sit enriched in ``ip_inventory``. This revision fills, for every session whose
+canonical IP is in the inventory, each snapshot column that is still NULL:
+``source_ip``, ``snapshot_asn``, ``snapshot_country``, ``snapshot_ip_type``,
+``enrichment_at``. Nothing that has a value is overwritten; unmatched sessions keep
+NULLs.
+
+How: it walks ``session_id`` in ranges of ``batch_size`` keys, one set-based
+``UPDATE ... FROM ip_inventory`` per range, each committed on its own (outside the
+migration's transaction, in ``autocommit_block()``) together with its progress
+record. Progress is logged every few seconds; an interrupted upgrade resumes where it
+stopped. The engine is :mod:`cowrieprocessor.backfill`, shared with ``cowrie-db
+backfill``; it carries its own SQL and never imports the ORM models.
+
+Knobs (``-x name=value`` or ``COWRIE_BACKFILL_<NAME>``): ``batch_size``,
+``pause_ms``, ``lock_timeout``, ``statement_timeout``, ``max_retries``,
+``status_file``. They are validated before anything is written.
+
+Offline (``--sql``): PostgreSQL gets a DO block running the same batches with a
+COMMIT after each; SQLite gets one statement over the whole table.
+"""
+
+import os
+from collections.abc import Sequence
+
+from alembic import context, op
+
+from cowrieprocessor.backfill import (
+    BackfillKnobs,
+    clear_snapshots,
+    engine_for_bind,
+    run_backfill,
+)
+from cowrieprocessor.backfill import sql as backfill_sql
+from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+
+revision: str = "0003_backfill_session_snapshots"
+down_revision: str | Sequence[str] | None = "0002_snapshot_columns"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def _knobs() -> BackfillKnobs:
+    return BackfillKnobs.from_sources(context.get_x_argument(as_dictionary=True), os.environ)
+
+
+def upgrade() -> None:
+    """Fill the NULL snapshot columns of every matched session, batch by batch."""
+    knobs = _knobs()  # a bad knob fails here, before any write
+    migration = op.get_context()
+    if migration.as_sql:
+        with migration.autocommit_block():
+            if migration.dialect.name == "postgresql":
+                op.execute(backfill_sql.pg_offline_backfill(knobs.batch_size))
+            else:
+                for statement in backfill_sql.sqlite_offline_backfill():
+                    op.execute(statement)
+        return
+    engine = engine_for_bind(op.get_bind(), knobs)
+    try:
+        with migration.autocommit_block():
+            run_backfill(engine, knobs)
+    finally:
+        engine.dispose()
+
+
+def downgrade() -> None:
+    """NULL the five snapshot columns in every session, batch by batch."""
+    knobs = _knobs()
+    migration = op.get_context()
+    if migration.as_sql:
+        with migration.autocommit_block():
+            if migration.dialect.name == "postgresql":
+                op.execute(backfill_sql.pg_offline_clear(knobs.batch_size))
+            else:
+                op.execute(backfill_sql.offline_clear_all())
+            op.execute(f"DROP TABLE IF EXISTS {PROGRESS_TABLE}")
+        return
+    engine = engine_for_bind(op.get_bind(), knobs)
+    try:
+        with migration.autocommit_block():
+            clear_snapshots(engine, knobs)
+    finally:
+        engine.dispose()
