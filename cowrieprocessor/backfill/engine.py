@@ -46,6 +46,7 @@ BACKFILL_JOB = "snapshot_backfill"
 CLEAR_JOB = "snapshot_clear"
 ADVISORY_LOCK_KEY = 0x636F_7772_6965  # "cowrie": one backfill or clear at a time
 LOG_EVERY_S = 5.0
+ADVISORY_LOCK_WAIT_S = 5.0
 STATEMENT_TIMEOUT = "statement timeout"
 SPLIT_ON = frozenset({STATEMENT_TIMEOUT})
 NONE: frozenset[str] = frozenset()
@@ -200,10 +201,17 @@ class RangeWalker:
         return self.conn
 
     def _take_advisory_lock(self, conn: Connection) -> None:
-        got = conn.execute(
-            sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-        ).scalar()
-        conn.commit()
+        # A backend that was just terminated (our own, after a lost connection) can
+        # hold the lock for a moment while it exits: allow it a few seconds.
+        deadline = time.monotonic() + ADVISORY_LOCK_WAIT_S
+        while True:
+            got = conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            ).scalar()
+            conn.commit()
+            if got or time.monotonic() >= deadline:
+                break
+            self.sleep(0.2)
         if not got:
             holder = conn.execute(
                 sa.text(
@@ -222,7 +230,20 @@ class RangeWalker:
             )
 
     def close(self) -> None:
-        if self.conn is not None:
+        """Release the advisory lock (it is per session, and pooled sessions live on)."""
+        if self.conn is None:
+            return
+        try:
+            if self.dialect == "postgresql" and not self.conn.invalidated:
+                if self.conn.in_transaction():
+                    self.conn.rollback()
+                self.conn.execute(
+                    sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                )
+                self.conn.commit()
+        except DBAPIError:
+            pass  # a dead session holds no lock
+        finally:
             self.conn.close()
             self.conn = None
 
@@ -406,10 +427,10 @@ class RangeWalker:
         self._phase_done_at_start = self.state.sessions_walked
         self._last_log = time.monotonic()
 
-    def snapshot(self, phase: str) -> Snapshot:
-        done = min(self.state.sessions_walked, self._phase_total) if phase != DONE else (
-            self._phase_total)
+    def snapshot(self, phase: str, *, complete: bool = False) -> Snapshot:
+        """Progress within ``phase``; ``complete`` once its last range has committed."""
         total = self._phase_total
+        done = total if complete or phase == DONE else min(self.state.sessions_walked, total)
         elapsed = max(time.monotonic() - self._phase_started, 1e-9)
         rate = (done - self._phase_done_at_start) / elapsed
         eta = (total - done) / rate if rate > 0 else None
@@ -424,7 +445,7 @@ class RangeWalker:
 
     def _report(self, phase: str, lo: str | None, hi: str | None, counts: BatchCounts,
                 seconds: float) -> None:
-        snap = self.snapshot(phase)
+        snap = self.snapshot(phase, complete=hi is None)
         if self.knobs.status_file is not None:
             progress.write_status_file(self.knobs.status_file, snap)
         if self.on_batch is not None:
@@ -544,6 +565,8 @@ def run_backfill(
         for phase in phases:
             if walker.state.phase == phase:
                 walker.walk(phase, run_range)
+        if knobs.status_file is not None:
+            progress.write_status_file(knobs.status_file, walker.snapshot(DONE))
     finally:
         walker.close()
     s = walker.state

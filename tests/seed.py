@@ -1,0 +1,142 @@
+"""Small, explicit test data, inserted with SQLAlchemy Core (no ORM sessions)."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+
+from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.db.models import ASNInventory, IPInventory, RawEvent, SessionSummary
+from tests.helpers import alembic_config
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+SNAPSHOT = ("source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type", "enrichment_at")
+
+asn_t = ASNInventory.__table__
+ip_t = IPInventory.__table__
+sess_t = SessionSummary.__table__
+ev_t = RawEvent.__table__
+
+
+def migrate(url: str, target: str) -> None:
+    command.upgrade(alembic_config(url), target)
+
+
+def at_0002(url: str) -> sa.Engine:
+    """Migrate ``url`` to 0002 (columns present, no backfill) and return an engine."""
+    migrate(url, "0002_snapshot_columns")
+    return create_engine_from_url(url)
+
+
+def add_asn(conn: sa.Connection, asn: int, name: str = "AS", country: str = "CN") -> None:
+    conn.execute(sa.insert(asn_t).values(
+        asn_number=asn, organization_name=name, organization_country=country,
+        first_seen=T0, last_seen=T0,
+    ))
+
+
+def add_ip(
+    conn: sa.Connection,
+    ip: str,
+    *,
+    asn: int | None = 4134,
+    country: Any = "CN",
+    ip_types: list[str] | None = None,
+    updated_at: datetime | None = T0,
+    enrichment: Any = None,
+) -> None:
+    if enrichment is None:
+        enrichment = {} if country is None else {"maxmind": {"country": country}}
+    conn.execute(sa.insert(ip_t).values(
+        ip_address=ip, current_asn=asn, first_seen=T0, last_seen=T0,
+        enrichment=enrichment, enrichment_updated_at=updated_at,
+        ip_types=ip_types if ip_types is not None else ["DATACENTER"],
+    ))
+
+
+def add_session(
+    conn: sa.Connection,
+    session_id: str,
+    *,
+    meta_ip: Any = None,
+    enrichment: Any = None,
+    **snapshot: Any,
+) -> None:
+    if enrichment is None and meta_ip is not None:
+        enrichment = {"session_metadata": {"source_ip": meta_ip}}
+    conn.execute(sa.insert(sess_t).values(
+        session_id=session_id, first_event_at=T0, enrichment=enrichment, **snapshot
+    ))
+
+
+def add_event(
+    conn: sa.Connection,
+    session_id: str,
+    src_ip: Any,
+    *,
+    at: datetime | None = T0,
+    event_id: int | None = None,
+    payload: Any = None,
+) -> None:
+    if payload is None:
+        payload = {"eventid": "cowrie.session.connect", "session": session_id}
+        if src_ip is not None:
+            payload["src_ip"] = src_ip
+    values: dict[str, Any] = dict(
+        source="/var/log/cowrie/cowrie.json", payload=payload, session_id=session_id,
+        event_type="cowrie.session.connect", event_timestamp=at,
+    )
+    if event_id is not None:
+        values["id"] = event_id
+    conn.execute(sa.insert(ev_t).values(**values))
+
+
+def snapshots(engine: sa.Engine) -> dict[str, tuple[Any, ...]]:
+    """session_id -> the five snapshot columns, for comparing whole tables."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(sess_t.c.session_id, *(sess_t.c[c] for c in SNAPSHOT))
+            .order_by(sess_t.c.session_id)
+        ).all()
+    return {r[0]: tuple(_norm(v) for v in r[1:]) for r in rows}
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value
+
+
+def seed_random(conn: sa.Connection, sessions: int, ips: int, seed: int = 7) -> None:
+    """A deterministic mixed dataset: metadata IPs, raw-event-only, unmatched, IPv6."""
+    rng = random.Random(seed)
+    for asn in (4134, 4837, 14061, 16509):
+        add_asn(conn, asn)
+    countries = ["CN", "US", "RU", "BR", "XX", "de", None]
+    inventory = []
+    for n in range(ips):
+        ip = f"10.{n // 65536}.{(n // 256) % 256}.{n % 256}" if n % 10 else f"2001:db8::{n:x}"
+        inventory.append(ip)
+        add_ip(conn, ip, asn=rng.choice([4134, 4837, 14061, 16509, None]),
+               country=rng.choice(countries),
+               ip_types=rng.choice([["VPN", "DATACENTER"], ["RESIDENTIAL"], []]),
+               updated_at=T0 + timedelta(days=rng.randrange(300)))
+    for n in range(sessions):
+        sid = f"{rng.getrandbits(48):012x}"
+        roll = rng.random()
+        ip = rng.choice(inventory) if roll > 0.02 else f"192.0.2.{n % 250}"
+        if roll < 0.9:
+            add_session(conn, sid, meta_ip=f" {ip.upper()} " if n % 7 == 0 else ip)
+        else:  # known only from raw events
+            add_session(conn, sid, enrichment={"session_metadata": {}})
+            add_event(conn, sid, ip, at=T0 + timedelta(seconds=n))
+            add_event(conn, sid, "203.0.113.9", at=T0 + timedelta(seconds=n + 5))
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
