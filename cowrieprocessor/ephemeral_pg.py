@@ -90,9 +90,7 @@ class EphemeralPostgres:
         cmd = list(args)
         if self._user is not None:
             cmd = ["runuser", "-u", self._user, "--", *cmd]
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
     def start(self) -> str:
         self._bindir = find_bindir()
@@ -103,8 +101,14 @@ class EphemeralPostgres:
             os.chown(self.basedir, entry.pw_uid, entry.pw_gid)
         data = self.basedir / "data"
         init = self._run(
-            str(self._bindir / "initdb"), "-D", str(data), "-U", "postgres",
-            "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
+            str(self._bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
         )
         if init.returncode != 0:
             self.stop()
@@ -126,9 +130,17 @@ class EphemeralPostgres:
             self.port = _free_port()
             options = " ".join(f"-c {k}={v}" for k, v in settings.items())
             started = self._run(
-                str(self._bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60",
-                "-l", str(self.basedir / "server.log"),
-                "-o", f"-p {self.port} {options}", "start",
+                str(self._bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.basedir / "server.log"),
+                "-o",
+                f"-p {self.port} {options}",
+                "start",
             )
             if started.returncode == 0:
                 return self.url

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -17,10 +17,10 @@ from tests.helpers import alembic_config
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 SNAPSHOT = ("source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type", "enrichment_at")
 
-asn_t = ASNInventory.__table__
-ip_t = IPInventory.__table__
-sess_t = SessionSummary.__table__
-ev_t = RawEvent.__table__
+asn_t = cast(sa.Table, ASNInventory.__table__)
+ip_t = cast(sa.Table, IPInventory.__table__)
+sess_t = cast(sa.Table, SessionSummary.__table__)
+ev_t = cast(sa.Table, RawEvent.__table__)
 
 
 def migrate(url: str, target: str) -> None:
@@ -34,10 +34,15 @@ def at_0002(url: str) -> sa.Engine:
 
 
 def add_asn(conn: sa.Connection, asn: int, name: str = "AS", country: str = "CN") -> None:
-    conn.execute(sa.insert(asn_t).values(
-        asn_number=asn, organization_name=name, organization_country=country,
-        first_seen=T0, last_seen=T0,
-    ))
+    conn.execute(
+        sa.insert(asn_t).values(
+            asn_number=asn,
+            organization_name=name,
+            organization_country=country,
+            first_seen=T0,
+            last_seen=T0,
+        )
+    )
 
 
 def add_ip(
@@ -52,11 +57,17 @@ def add_ip(
 ) -> None:
     if enrichment is None:
         enrichment = {} if country is None else {"maxmind": {"country": country}}
-    conn.execute(sa.insert(ip_t).values(
-        ip_address=ip, current_asn=asn, first_seen=T0, last_seen=T0,
-        enrichment=enrichment, enrichment_updated_at=updated_at,
-        ip_types=ip_types if ip_types is not None else ["DATACENTER"],
-    ))
+    conn.execute(
+        sa.insert(ip_t).values(
+            ip_address=ip,
+            current_asn=asn,
+            first_seen=T0,
+            last_seen=T0,
+            enrichment=enrichment,
+            enrichment_updated_at=updated_at,
+            ip_types=ip_types if ip_types is not None else ["DATACENTER"],
+        )
+    )
 
 
 def add_session(
@@ -69,9 +80,11 @@ def add_session(
 ) -> None:
     if enrichment is None and meta_ip is not None:
         enrichment = {"session_metadata": {"source_ip": meta_ip}}
-    conn.execute(sa.insert(sess_t).values(
-        session_id=session_id, first_event_at=T0, enrichment=enrichment, **snapshot
-    ))
+    conn.execute(
+        sa.insert(sess_t).values(
+            session_id=session_id, first_event_at=T0, enrichment=enrichment, **snapshot
+        )
+    )
 
 
 def add_event(
@@ -88,8 +101,11 @@ def add_event(
         if src_ip is not None:
             payload["src_ip"] = src_ip
     values: dict[str, Any] = dict(
-        source="/var/log/cowrie/cowrie.json", payload=payload, session_id=session_id,
-        event_type="cowrie.session.connect", event_timestamp=at,
+        source="/var/log/cowrie/cowrie.json",
+        payload=payload,
+        session_id=session_id,
+        event_type="cowrie.session.connect",
+        event_timestamp=at,
     )
     if event_id is not None:
         values["id"] = event_id
@@ -100,8 +116,9 @@ def snapshots(engine: sa.Engine) -> dict[str, tuple[Any, ...]]:
     """session_id -> the five snapshot columns, for comparing whole tables."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(sess_t.c.session_id, *(sess_t.c[c] for c in SNAPSHOT))
-            .order_by(sess_t.c.session_id)
+            sa.select(sess_t.c.session_id, *(sess_t.c[c] for c in SNAPSHOT)).order_by(
+                sess_t.c.session_id
+            )
         ).all()
     return {r[0]: tuple(_norm(v) for v in r[1:]) for r in rows}
 
@@ -122,10 +139,14 @@ def seed_random(conn: sa.Connection, sessions: int, ips: int, seed: int = 7) -> 
     for n in range(ips):
         ip = f"10.{n // 65536}.{(n // 256) % 256}.{n % 256}" if n % 10 else f"2001:db8::{n:x}"
         inventory.append(ip)
-        add_ip(conn, ip, asn=rng.choice([4134, 4837, 14061, 16509, None]),
-               country=rng.choice(countries),
-               ip_types=rng.choice([["VPN", "DATACENTER"], ["RESIDENTIAL"], []]),
-               updated_at=T0 + timedelta(days=rng.randrange(300)))
+        add_ip(
+            conn,
+            ip,
+            asn=rng.choice([4134, 4837, 14061, 16509, None]),
+            country=rng.choice(countries),
+            ip_types=rng.choice([["VPN", "DATACENTER"], ["RESIDENTIAL"], []]),
+            updated_at=T0 + timedelta(days=rng.randrange(300)),
+        )
     for n in range(sessions):
         sid = f"{rng.getrandbits(48):012x}"
         roll = rng.random()

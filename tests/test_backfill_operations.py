@@ -72,17 +72,31 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
     db_url: str, reference: dict[str, tuple[object, ...]]
 ) -> None:
     engine = seeded(db_url, 3000, 300)
-    cmd = [str(ALEMBIC_BIN), "-c", str(PROJECT_ROOT / "alembic.ini"), "-x", f"db={db_url}",
-           "-x", "batch_size=50", "-x", "pause_ms=20", "upgrade", "head"]
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        str(ALEMBIC_BIN),
+        "-c",
+        str(PROJECT_ROOT / "alembic.ini"),
+        "-x",
+        f"db={db_url}",
+        "-x",
+        "batch_size=50",
+        "-x",
+        "pause_ms=20",
+        "upgrade",
+        "head",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     batches = 0
     while time.monotonic() < deadline and proc.poll() is None:
         with engine.connect() as conn:
             if sa.inspect(conn).has_table(PROGRESS_TABLE):
-                batches = conn.execute(sa.text(f"SELECT max(batches) FROM {PROGRESS_TABLE}")
-                                       ).scalar() or 0
+                batches = (
+                    conn.execute(sa.text(f"SELECT max(batches) FROM {PROGRESS_TABLE}")).scalar()
+                    or 0
+                )
         if batches >= 15:
             proc.send_signal(signal.SIGKILL)
             break
@@ -152,9 +166,13 @@ def test_bad_knob_fails_before_any_write(
 def test_progress_is_logged_and_the_status_file_is_json(db_url: str, tmp_path: Path) -> None:
     engine = seeded(db_url)
     status = tmp_path / "status.json"
-    out = run_alembic(db_url, "upgrade", BACKFILL,
-                      env={"COWRIE_BACKFILL_STATUS_FILE": str(status)},
-                      x={"batch_size": "100"})
+    out = run_alembic(
+        db_url,
+        "upgrade",
+        BACKFILL,
+        env={"COWRIE_BACKFILL_STATUS_FILE": str(status)},
+        x={"batch_size": "100"},
+    )
     assert out.returncode == 0, out.stderr
     log = out.stderr
     assert "400 sessions, 400 need snapshots, 60 IPs in inventory; batch_size=100" in log
@@ -206,27 +224,35 @@ def test_offline_sql_of_the_data_revision(sqlite_url: str) -> None:
     lite = run_alembic(sqlite_url, "upgrade", "0002_snapshot_columns:head", "--sql")
     assert lite.returncode == 0, lite.stderr
     assert "UPDATE session_summaries AS s SET" in lite.stdout
-    down = run_alembic("postgresql://u:pw@h/db", "downgrade", "head:0002_snapshot_columns",
-                       "--sql")
+    down = run_alembic("postgresql://u:pw@h/db", "downgrade", "head:0002_snapshot_columns", "--sql")
     assert down.returncode == 0, down.stderr
     assert f"DROP TABLE IF EXISTS {PROGRESS_TABLE}" in down.stdout
 
 
 # --- PostgreSQL faults -------------------------------------------------------------------
 
+
 @pytest.mark.postgres
 def test_lock_contention_stops_with_the_range_named_then_resumes(pg_url: str) -> None:
     engine = seeded(pg_url)
     locker = create_engine_from_url(pg_url).connect()
     with engine.connect() as conn:
-        keys = conn.execute(sa.text(
-            "SELECT session_id FROM session_summaries ORDER BY session_id")).scalars().all()
+        keys = (
+            conn.execute(sa.text("SELECT session_id FROM session_summaries ORDER BY session_id"))
+            .scalars()
+            .all()
+        )
     victim = keys[250]
-    locker.execute(sa.text("SELECT 1 FROM session_summaries WHERE session_id = :k FOR UPDATE"),
-                   {"k": victim})  # held until rollback below
+    locker.execute(
+        sa.text("SELECT 1 FROM session_summaries WHERE session_id = :k FOR UPDATE"), {"k": victim}
+    )  # held until rollback below
     try:
-        out = run_alembic(pg_url, "upgrade", "head",
-                          x={"batch_size": "100", "lock_timeout": "100", "max_retries": "2"})
+        out = run_alembic(
+            pg_url,
+            "upgrade",
+            "head",
+            x={"batch_size": "100", "lock_timeout": "100", "max_retries": "2"},
+        )
         assert out.returncode != 0
         assert "lock timeout" in out.stderr
         assert f"session_id range ({keys[199]!r}, {keys[299]!r}]" in out.stderr
@@ -247,12 +273,18 @@ def test_lock_contention_stops_with_the_range_named_then_resumes(pg_url: str) ->
 def test_statement_timeout_splits_the_range_and_completes(pg_url: str) -> None:
     engine = seeded(pg_url, 200, 30)
     with engine.begin() as conn:  # every row written costs 5 ms: 100-row batches time out
-        conn.execute(sa.text(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$"))
-        conn.execute(sa.text(
-            "CREATE TRIGGER slow BEFORE UPDATE ON session_summaries "
-            "FOR EACH ROW EXECUTE FUNCTION slow()"))
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER slow BEFORE UPDATE ON session_summaries "
+                "FOR EACH ROW EXECUTE FUNCTION slow()"
+            )
+        )
     result = run_backfill(engine, BackfillKnobs(batch_size=100, statement_timeout=150))
     assert result.splits >= 2
     filled = sum(1 for s in snapshots(engine).values() if s[0])
@@ -269,9 +301,12 @@ def test_lost_connection_is_retried_and_the_run_completes(pg_url: str) -> None:
     def kill_backend(report: BatchReport) -> None:
         if report.batch == 3 and not killed.is_set():
             with engine.connect() as conn:
-                n = conn.execute(sa.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'cowrie-backfill-victim'")).scalar()
+                n = conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = 'cowrie-backfill-victim'"
+                    )
+                ).scalar()
                 conn.commit()
             assert n == 1
             killed.set()
@@ -312,10 +347,15 @@ def test_covering_index_serves_the_runbook_query_index_only(pg_url: str) -> None
         # A small table: make the planner show what the index can do, not what is cheapest.
         conn.execute(sa.text("SET enable_seqscan = off"))
         conn.execute(sa.text("SET enable_bitmapscan = off"))
-        plan = "\n".join(conn.execute(sa.text(
-            "EXPLAIN (ANALYZE, COSTS OFF) SELECT session_id, snapshot_country, snapshot_asn "
-            "FROM session_summaries WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
-        )).scalars())
+        plan = "\n".join(
+            conn.execute(
+                sa.text(
+                    "EXPLAIN (ANALYZE, COSTS OFF) "
+                    "SELECT session_id, snapshot_country, snapshot_asn FROM session_summaries "
+                    "WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
+                )
+            ).scalars()
+        )
     assert "Index Only Scan using ix_session_summaries_snapshot_country_snapshot_asn" in plan
     assert "Heap Fetches: 0" in plan
     assert "rows=200" in plan
@@ -323,8 +363,11 @@ def test_covering_index_serves_the_runbook_query_index_only(pg_url: str) -> None
 
 
 def test_batch_failed_names_range_and_cause() -> None:
-    err = BatchFailed("snapshot_backfill walk batch 3, session_id range ('a', 'b'] failed "
-                      "after 6 attempt(s): lock timeout: ...", "lock timeout")
+    err = BatchFailed(
+        "snapshot_backfill walk batch 3, session_id range ('a', 'b'] failed "
+        "after 6 attempt(s): lock timeout: ...",
+        "lock timeout",
+    )
     assert err.kind == "lock timeout"
     assert "('a', 'b']" in str(err)
 

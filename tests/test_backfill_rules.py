@@ -49,8 +49,14 @@ def ts(days: int = 0) -> str:
 
 def test_fills_all_five_columns_of_a_matched_session(backfilled: Any) -> None:
     def seed(conn: sa.Connection) -> None:
-        add_ip(conn, "1.2.3.4", asn=4134, country="CN", ip_types=["VPN", "DATACENTER"],
-               updated_at=T0 + timedelta(days=3))
+        add_ip(
+            conn,
+            "1.2.3.4",
+            asn=4134,
+            country="CN",
+            ip_types=["VPN", "DATACENTER"],
+            updated_at=T0 + timedelta(days=3),
+        )
         add_session(conn, "a1b2c3d4e5f6", meta_ip="1.2.3.4")
 
     assert backfilled(seed)["a1b2c3d4e5f6"] == ("1.2.3.4", 4134, "CN", "VPN", ts(3))
@@ -111,10 +117,17 @@ def test_falls_back_to_src_ip_of_the_earliest_event(backfilled: Any) -> None:
 def test_does_not_overwrite_existing_snapshot_values(backfilled: Any) -> None:
     def seed(conn: sa.Connection) -> None:
         add_ip(conn, "1.1.1.1", asn=4134, country="CN", ip_types=["TOR"])
-        add_session(conn, "partial", meta_ip="1.1.1.1", snapshot_asn=9999,
-                    snapshot_country="NL")
-        add_session(conn, "full", meta_ip="1.1.1.1", source_ip="1.1.1.1", snapshot_asn=1,
-                    snapshot_country="DE", snapshot_ip_type="MOBILE", enrichment_at=T0)
+        add_session(conn, "partial", meta_ip="1.1.1.1", snapshot_asn=9999, snapshot_country="NL")
+        add_session(
+            conn,
+            "full",
+            meta_ip="1.1.1.1",
+            source_ip="1.1.1.1",
+            snapshot_asn=1,
+            snapshot_country="DE",
+            snapshot_ip_type="MOBILE",
+            enrichment_at=T0,
+        )
 
     got = backfilled(seed)
     assert got["partial"] == ("1.1.1.1", 9999, "NL", "TOR", ts())
@@ -211,12 +224,18 @@ def test_empty_string_and_odd_session_ids_are_backfilled(db_url: str) -> None:
         {"session_metadata": {"source_ip": ""}},
         {"session_metadata": {"source_ip": None}},
     ],
-    ids=["array", "string", "number", "meta-array", "meta-string", "ip-number", "ip-empty",
-         "ip-null"],
+    ids=[
+        "array",
+        "string",
+        "number",
+        "meta-array",
+        "meta-string",
+        "ip-number",
+        "ip-empty",
+        "ip-null",
+    ],
 )
-def test_unusable_enrichment_falls_through_to_raw_events(
-    backfilled: Any, enrichment: Any
-) -> None:
+def test_unusable_enrichment_falls_through_to_raw_events(backfilled: Any, enrichment: Any) -> None:
     def seed(conn: sa.Connection) -> None:
         add_ip(conn, "1.1.1.1")
         add_ip(conn, "2.2.2.2")

@@ -37,7 +37,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_head_then_downgrade_base_leaves_an_empty_schema(db_url: str) -> None:
     up = run_alembic(db_url, "upgrade", "head")
     assert up.returncode == 0, up.stderr
-    assert EXPECTED_TABLES <= _tables(db_url)
+    assert _tables(db_url) >= EXPECTED_TABLES
 
     down = run_alembic(db_url, "downgrade", "base")
     assert down.returncode == 0, down.stderr

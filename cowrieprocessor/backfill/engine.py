@@ -282,8 +282,14 @@ class RangeWalker:
                 attempt += 1
                 self.state.retries += 1
                 delay = min(0.2 * 2 ** (attempt - 1), 10.0) * (0.5 + random.random() / 2)
-                log.warning("%s: %s, retry %d/%d in %.1f s", what, kind, attempt,
-                            self.knobs.max_retries, delay)
+                log.warning(
+                    "%s: %s, retry %d/%d in %.1f s",
+                    what,
+                    kind,
+                    attempt,
+                    self.knobs.max_retries,
+                    delay,
+                )
                 if kind == "connection lost":
                     self.close()
                 self.sleep(delay)
@@ -305,15 +311,17 @@ class RangeWalker:
 
     def count_range(self, lo: str | None, hi: str | None) -> int:
         def count(conn: Connection) -> int:
-            n = conn.execute(sql.count_range(lo is not None, hi is not None),
-                             _params(lo, hi)).scalar_one()
+            n = conn.execute(
+                sql.count_range(lo is not None, hi is not None), _params(lo, hi)
+            ).scalar_one()
             conn.commit()
             return int(n)
 
         return self.retrying(f"counting {describe_range(lo, hi)}", count)  # type: ignore[no-any-return]
 
-    def walk(self, phase: str, run_range: Callable[[Connection, str | None, str | None],
-                                                     BatchCounts]) -> None:
+    def walk(
+        self, phase: str, run_range: Callable[[Connection, str | None, str | None], BatchCounts]
+    ) -> None:
         """Walk every range of ``phase`` from the saved position to the end."""
         self._start_phase(phase)
         lo = self.state.last_key
@@ -323,8 +331,9 @@ class RangeWalker:
                     f"stopped after {describe_range(None, lo)}; rerun to resume"
                 )
             hi = self.bound_after(lo, self.knobs.batch_size - 1)
-            self._process(phase, lo, hi, self.knobs.batch_size if hi is not None else None,
-                          run_range)
+            self._process(
+                phase, lo, hi, self.knobs.batch_size if hi is not None else None, run_range
+            )
             if hi is None:
                 return
             lo = hi
@@ -356,8 +365,11 @@ class RangeWalker:
                 if mid is None or mid == r_hi:
                     raise
                 self.state.splits += 1
-                log.warning("%s hit statement_timeout (%d ms): splitting it in two",
-                            describe_range(r_lo, r_hi), self.knobs.statement_timeout)
+                log.warning(
+                    "%s hit statement_timeout (%d ms): splitting it in two",
+                    describe_range(r_lo, r_hi),
+                    self.knobs.statement_timeout,
+                )
                 pending[0:0] = [(r_lo, mid, half), (mid, r_hi, r_size - half)]
 
     def _commit_range(
@@ -404,7 +416,7 @@ class RangeWalker:
         s.unmatched_not_in_inventory += c.not_in_inventory
         s.last_key = hi
         if hi is None:  # the last range of the phase: move on, atomically with it
-            following = self.phases[self.phases.index(phase) + 1:]
+            following = self.phases[self.phases.index(phase) + 1 :]
             s.phase = following[0] if following else DONE
             s.sessions_walked = 0
             if s.phase == CATCHUP:
@@ -414,10 +426,13 @@ class RangeWalker:
 
     def _set_timeouts(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
-            conn.execute(sql.PG_SET_TIMEOUTS, {
-                "lock_timeout": str(self.knobs.lock_timeout),
-                "statement_timeout": str(self.knobs.statement_timeout),
-            })
+            conn.execute(
+                sql.PG_SET_TIMEOUTS,
+                {
+                    "lock_timeout": str(self.knobs.lock_timeout),
+                    "statement_timeout": str(self.knobs.statement_timeout),
+                },
+            )
 
     # -- reporting -----------------------------------------------------------------
 
@@ -435,29 +450,55 @@ class RangeWalker:
         rate = (done - self._phase_done_at_start) / elapsed
         eta = (total - done) / rate if rate > 0 else None
         return Snapshot(
-            job=self.job, phase=phase, batch=self.state.batches, done=done, total=total,
+            job=self.job,
+            phase=phase,
+            batch=self.state.batches,
+            done=done,
+            total=total,
             percent=round(100.0 * done / total, 2) if total else 100.0,
-            rate=round(rate, 1), eta_seconds=None if eta is None else round(eta, 1),
+            rate=round(rate, 1),
+            eta_seconds=None if eta is None else round(eta, 1),
             started_at=self.state.started_at.isoformat(),
             updated_at=progress.utcnow().isoformat(),
-            rows_updated=self.state.rows_updated, dry_run=self.dry_run,
+            rows_updated=self.state.rows_updated,
+            dry_run=self.dry_run,
         )
 
-    def _report(self, phase: str, lo: str | None, hi: str | None, counts: BatchCounts,
-                seconds: float) -> None:
+    def _report(
+        self, phase: str, lo: str | None, hi: str | None, counts: BatchCounts, seconds: float
+    ) -> None:
         snap = self.snapshot(phase, complete=hi is None)
         if self.knobs.status_file is not None:
             progress.write_status_file(self.knobs.status_file, snap)
         if self.on_batch is not None:
-            self.on_batch(BatchReport(self.job, phase, self.state.batches, lo, hi, counts,
-                                      seconds, snap.done, snap.total))
+            self.on_batch(
+                BatchReport(
+                    self.job,
+                    phase,
+                    self.state.batches,
+                    lo,
+                    hi,
+                    counts,
+                    seconds,
+                    snap.done,
+                    snap.total,
+                )
+            )
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY_S or hi is None:
             self._last_log = now
             eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f} s"
-            log.info("%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated",
-                     self.job, phase, snap.done, snap.total, snap.percent, snap.rate, eta,
-                     self.state.rows_updated)
+            log.info(
+                "%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated",
+                self.job,
+                phase,
+                snap.done,
+                snap.total,
+                snap.percent,
+                snap.rate,
+                eta,
+                self.state.rows_updated,
+            )
 
 
 def _copy_state(state: JobState) -> JobState:
@@ -475,13 +516,14 @@ def _params(lo: str | None, hi: str | None) -> dict[str, str]:
 
 # --- the two jobs ---------------------------------------------------------------------
 
-def _backfill_range(dialect: str, dry_run: bool) -> Callable[
-        [Connection, str | None, str | None], BatchCounts]:
+
+def _backfill_range(
+    dialect: str, dry_run: bool
+) -> Callable[[Connection, str | None, str | None], BatchCounts]:
     def run_pg(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
         stmt = (sql.pg_dry_run if dry_run else sql.pg_backfill)(lo is not None, hi is not None)
         row = conn.execute(stmt, _params(lo, hi)).one()
-        return BatchCounts(int(row.candidates), int(row.no_ip), int(row.matched),
-                           int(row.updated))
+        return BatchCounts(int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated))
 
     def run_sqlite(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
         conn.execute(sql.SQLITE_BATCH_TABLE)
@@ -499,8 +541,9 @@ def _backfill_range(dialect: str, dry_run: bool) -> Callable[
 
 
 def _clear_range(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
-    updated = conn.execute(sql.clear_snapshots(lo is not None, hi is not None),
-                           _params(lo, hi)).rowcount
+    updated = conn.execute(
+        sql.clear_snapshots(lo is not None, hi is not None), _params(lo, hi)
+    ).rowcount
     return BatchCounts(updated=updated)
 
 
@@ -523,10 +566,12 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
             return progress.load(conn, walker.job)
 
     if walker.dry_run:
+
         def peek(conn: Connection) -> JobState | None:
             state = progress.load(conn, walker.job)
             conn.commit()
             return state
+
         saved = walker.retrying("reading the progress table", peek)
     else:
         saved = walker.retrying("preparing the progress table", setup)
@@ -548,8 +593,15 @@ def run_backfill(
     """Fill the five snapshot columns of every session that lacks them. See module doc."""
     # A dry run walks once: without writes, a catch-up pass would only count twice.
     phases = (WALK,) if dry_run else (WALK, CATCHUP)
-    walker = RangeWalker(engine, knobs, job=BACKFILL_JOB, phases=phases, dry_run=dry_run,
-                         stop=stop, on_batch=on_batch)
+    walker = RangeWalker(
+        engine,
+        knobs,
+        job=BACKFILL_JOB,
+        phases=phases,
+        dry_run=dry_run,
+        stop=stop,
+        on_batch=on_batch,
+    )
     started = time.monotonic()
     try:
         resumed = _prepare(walker)
@@ -557,7 +609,10 @@ def run_backfill(
         walker.state.sessions_total = total
         log.info(
             "%sbackfill: %d sessions, %d need snapshots, %d IPs in inventory; batch_size=%d%s",
-            "DRY RUN (no changes) - " if dry_run else "", total, needy, inventory,
+            "DRY RUN (no changes) - " if dry_run else "",
+            total,
+            needy,
+            inventory,
             knobs.batch_size,
             f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
         )
@@ -571,12 +626,21 @@ def run_backfill(
         walker.close()
     s = walker.state
     result = BackfillResult(
-        job=BACKFILL_JOB, dry_run=dry_run, sessions_total=total, needing_at_start=needy,
-        inventory_size=inventory, rows_updated=s.rows_updated, matched=s.matched,
+        job=BACKFILL_JOB,
+        dry_run=dry_run,
+        sessions_total=total,
+        needing_at_start=needy,
+        inventory_size=inventory,
+        rows_updated=s.rows_updated,
+        matched=s.matched,
         unmatched_no_ip=s.unmatched_no_ip,
-        unmatched_not_in_inventory=s.unmatched_not_in_inventory, batches=s.batches,
-        failed_batches=0, retries=s.retries, splits=s.splits,
-        seconds=time.monotonic() - started, resumed=resumed,
+        unmatched_not_in_inventory=s.unmatched_not_in_inventory,
+        batches=s.batches,
+        failed_batches=0,
+        retries=s.retries,
+        splits=s.splits,
+        seconds=time.monotonic() - started,
+        resumed=resumed,
         batch_seconds=walker.batch_seconds,
     )
     log_summary(result)
@@ -586,15 +650,29 @@ def run_backfill(
 def log_summary(r: BackfillResult) -> None:
     verb = "would update" if r.dry_run else "updated"
     log.info("=" * 60)
-    log.info("Backfill %s: %s %d sessions of %d", "dry run complete" if r.dry_run else
-             "complete", verb, r.rows_updated, r.sessions_total)
+    log.info(
+        "Backfill %s: %s %d sessions of %d",
+        "dry run complete" if r.dry_run else "complete",
+        verb,
+        r.rows_updated,
+        r.sessions_total,
+    )
     if not r.dry_run:
-        log.info("Matched in inventory: %d; unmatched: %d (no canonical IP: %d, IP not in "
-                 "inventory: %d)", r.matched,
-                 r.unmatched_no_ip + r.unmatched_not_in_inventory, r.unmatched_no_ip,
-                 r.unmatched_not_in_inventory)
-    log.info("Batches: %d, failed batches: %d, retries: %d, ranges split: %d",
-             r.batches, r.failed_batches, r.retries, r.splits)
+        log.info(
+            "Matched in inventory: %d; unmatched: %d (no canonical IP: %d, IP not in "
+            "inventory: %d)",
+            r.matched,
+            r.unmatched_no_ip + r.unmatched_not_in_inventory,
+            r.unmatched_no_ip,
+            r.unmatched_not_in_inventory,
+        )
+    log.info(
+        "Batches: %d, failed batches: %d, retries: %d, ranges split: %d",
+        r.batches,
+        r.failed_batches,
+        r.retries,
+        r.splits,
+    )
     log.info("Total time: %.1f s, average rate: %.0f sessions/s", r.seconds, r.rate)
     log.info("=" * 60)
 
@@ -624,8 +702,11 @@ def clear_snapshots(
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
         total, _needy, _inv = walker.retrying("counting sessions", _counts)
         walker.state.sessions_total = total
-        log.info("clearing snapshots: %d sessions%s", total,
-                 f"; resuming after {walker.state.last_key!r}" if resumed else "")
+        log.info(
+            "clearing snapshots: %d sessions%s",
+            total,
+            f"; resuming after {walker.state.last_key!r}" if resumed else "",
+        )
         if walker.state.phase == WALK:
             walker.walk(WALK, _clear_range)
         if drop_progress_table:
@@ -633,8 +714,12 @@ def clear_snapshots(
     finally:
         walker.close()
     seconds = time.monotonic() - started
-    log.info("Cleared snapshot columns in %d rows, %d batches, %.1f s",
-             walker.state.rows_updated, walker.state.batches, seconds)
+    log.info(
+        "Cleared snapshot columns in %d rows, %d batches, %.1f s",
+        walker.state.rows_updated,
+        walker.state.batches,
+        seconds,
+    )
     return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
 
 
@@ -644,6 +729,7 @@ def _drop_progress(conn: Connection) -> None:
 
 
 # --- from inside an Alembic revision -------------------------------------------------
+
 
 def engine_for_bind(bind: Connection, knobs: BackfillKnobs) -> Engine:
     """A separate engine on the migration's database, for the batches' own connections.

@@ -60,17 +60,46 @@ class IntKnob:
 
 
 INT_KNOBS: tuple[IntKnob, ...] = (
-    IntKnob("batch_size", 20_000, 1, 1_000_000, "",
-            "session_id keys per range; each range is one UPDATE and one commit"),
-    IntKnob("pause_ms", 0, 0, 60_000, "ms",
-            "sleep between batches, to leave I/O to a busy production server"),
-    IntKnob("lock_timeout", 2_000, 1, 600_000, "ms",
-            "longest wait for a row lock before the batch is retried (SQLite: busy timeout)"),
-    IntKnob("statement_timeout", 60_000, 0, 86_400_000, "ms",
-            "longest a batch's UPDATE may run before its range is split (0 = none; "
-            "PostgreSQL only)"),
-    IntKnob("max_retries", 5, 0, 100, "",
-            "retries of a range after a transient failure, with exponential backoff"),
+    IntKnob(
+        "batch_size",
+        20_000,
+        1,
+        1_000_000,
+        "",
+        "session_id keys per range; each range is one UPDATE and one commit",
+    ),
+    IntKnob(
+        "pause_ms",
+        0,
+        0,
+        60_000,
+        "ms",
+        "sleep between batches, to leave I/O to a busy production server",
+    ),
+    IntKnob(
+        "lock_timeout",
+        2_000,
+        1,
+        600_000,
+        "ms",
+        "longest wait for a row lock before the batch is retried (SQLite: busy timeout)",
+    ),
+    IntKnob(
+        "statement_timeout",
+        60_000,
+        0,
+        86_400_000,
+        "ms",
+        "longest a batch's UPDATE may run before its range is split (0 = none; PostgreSQL only)",
+    ),
+    IntKnob(
+        "max_retries",
+        5,
+        0,
+        100,
+        "",
+        "retries of a range after a transient failure, with exponential backoff",
+    ),
 )
 KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file"})
 
@@ -98,11 +127,13 @@ class BackfillKnobs:
         unknown = sorted(set(explicit) - KNOB_NAMES - ignore_keys)
         if unknown:
             raise KnobError(
-                f"unknown backfill knob(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOB_NAMES))}"
+                f"unknown backfill knob(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(KNOB_NAMES))}"
             )
         env_unknown = sorted(
-            key for key in environ
-            if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() not in KNOB_NAMES
+            key
+            for key in environ
+            if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() not in KNOB_NAMES
         )
         if env_unknown:
             raise KnobError(
@@ -138,5 +169,7 @@ def _status_path(raw: str, source: str) -> Path:
     if not path.parent.is_dir():
         raise KnobError(f"status_file={raw!r} (from {source}): folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
-        raise KnobError(f"status_file={raw!r} (from {source}): folder {path.parent} is not writable")
+        raise KnobError(
+            f"status_file={raw!r} (from {source}): folder {path.parent} is not writable"
+        )
     return path

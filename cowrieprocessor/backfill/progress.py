@@ -83,9 +83,11 @@ def ensure_table(conn: Connection) -> None:
 def load(conn: Connection, job: str) -> JobState | None:
     if not sa.inspect(conn).has_table(PROGRESS_TABLE):
         return None
-    row = conn.execute(
-        sa.select(progress_table).where(progress_table.c.job == job)
-    ).mappings().first()
+    row = (
+        conn.execute(sa.select(progress_table).where(progress_table.c.job == job))
+        .mappings()
+        .first()
+    )
     if row is None:
         return None
     state = JobState(**dict(row))

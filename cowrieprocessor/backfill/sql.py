@@ -65,6 +65,7 @@ def range_predicate(has_lo: bool, has_hi: bool, column: str = "s.session_id") ->
 
 # --- walking the key space ---------------------------------------------------------
 
+
 def next_bound(has_lo: bool) -> TextClause:
     """The key ``:n`` places after ``:lo``: the inclusive upper bound of the next range.
 
@@ -72,9 +73,7 @@ def next_bound(has_lo: bool) -> TextClause:
     bound; never an OFFSET from the start of the table.
     """
     where = "WHERE session_id > :lo " if has_lo else ""
-    return text(
-        f"SELECT session_id FROM {TABLE} {where}ORDER BY session_id LIMIT 1 OFFSET :offset"
-    )
+    return text(f"SELECT session_id FROM {TABLE} {where}ORDER BY session_id LIMIT 1 OFFSET :offset")
 
 
 def count_range(has_lo: bool, has_hi: bool) -> TextClause:
@@ -221,12 +220,11 @@ WHERE {WOULD_CHANGE}"""
 
 
 def sqlite_resolve(has_lo: bool, has_hi: bool) -> TextClause:
-    return text(
-        _SQLITE_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=NEEDS_SNAPSHOT)
-    )
+    return text(_SQLITE_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=NEEDS_SNAPSHOT))
 
 
 # --- clearing (the downgrade) --------------------------------------------------------
+
 
 def clear_snapshots(has_lo: bool, has_hi: bool) -> TextClause:
     """NULL the five columns in one range, touching only rows that have a value."""
@@ -270,7 +268,9 @@ BEGIN
 END
 $cowrie$"""
 
-_PG_OFFLINE_RANGE = "(v_lo IS NULL OR s.session_id > v_lo) AND (v_hi IS NULL OR s.session_id <= v_hi)"
+_PG_OFFLINE_RANGE = (
+    "(v_lo IS NULL OR s.session_id > v_lo) AND (v_hi IS NULL OR s.session_id <= v_hi)"
+)
 
 
 def pg_offline_backfill(batch_size: int) -> TextClause:
@@ -297,8 +297,13 @@ def pg_offline_clear(batch_size: int) -> TextClause:
 
 def sqlite_offline_backfill() -> list[TextClause]:
     """SQLite has no procedural SQL: the whole table in one transaction, same semantics."""
-    return [SQLITE_BATCH_TABLE, SQLITE_BATCH_CLEAR, sqlite_resolve(False, False),
-            SQLITE_UPDATE, text("DROP TABLE temp.cowrie_batch")]
+    return [
+        SQLITE_BATCH_TABLE,
+        SQLITE_BATCH_CLEAR,
+        sqlite_resolve(False, False),
+        SQLITE_UPDATE,
+        text("DROP TABLE temp.cowrie_batch"),
+    ]
 
 
 def offline_clear_all() -> TextClause:

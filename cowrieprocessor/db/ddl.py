@@ -61,6 +61,9 @@ def run_pg_ddl(
             delay = min(0.5 * 2 ** (attempt - 1), 8.0)
             log.warning(
                 "lock_timeout (%d ms) on DDL, attempt %d/%d; retrying in %.1f s",
-                lock_timeout_ms, attempt, attempts, delay,
+                lock_timeout_ms,
+                attempt,
+                attempts,
+                delay,
             )
             time.sleep(delay)

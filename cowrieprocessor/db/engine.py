@@ -45,9 +45,7 @@ def create_engine_from_url(
         connect_args = dict(kwargs.pop("connect_args", {}))
         if parsed.get_driver_name() in ("psycopg2", "psycopg2cffi", ""):
             connect_args.setdefault("application_name", application_name)
-        return create_engine(
-            parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs
-        )
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     if backend == "sqlite":
         if not is_sqlite_memory(parsed) and parsed.database is not None:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,7 @@ def _geo_country_pg(_element: GeoCountryExpression, _compiler: SQLCompiler, **_k
 
 
 @compiles(GeoCountryExpression)
-def _geo_country_sqlite(
-    _element: GeoCountryExpression, _compiler: SQLCompiler, **_kw: Any
-) -> str:
+def _geo_country_sqlite(_element: GeoCountryExpression, _compiler: SQLCompiler, **_kw: Any) -> str:
     return (
         "upper(COALESCE(json_extract(enrichment, '$.maxmind.country'), "
         "json_extract(enrichment, '$.cymru.country'), "

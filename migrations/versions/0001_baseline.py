@@ -16,6 +16,7 @@ array on SQLite. JSON is JSONB on PostgreSQL.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -40,16 +41,18 @@ GEO_COUNTRY_SQL = {
 }
 
 
-def _timestamps() -> list[sa.Column[sa.DateTime]]:
+def _timestamps() -> list[sa.Column[Any]]:
     return [
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
-                  nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
-                  nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
     ]
 
 
-def _counter(name: str) -> sa.Column[sa.Integer]:
+def _counter(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.Integer(), server_default=sa.text("0"), nullable=False)
 
 
@@ -129,17 +132,22 @@ def upgrade() -> None:
         *_timestamps(),
         sa.PrimaryKeyConstraint("session_id", name="pk_session_summaries"),
     )
-    op.create_index("ix_session_summaries_first_event_at", "session_summaries",
-                    ["first_event_at"])
-    op.create_index("ix_session_summaries_last_event_at", "session_summaries",
-                    ["last_event_at"])
-    op.create_index("ix_session_summaries_vt_flagged_dshield_flagged", "session_summaries",
-                    ["vt_flagged", "dshield_flagged"])
+    op.create_index("ix_session_summaries_first_event_at", "session_summaries", ["first_event_at"])
+    op.create_index("ix_session_summaries_last_event_at", "session_summaries", ["last_event_at"])
+    op.create_index(
+        "ix_session_summaries_vt_flagged_dshield_flagged",
+        "session_summaries",
+        ["vt_flagged", "dshield_flagged"],
+    )
 
     op.create_table(
         "raw_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                  autoincrement=True, nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("ingest_id", sa.String(64)),
         sa.Column("ingest_at", tstz, server_default=sa.func.now(), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),

@@ -88,12 +88,16 @@ def upgrade() -> None:
     for name in COLUMNS:
         inline = SQLITE_INLINE.get(name, "")
         if name in missing:
-            op.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {SQLITE_TYPES[name]} {inline}".strip())
+            op.execute(
+                f"ALTER TABLE {TABLE} ADD COLUMN {name} {SQLITE_TYPES[name]} {inline}".strip()
+            )
         elif inline and inline.split()[1] not in constraints:
             log.warning(
                 "SQLite: column %s.%s already exists without constraint %s; it is left "
                 "without it (adding it would rebuild the table)",
-                TABLE, name, inline.split()[1],
+                TABLE,
+                name,
+                inline.split()[1],
             )
 
 

@@ -46,7 +46,9 @@ INDEXES: dict[str, tuple[str, ...]] = {
     "ix_session_summaries_snapshot_country": ("snapshot_country",),
     "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
     "ix_session_summaries_snapshot_country_snapshot_asn_session_id": (
-        "snapshot_country", "snapshot_asn", "session_id",
+        "snapshot_country",
+        "snapshot_asn",
+        "session_id",
     ),
 }
 # Each constraint of 0002 with the rows that would violate it.
@@ -87,13 +89,17 @@ def upgrade() -> None:
 
 
 def _index_is_invalid(name: str) -> bool:
-    row = op.get_bind().execute(
-        sa.text(
-            "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname = :name AND pg_table_is_visible(c.oid)"
-        ),
-        {"name": name},
-    ).scalar()
+    row = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = :name AND pg_table_is_visible(c.oid)"
+            ),
+            {"name": name},
+        )
+        .scalar()
+    )
     return bool(row)
 
 
@@ -116,16 +122,24 @@ def _validate(name: str, violation: str, *, offline: bool) -> None:
         sa.text(f"SELECT count(*) FROM {TABLE} s WHERE {violation}")  # noqa: S608 - fixed SQL
     ).scalar_one()
     if bad:
-        examples = bind.execute(
-            sa.text(
-                f"SELECT s.session_id FROM {TABLE} s WHERE {violation} "  # noqa: S608
-                "ORDER BY s.session_id LIMIT :n"
-            ),
-            {"n": EXAMPLES},
-        ).scalars().all()
+        examples = (
+            bind.execute(
+                sa.text(
+                    f"SELECT s.session_id FROM {TABLE} s WHERE {violation} "  # noqa: S608
+                    "ORDER BY s.session_id LIMIT :n"
+                ),
+                {"n": EXAMPLES},
+            )
+            .scalars()
+            .all()
+        )
         log.warning(
             "constraint %s left NOT VALID: %d existing rows violate it (e.g. session_id %s); "
-            "fix them, then run: %s", name, bad, ", ".join(map(repr, examples)), statement,
+            "fix them, then run: %s",
+            name,
+            bad,
+            ", ".join(map(repr, examples)),
+            statement,
         )
         return
     op.execute(statement)
