@@ -30,9 +30,21 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The main job end to end on the embedded SQLite default (kept apart in var/demo/ so
+# a rerun starts clean): synthetic data at 0002, the real deploy step with its
+# progress, then the validation.
+DEMO_ENV := COWRIE_DATA_DIR=$(CURDIR)/var/demo COWRIE_DB_URL=
+DEMO_SESSIONS ?= 200000
+DEMO_IPS ?= 20000
+
 demo: $(STAMP)
-	$(BIN)/alembic upgrade head
-	$(BIN)/alembic current
+	rm -rf var/demo
+	$(DEMO_ENV) $(BIN)/alembic upgrade 0002_snapshot_columns
+	$(DEMO_ENV) $(BIN)/cowrie-db demo-data --sessions $(DEMO_SESSIONS) --ips $(DEMO_IPS) --seed 1
+	$(DEMO_ENV) $(BIN)/cowrie-db check
+	$(DEMO_ENV) $(BIN)/alembic upgrade head
+	$(DEMO_ENV) $(BIN)/alembic current
+	$(DEMO_ENV) $(BIN)/cowrie-db verify
 
 upgrade: $(STAMP)
 	$(BIN)/alembic upgrade head

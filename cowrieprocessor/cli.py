@@ -1,24 +1,417 @@
-"""``cowrie-db``: the operator's command line."""
+"""``cowrie-db``: the operator's command line.
+
+    cowrie-db [--db URL] [--verbose] check                   pre-flight
+    cowrie-db backfill [--dry-run] [--batch-size N] ...       run the backfill engine
+    cowrie-db status [--json]                                 progress, from anywhere
+    cowrie-db verify [--min-coverage 95] [--json]             validation, as one command
+    cowrie-db demo-data --sessions N --ips M [--seed S]       synthetic data at 0002
+
+The database is chosen as everywhere else (``--db``, then ``COWRIE_DB_URL``, then the
+embedded SQLite default) and is only ever printed masked. Exit status: 0 success,
+1 a check failed, 2 bad usage or an unusable database, 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
 
-from cowrieprocessor import __version__
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from cowrieprocessor import __version__, report
+from cowrieprocessor.backfill import (
+    BackfillError,
+    BackfillInterrupted,
+    BackfillKnobs,
+    BatchReport,
+    KnobError,
+    run_backfill,
+)
+from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.settings import SettingsError, mask_secrets, mask_url, resolve_database_url
+
+log = logging.getLogger("cowrieprocessor.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+STATUS_FILE_NAME = "snapshot_backfill.json"
+
+
+class CliError(Exception):
+    """An operator-facing error: printed as one line, exit status 2."""
+
+
+# --- plumbing --------------------------------------------------------------------------
+
+def _engine(args: argparse.Namespace, **kwargs: Any) -> sa.Engine:
+    url = resolve_database_url(args.db)
+    args.masked_url = mask_url(url)
+    return create_engine_from_url(url, application_name="cowrie-db", **kwargs)
+
+
+def _connect(engine: sa.Engine, masked: str) -> sa.Connection:
+    try:
+        return engine.connect()
+    except (DBAPIError, OSError) as exc:
+        detail = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
+        raise CliError(f"cannot connect to {masked}: {detail}") from exc
+
+
+def _print_json(data: Any, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+# --- check -----------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    engine = _engine(args)
+    try:
+        with _connect(engine, args.masked_url) as conn:
+            version_text, version = report.server_version(conn)
+            dialect = conn.dialect.name
+            out.write(f"Database:   {args.masked_url}\n")
+            out.write(f"Dialect:    {dialect} {version_text}\n")
+            minimum = report.MIN_VERSIONS.get(dialect, ())
+            warnings = []
+            if version < minimum:
+                need = ".".join(map(str, minimum))
+                warnings.append(f"{dialect} {version_text} is older than the supported {need}")
+            state = report.schema_state(conn)
+            out.write(f"Revision:   {', '.join(state.current) or '(none)'}; head {state.head}\n")
+            if state.pending:
+                out.write(f"Pending:    {' -> '.join(state.pending)}\n")
+            if state.advice:
+                out.write(f"Advice:     {state.advice}\n")
+            if not state.adoptable:
+                out.write(f"ERROR: {state.advice}\n")
+                return EXIT_USAGE
+            if state.snapshot_columns_present:
+                cov = report.coverage(conn)
+                reach = 100.0 * cov.reachable / cov.sessions if cov.sessions else 100.0
+                out.write(f"Sessions:   {cov.sessions:,}\n")
+                out.write(f"Needing snapshots:     {cov.needing_snapshots:,}\n")
+                out.write(f"IPs in inventory:      {cov.inventory_size:,}\n")
+                out.write(f"Backfill would update: {cov.would_update:,}\n")
+                out.write(f"Reachable coverage:    {cov.reachable:,} ({reach:.2f}%); unmatched: "
+                          f"no canonical IP {cov.unmatched_no_ip:,}, IP not in inventory "
+                          f"{cov.unmatched_not_in_inventory:,}\n")
+                knobs = BackfillKnobs.from_sources({"batch_size": args.batch_size})
+                estimate = report.estimate_seconds(conn, cov.sessions, knobs)
+                out.write(f"Estimated backfill:    {_fmt_seconds(estimate)} "
+                          f"(from a {knobs.batch_size:,}-key dry-run sample)\n")
+            elif "session_summaries" in state.tables_present:
+                out.write("Snapshot columns: not yet added (revision 0002 is pending)\n")
+            if args.verbose:
+                for job in report.job_status(conn):
+                    out.write(f"Progress:   {job.job} {job.phase} {job.percent}% "
+                              f"(updated {job.updated_at})\n")
+            for warning in warnings:
+                out.write(f"WARNING: {warning}\n")
+    finally:
+        engine.dispose()
+    return EXIT_OK
+
+
+# --- backfill --------------------------------------------------------------------------
+
+class ProgressBar:
+    """A one-line progress bar on a terminal: rows, rate, ETA."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.started = time.monotonic()
+        self.phase = ""
+
+    def __call__(self, r: BatchReport) -> None:
+        if r.phase != self.phase:
+            if self.phase:
+                self.stream.write("\n")
+            self.phase, self.started = r.phase, time.monotonic()
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = r.done / elapsed
+        eta = (r.total - r.done) / rate if rate > 0 else None
+        width = 30
+        filled = int(width * r.done / r.total) if r.total else width
+        self.stream.write(
+            f"\r{r.phase:8} [{'#' * filled}{'.' * (width - filled)}] {r.done:,}/{r.total:,} "
+            f"{rate:,.0f}/s ETA {_fmt_seconds(eta)}   "
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.phase:
+            self.stream.write("\n")
+
+
+def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
+    explicit: dict[str, str | int | None] = {
+        "batch_size": args.batch_size,
+        "pause_ms": args.pause_ms,
+        "lock_timeout": args.lock_timeout,
+        "statement_timeout": args.statement_timeout,
+        "max_retries": args.max_retries,
+    }
+    if args.status_dir is not None:
+        status_dir = Path(args.status_dir)
+        if not status_dir.is_dir():
+            raise KnobError(f"--status-dir {args.status_dir!r} is not an existing folder")
+        explicit["status_file"] = str(status_dir / STATUS_FILE_NAME)
+    return BackfillKnobs.from_sources(explicit)
+
+
+def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
+    knobs = _knobs_from_args(args)
+    engine = _engine(args, sqlite_busy_timeout_ms=knobs.lock_timeout)
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(_signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():  # a second Ctrl-C: stop now (the open batch rolls back)
+            raise KeyboardInterrupt
+        stop.set()
+        sys.stderr.write("\nCtrl-C: stopping after the current batch (again to abort it)\n")
+
+    callbacks: list[Callable[[BatchReport], None]] = []
+    bar: ProgressBar | None = None
+    if args.progress and sys.stderr.isatty() and not args.dry_run:
+        bar = ProgressBar(sys.stderr)
+        callbacks.append(bar)
+    if args.dry_run:
+        def dry_line(r: BatchReport) -> None:
+            c = r.counts
+            log.info("DRY RUN - Batch %d: would update %d sessions (%d/%d IPs found in "
+                     "inventory)", r.batch, c.updated, c.matched, c.candidates - c.no_ip)
+        callbacks.append(dry_line)
+
+    def on_batch(r: BatchReport) -> None:
+        for callback in callbacks:
+            callback(r)
+
+    log.info("Database: %s", args.masked_url)
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with _connect(engine, args.masked_url) as conn:
+            state = report.schema_state(conn)
+        if not state.snapshot_columns_present:
+            raise CliError("session_summaries has no snapshot columns yet: run "
+                           "`alembic upgrade 0002_snapshot_columns` first")
+        result = run_backfill(engine, knobs, dry_run=args.dry_run, stop=stop,
+                              on_batch=on_batch)
+    except BackfillInterrupted as exc:
+        if bar:
+            bar.close()
+        out.write(f"Interrupted: {exc}\nResume with the same command (or `alembic upgrade "
+                  "head`); committed batches are kept.\n")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        out.write("Aborted: the open batch was rolled back; rerun to resume.\n")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        engine.dispose()
+    if bar:
+        bar.close()
+    if args.json:
+        data = asdict(result)
+        data.pop("batch_seconds")
+        _print_json(data, out)
+    return EXIT_OK
+
+
+# --- status ----------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    engine = _engine(args)
+    try:
+        with _connect(engine, args.masked_url) as conn:
+            jobs = report.job_status(conn)
+            state = report.schema_state(conn)
+    finally:
+        engine.dispose()
+    status_file: dict[str, Any] | None = None
+    if args.status_file:
+        path = Path(args.status_file)
+        if path.is_dir():
+            path = path / STATUS_FILE_NAME
+        try:
+            status_file = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CliError(f"status file {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise CliError(f"status file {path} is not JSON: {exc}") from None
+    if args.json:
+        _print_json({"database": args.masked_url, "revision": state.current,
+                     "head": state.head, "jobs": [asdict(j) for j in jobs],
+                     "status_file": status_file}, out)
+        return EXIT_OK
+    out.write(f"Database: {args.masked_url}\n")
+    out.write(f"Revision: {', '.join(state.current) or '(none)'} (head {state.head})\n")
+    if not jobs:
+        out.write("No backfill has run on this database (no progress records).\n")
+    for j in jobs:
+        flag = "  STALLED?" if j.stalled else ""
+        out.write(
+            f"{j.job}: phase {j.phase}, {j.percent:.1f}% ({j.done:,}/{j.total:,} in this "
+            f"phase), {j.batches:,} batches, {j.rows_updated:,} rows updated\n"
+            f"  rate {j.rate:,.0f} sessions/s, ETA {_fmt_seconds(j.eta_seconds)}, "
+            f"last update {j.seconds_since_update:.0f} s ago{flag}\n"
+        )
+    if status_file is not None:
+        out.write(f"Status file: {json.dumps(status_file, sort_keys=True)}\n")
+    return EXIT_OK
+
+
+# --- verify ----------------------------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    engine = _engine(args)
+    try:
+        with _connect(engine, args.masked_url) as conn:
+            if not report.schema_state(conn).snapshot_columns_present:
+                raise CliError("session_summaries has no snapshot columns: nothing to verify")
+            v = report.verify(conn, args.min_coverage)
+    finally:
+        engine.dispose()
+    if args.json:
+        _print_json({"database": args.masked_url, **v.as_dict(), "ok": not v.failures}, out)
+        return EXIT_FAILED if v.failures else EXIT_OK
+    ok, bad = "PASS", "FAIL"
+    out.write(f"Database: {args.masked_url}\n")
+    out.write(f"[{bad if v.coverage_percent < v.min_coverage else ok}] coverage "
+              f"{v.with_snapshot:,}/{v.sessions:,} ({v.coverage_percent:.2f}%, minimum "
+              f"{v.min_coverage:g}%)\n")
+    out.write(f"[{bad if v.matched_missing_snapshot else ok}] matched sessions still lacking "
+              f"snapshots: {v.matched_missing_snapshot:,}\n")
+    ios = {True: ok, False: bad, None: "----"}[v.index_only_scan]
+    out.write(f"[{ios}] runbook query by index-only scan: {' / '.join(v.plan)}\n")
+    out.write(f"[{ok if v.at_head else bad}] schema at head\n")
+    out.write(f"[info] snapshot vs current inventory: {v.asn_divergent:,} ASN and "
+              f"{v.country_divergent:,} country divergences (expected: IPs move)\n")
+    out.write("[info] constraints: " + ", ".join(f"{k} {s}" for k, s in v.constraints.items())
+              + "\n")
+    for row in v.sample:
+        out.write(f"  sample: {row}\n")
+    for failure in v.failures:
+        out.write(f"FAILED: {failure}\n")
+    out.write("Verification " + ("failed\n" if v.failures else "passed\n"))
+    return EXIT_FAILED if v.failures else EXIT_OK
+
+
+# --- demo-data -------------------------------------------------------------------------
+
+def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
+    from cowrieprocessor.demo_data import DemoDataError, DemoSpec, generate
+
+    engine = _engine(args)
+    try:
+        spec = DemoSpec(sessions=args.sessions, ips=args.ips, seed=args.seed)
+        log.info("Database: %s; generating %s", args.masked_url, spec)
+        result = generate(engine, spec, force=args.force)
+    except DemoDataError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        engine.dispose()
+    out.write(f"Generated {result.sessions:,} sessions, {result.ips:,} IPs, {result.asns:,} "
+              f"ASNs, {result.raw_events:,} raw events ({result.unmatched_sessions:,} sessions "
+              f"unmatched, {result.raw_only_sessions:,} known only from raw events) in "
+              f"{result.seconds:.1f} s\n")
+    return EXIT_OK
+
+
+# --- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cowrie-db",
-        description="Operate cowrieprocessor's database: schema migrations and snapshot backfill.",
+        description="Operate cowrieprocessor's database: pre-flight, snapshot backfill, "
+                    "status and verification.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--db", metavar="URL",
+                        help="database URL (default: $COWRIE_DB_URL, else the embedded SQLite)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail and logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="pre-flight: connectivity, schema, counts, estimate")
+    check.add_argument("--batch-size", type=int, default=None,
+                       help="batch size to sample for the time estimate")
+    check.set_defaults(func=cmd_check)
+
+    bf = sub.add_parser("backfill", help="run the snapshot backfill (same engine as 0003)")
+    bf.add_argument("--dry-run", action="store_true", help="write nothing; report per batch")
+    bf.add_argument("--batch-size", type=int, default=None)
+    bf.add_argument("--pause-ms", default=None)
+    bf.add_argument("--lock-timeout", default=None, help="ms, or with s / min")
+    bf.add_argument("--statement-timeout", default=None, help="ms, or with s / min")
+    bf.add_argument("--max-retries", type=int, default=None)
+    bf.add_argument("--progress", action="store_true",
+                    help="a progress bar on a terminal (log lines otherwise)")
+    bf.add_argument("--status-dir", metavar="DIR",
+                    help=f"write {STATUS_FILE_NAME} there after each batch")
+    bf.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    bf.set_defaults(func=cmd_backfill)
+
+    st = sub.add_parser("status", help="progress of a running or finished backfill")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--status-file", metavar="PATH", help="also show this status file (or dir)")
+    st.set_defaults(func=cmd_status)
+
+    ve = sub.add_parser("verify", help="validate the backfill (non-zero exit on failure)")
+    ve.add_argument("--min-coverage", type=float, default=95.0, metavar="PERCENT")
+    ve.add_argument("--json", action="store_true")
+    ve.set_defaults(func=cmd_verify)
+
+    demo = sub.add_parser("demo-data", help="fill a database at 0002 with synthetic data")
+    demo.add_argument("--sessions", type=int, required=True)
+    demo.add_argument("--ips", type=int, required=True)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--force", action="store_true", help="add to a non-empty database")
+    demo.set_defaults(func=cmd_demo_data)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s [%(levelname)8s] %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        code: int = args.func(args, sys.stdout)
+        return code
+    except (CliError, KnobError, SettingsError, BackfillError) as exc:
+        sys.stderr.write(f"cowrie-db {args.command}: error: {mask_secrets(str(exc))}\n")
+        return EXIT_FAILED if isinstance(exc, BackfillError) else EXIT_USAGE
+    except OperationalError as exc:
+        detail = mask_secrets(str(exc.orig).strip().splitlines()[0])
+        sys.stderr.write(f"cowrie-db {args.command}: database error: {detail}\n")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

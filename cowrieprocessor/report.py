@@ -1,0 +1,290 @@
+"""Read-only reports behind ``cowrie-db check``, ``status`` and ``verify``.
+
+Each function takes a connection, reads, and returns a plain dataclass; the CLI
+decides how to print it (text or ``--json``). Nothing here writes to the database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from cowrieprocessor.backfill import progress, sql
+from cowrieprocessor.backfill.engine import BACKFILL_JOB, CLEAR_JOB
+from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.settings import PROJECT_ROOT
+
+MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
+BASELINE_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_events")
+SNAPSHOT_COLUMNS = ("source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type",
+                    "enrichment_at")
+RUNBOOK_QUERY = (
+    "SELECT session_id, snapshot_country, snapshot_asn FROM session_summaries "
+    "WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
+)
+STALLED_AFTER_S = 120.0
+
+
+def alembic_script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini")))
+
+
+@dataclass
+class SchemaState:
+    current: list[str]
+    head: str
+    pending: list[str]
+    tables_present: list[str]
+    snapshot_columns_present: bool
+    adoptable: bool
+    advice: str
+
+
+def schema_state(conn: Connection) -> SchemaState:
+    script = alembic_script()
+    head = script.get_current_head() or ""
+    current = list(MigrationContext.configure(conn).get_current_heads())
+    conn.rollback()
+    tables = set(sa.inspect(conn).get_table_names())
+    present = [t for t in BASELINE_TABLES if t in tables]
+    has_columns = "session_summaries" in tables and set(SNAPSHOT_COLUMNS) <= {
+        c["name"] for c in sa.inspect(conn).get_columns("session_summaries")
+    }
+    if current:
+        pending = [
+            rev.revision
+            for rev in reversed(list(script.iterate_revisions(head, current[0])))
+        ]
+        adoptable, advice = True, "" if not pending else "run: alembic upgrade head"
+    elif len(present) == len(BASELINE_TABLES):
+        pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, None)))]
+        adoptable = True
+        advice = ("database predates Alembic: run `alembic stamp 0001_baseline`, "
+                  "then `alembic upgrade head` (README: Adopting an existing database)")
+    elif not present:
+        pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, None)))]
+        adoptable, advice = True, "empty database: run `alembic upgrade head`"
+    else:
+        pending = []
+        missing = sorted(set(BASELINE_TABLES) - set(present))
+        adoptable = False
+        advice = (f"not adoptable: no alembic_version and tables missing: {', '.join(missing)}")
+    return SchemaState(current, head, pending, present, has_columns, adoptable, advice)
+
+
+def server_version(conn: Connection) -> tuple[str, tuple[int, ...]]:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        text = str(conn.execute(sa.text("SHOW server_version")).scalar())
+    else:
+        text = str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
+    conn.rollback()
+    numbers = tuple(int(p) for p in text.split()[0].split(".") if p.isdigit())
+    return text, numbers
+
+
+@dataclass
+class Coverage:
+    sessions: int
+    needing_snapshots: int
+    with_snapshot: int
+    would_update: int
+    reachable: int
+    unmatched_no_ip: int
+    unmatched_not_in_inventory: int
+    inventory_size: int
+
+
+def coverage(conn: Connection) -> Coverage:
+    """Whole-table counts, using the backfill's own resolution in a dry run (no writes)."""
+    total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
+    needy = int(conn.execute(sql.COUNT_NEEDY).scalar_one())
+    inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
+    with_snapshot = int(conn.execute(sa.text(
+        "SELECT count(*) FROM session_summaries WHERE source_ip IS NOT NULL")).scalar_one())
+    counts = dry_run_counts(conn)
+    conn.rollback()
+    return Coverage(
+        sessions=total, needing_snapshots=needy, with_snapshot=with_snapshot,
+        would_update=counts["updated"],
+        reachable=total - needy + counts["matched"],
+        unmatched_no_ip=counts["no_ip"],
+        unmatched_not_in_inventory=counts["candidates"] - counts["no_ip"] - counts["matched"],
+        inventory_size=inventory,
+    )
+
+
+def dry_run_counts(
+    conn: Connection, lo: str | None = None, hi: str | None = None
+) -> dict[str, int]:
+    """The backfill's per-range counts without writing (candidates, no_ip, matched, updated)."""
+    params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(sql.pg_dry_run(lo is not None, hi is not None), params).one()
+        return {k: int(getattr(row, k)) for k in ("candidates", "no_ip", "matched", "updated")}
+    conn.execute(sql.SQLITE_BATCH_TABLE)
+    conn.execute(sql.SQLITE_BATCH_CLEAR)
+    conn.execute(sql.sqlite_resolve(lo is not None, hi is not None), params)
+    row = conn.execute(sql.SQLITE_COUNTS).one()
+    updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
+    conn.execute(sql.SQLITE_BATCH_CLEAR)
+    return {"candidates": int(row.candidates), "no_ip": int(row.no_ip),
+            "matched": int(row.matched), "updated": updated}
+
+
+def estimate_seconds(conn: Connection, sessions: int, knobs: BackfillKnobs) -> float | None:
+    """Time one dry-run range and scale it to the table (writes cost roughly 2x reads)."""
+    if sessions == 0:
+        return 0.0
+    hi = conn.execute(sql.next_bound(False), {"offset": knobs.batch_size - 1}).scalar()
+    started = time.monotonic()
+    dry_run_counts(conn, None, None if hi is None else str(hi))
+    elapsed = time.monotonic() - started
+    conn.rollback()
+    sampled = knobs.batch_size if hi is not None else sessions
+    # walk + catch-up pass; a write-batch costs about twice a read-only one
+    return elapsed / max(sampled, 1) * sessions * 3
+
+
+@dataclass
+class JobStatus:
+    job: str
+    phase: str
+    done: int
+    total: int
+    percent: float
+    rate: float
+    eta_seconds: float | None
+    batches: int
+    rows_updated: int
+    started_at: str
+    updated_at: str
+    seconds_since_update: float
+    stalled: bool
+    finished_at: str | None
+
+
+def job_status(conn: Connection) -> list[JobStatus]:
+    """The progress rows of the backfill and the clear job, with rate and ETA."""
+    result = []
+    now = datetime.now(UTC)
+    for job, phases in ((BACKFILL_JOB, 2), (CLEAR_JOB, 1)):
+        state = progress.load(conn, job)
+        if state is None:
+            continue
+        order = {progress.WALK: 0, progress.CATCHUP: 1, progress.DONE: phases}
+        total = state.sessions_total
+        processed = order.get(state.phase, 0) * total + state.sessions_walked
+        overall = phases * total
+        elapsed = max((state.updated_at - state.started_at).total_seconds(), 1e-9)
+        rate = processed / elapsed if state.phase != progress.DONE else overall / elapsed
+        eta = (overall - processed) / rate if rate > 0 and state.phase != progress.DONE else None
+        since = (now - state.updated_at).total_seconds()
+        result.append(JobStatus(
+            job=job, phase=state.phase,
+            done=total if state.phase == progress.DONE else state.sessions_walked, total=total,
+            percent=round(100.0 * processed / overall, 2) if overall else 100.0,
+            rate=round(rate, 1), eta_seconds=None if eta is None else round(eta, 1),
+            batches=state.batches, rows_updated=state.rows_updated,
+            started_at=state.started_at.isoformat(), updated_at=state.updated_at.isoformat(),
+            seconds_since_update=round(since, 1),
+            stalled=state.phase != progress.DONE and since > STALLED_AFTER_S,
+            finished_at=state.finished_at.isoformat() if state.finished_at else None,
+        ))
+    conn.rollback()
+    return result
+
+
+@dataclass
+class Verification:
+    coverage_percent: float
+    min_coverage: float
+    sessions: int
+    with_snapshot: int
+    matched_missing_snapshot: int
+    asn_divergent: int
+    country_divergent: int
+    index_only_scan: bool | None
+    plan: list[str]
+    constraints: dict[str, str]
+    at_head: bool
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify(conn: Connection, min_coverage: float) -> Verification:
+    cov = coverage(conn)
+    percent = 100.0 * cov.with_snapshot / cov.sessions if cov.sessions else 100.0
+    asn_div = int(conn.execute(sa.text(
+        "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
+        "ON i.ip_address = s.source_ip WHERE s.snapshot_asn <> i.current_asn")).scalar_one())
+    country_div = int(conn.execute(sa.text(
+        "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
+        "ON i.ip_address = s.source_ip WHERE s.snapshot_country <> i.geo_country")).scalar_one())
+    sample = [dict(r._mapping) for r in conn.execute(sa.text(
+        "SELECT session_id, source_ip, snapshot_asn, snapshot_country, snapshot_ip_type, "
+        "enrichment_at FROM session_summaries WHERE source_ip IS NOT NULL "
+        "ORDER BY session_id LIMIT 5"))]
+    for row in sample:
+        if row["enrichment_at"] is not None:
+            row["enrichment_at"] = str(row["enrichment_at"])
+    plan, index_only = query_plan(conn)
+    constraints = constraint_state(conn)
+    state = schema_state(conn)
+    conn.rollback()
+    v = Verification(
+        coverage_percent=round(percent, 2), min_coverage=min_coverage,
+        sessions=cov.sessions, with_snapshot=cov.with_snapshot,
+        matched_missing_snapshot=cov.would_update, asn_divergent=asn_div,
+        country_divergent=country_div, index_only_scan=index_only, plan=plan,
+        constraints=constraints, at_head=not state.pending and bool(state.current),
+        sample=sample,
+    )
+    if percent < min_coverage:
+        v.failures.append(f"coverage {percent:.2f}% is below the minimum {min_coverage:g}%")
+    if cov.would_update:
+        v.failures.append(
+            f"{cov.would_update} matched sessions still lack snapshot values (must be 0)")
+    if index_only is False:
+        v.failures.append("the runbook query is not served by an index-only scan")
+    if not v.at_head:
+        v.failures.append(f"schema not at head ({state.current or 'unversioned'} -> {state.head})")
+    return v
+
+
+def query_plan(conn: Connection) -> tuple[list[str], bool | None]:
+    """The runbook query's plan and whether it is index-only (None: cannot tell)."""
+    if conn.dialect.name == "postgresql":
+        lines = [str(r) for r in conn.execute(sa.text(
+            "EXPLAIN (COSTS OFF) " + RUNBOOK_QUERY)).scalars()]
+        conn.rollback()
+        return lines, any("Index Only Scan" in line for line in lines)
+    rows = conn.execute(sa.text("EXPLAIN QUERY PLAN " + RUNBOOK_QUERY)).all()
+    lines = [str(r[-1]) for r in rows]
+    return lines, any("COVERING INDEX" in line for line in lines)
+
+
+def constraint_state(conn: Connection) -> dict[str, str]:
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(sa.text(
+            "SELECT conname, convalidated FROM pg_constraint "
+            "WHERE conrelid = to_regclass('session_summaries') AND contype IN ('c', 'f') "
+            "ORDER BY conname")).all()
+        conn.rollback()
+        return {str(name): "valid" if ok else "NOT VALID" for name, ok in rows}
+    table_sql = str(conn.execute(sa.text(
+        "SELECT sql FROM sqlite_master WHERE name = 'session_summaries'")).scalar() or "")
+    names = ("fk_session_summaries_source_ip_ip_inventory",
+             "ck_session_summaries_snapshot_country_iso2")
+    return {name: "enforced" if name in table_sql else "absent" for name in names}
