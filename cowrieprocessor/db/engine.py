@@ -41,10 +41,12 @@ def create_engine_from_url(
     """Create an engine for ``url`` with this project's per-dialect defaults."""
     parsed = parse_url(url) if isinstance(url, str) else url
     backend = parsed.get_backend_name()
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg2")
     if backend == "postgresql":
         connect_args = dict(kwargs.pop("connect_args", {}))
-        if parsed.get_driver_name() in ("psycopg2", "psycopg2cffi", ""):
-            connect_args.setdefault("application_name", application_name)
+        connect_args.setdefault("application_name", application_name)
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     if backend == "sqlite":
         if not is_sqlite_memory(parsed) and parsed.database is not None:
