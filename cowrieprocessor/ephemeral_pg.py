@@ -2,7 +2,7 @@
 
 ``initdb`` into a temporary directory, ``pg_ctl start`` on a free port on 127.0.0.1
 (its socket in the same directory), and on ``stop()`` the server is stopped and the
-directory removed. The binaries are found on PATH, else under
+directory removed. The binaries are found in ``$COWRIE_PG_BINDIR``, else on PATH, else under
 ``/usr/lib/postgresql/<version>/bin`` (the newest). PostgreSQL refuses to run as root,
 so when we are root the server runs as the ``postgres`` user (or ``nobody``).
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PG_GLOB = "/usr/lib/postgresql/*/bin"
+ENV_BINDIR = "COWRIE_PG_BINDIR"  # use exactly this folder (tests use it to hide PostgreSQL)
 
 
 class PostgresUnavailable(RuntimeError):
@@ -30,6 +31,11 @@ class PostgresUnavailable(RuntimeError):
 
 
 def find_bindir() -> Path:
+    forced = os.environ.get(ENV_BINDIR)
+    if forced:
+        if not Path(forced, "initdb").exists():
+            raise PostgresUnavailable(f"{ENV_BINDIR}={forced} has no initdb")
+        return Path(forced)
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).parent
