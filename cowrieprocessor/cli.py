@@ -53,6 +53,7 @@ class CliError(Exception):
 
 # --- plumbing --------------------------------------------------------------------------
 
+
 def _engine(args: argparse.Namespace, **kwargs: Any) -> sa.Engine:
     url = resolve_database_url(args.db)
     args.masked_url = mask_url(url)
@@ -80,6 +81,7 @@ def _fmt_seconds(seconds: float | None) -> str:
 
 
 # --- check -----------------------------------------------------------------------------
+
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     engine = _engine(args)
@@ -110,19 +112,25 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"Needing snapshots:     {cov.needing_snapshots:,}\n")
                 out.write(f"IPs in inventory:      {cov.inventory_size:,}\n")
                 out.write(f"Backfill would update: {cov.would_update:,}\n")
-                out.write(f"Reachable coverage:    {cov.reachable:,} ({reach:.2f}%); unmatched: "
-                          f"no canonical IP {cov.unmatched_no_ip:,}, IP not in inventory "
-                          f"{cov.unmatched_not_in_inventory:,}\n")
+                out.write(
+                    f"Reachable coverage:    {cov.reachable:,} ({reach:.2f}%); unmatched: "
+                    f"no canonical IP {cov.unmatched_no_ip:,}, IP not in inventory "
+                    f"{cov.unmatched_not_in_inventory:,}\n"
+                )
                 knobs = BackfillKnobs.from_sources({"batch_size": args.batch_size})
                 estimate = report.estimate_seconds(conn, cov.sessions, knobs)
-                out.write(f"Estimated backfill:    {_fmt_seconds(estimate)} "
-                          f"(from a {knobs.batch_size:,}-key dry-run sample)\n")
+                out.write(
+                    f"Estimated backfill:    {_fmt_seconds(estimate)} "
+                    f"(from a {knobs.batch_size:,}-key dry-run sample)\n"
+                )
             elif "session_summaries" in state.tables_present:
                 out.write("Snapshot columns: not yet added (revision 0002 is pending)\n")
             if args.verbose:
                 for job in report.job_status(conn):
-                    out.write(f"Progress:   {job.job} {job.phase} {job.percent}% "
-                              f"(updated {job.updated_at})\n")
+                    out.write(
+                        f"Progress:   {job.job} {job.phase} {job.percent}% "
+                        f"(updated {job.updated_at})\n"
+                    )
             for warning in warnings:
                 out.write(f"WARNING: {warning}\n")
     finally:
@@ -131,6 +139,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # --- backfill --------------------------------------------------------------------------
+
 
 class ProgressBar:
     """A one-line progress bar on a terminal: rows, rate, ETA."""
@@ -195,10 +204,17 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
         bar = ProgressBar(sys.stderr)
         callbacks.append(bar)
     if args.dry_run:
+
         def dry_line(r: BatchReport) -> None:
             c = r.counts
-            log.info("DRY RUN - Batch %d: would update %d sessions (%d/%d IPs found in "
-                     "inventory)", r.batch, c.updated, c.matched, c.candidates - c.no_ip)
+            log.info(
+                "DRY RUN - Batch %d: would update %d sessions (%d/%d IPs found in inventory)",
+                r.batch,
+                c.updated,
+                c.matched,
+                c.candidates - c.no_ip,
+            )
+
         callbacks.append(dry_line)
 
     def on_batch(r: BatchReport) -> None:
@@ -211,15 +227,18 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
         with _connect(engine, args.masked_url) as conn:
             state = report.schema_state(conn)
         if not state.snapshot_columns_present:
-            raise CliError("session_summaries has no snapshot columns yet: run "
-                           "`alembic upgrade 0002_snapshot_columns` first")
-        result = run_backfill(engine, knobs, dry_run=args.dry_run, stop=stop,
-                              on_batch=on_batch)
+            raise CliError(
+                "session_summaries has no snapshot columns yet: run "
+                "`alembic upgrade 0002_snapshot_columns` first"
+            )
+        result = run_backfill(engine, knobs, dry_run=args.dry_run, stop=stop, on_batch=on_batch)
     except BackfillInterrupted as exc:
         if bar:
             bar.close()
-        out.write(f"Interrupted: {exc}\nResume with the same command (or `alembic upgrade "
-                  "head`); committed batches are kept.\n")
+        out.write(
+            f"Interrupted: {exc}\nResume with the same command (or `alembic upgrade "
+            "head`); committed batches are kept.\n"
+        )
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if bar:
@@ -239,6 +258,7 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # --- status ----------------------------------------------------------------------------
+
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     engine = _engine(args)
@@ -260,9 +280,16 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         except json.JSONDecodeError as exc:
             raise CliError(f"status file {path} is not JSON: {exc}") from None
     if args.json:
-        _print_json({"database": args.masked_url, "revision": state.current,
-                     "head": state.head, "jobs": [asdict(j) for j in jobs],
-                     "status_file": status_file}, out)
+        _print_json(
+            {
+                "database": args.masked_url,
+                "revision": state.current,
+                "head": state.head,
+                "jobs": [asdict(j) for j in jobs],
+                "status_file": status_file,
+            },
+            out,
+        )
         return EXIT_OK
     out.write(f"Database: {args.masked_url}\n")
     out.write(f"Revision: {', '.join(state.current) or '(none)'} (head {state.head})\n")
@@ -283,6 +310,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 # --- verify ----------------------------------------------------------------------------
 
+
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     engine = _engine(args)
     try:
@@ -297,18 +325,25 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_FAILED if v.failures else EXIT_OK
     ok, bad = "PASS", "FAIL"
     out.write(f"Database: {args.masked_url}\n")
-    out.write(f"[{bad if v.coverage_percent < v.min_coverage else ok}] coverage "
-              f"{v.with_snapshot:,}/{v.sessions:,} ({v.coverage_percent:.2f}%, minimum "
-              f"{v.min_coverage:g}%)\n")
-    out.write(f"[{bad if v.matched_missing_snapshot else ok}] matched sessions still lacking "
-              f"snapshots: {v.matched_missing_snapshot:,}\n")
+    out.write(
+        f"[{bad if v.coverage_percent < v.min_coverage else ok}] coverage "
+        f"{v.with_snapshot:,}/{v.sessions:,} ({v.coverage_percent:.2f}%, minimum "
+        f"{v.min_coverage:g}%)\n"
+    )
+    out.write(
+        f"[{bad if v.matched_missing_snapshot else ok}] matched sessions still lacking "
+        f"snapshots: {v.matched_missing_snapshot:,}\n"
+    )
     ios = {True: ok, False: bad, None: "----"}[v.index_only_scan]
     out.write(f"[{ios}] runbook query by index-only scan: {' / '.join(v.plan)}\n")
     out.write(f"[{ok if v.at_head else bad}] schema at head\n")
-    out.write(f"[info] snapshot vs current inventory: {v.asn_divergent:,} ASN and "
-              f"{v.country_divergent:,} country divergences (expected: IPs move)\n")
-    out.write("[info] constraints: " + ", ".join(f"{k} {s}" for k, s in v.constraints.items())
-              + "\n")
+    out.write(
+        f"[info] snapshot vs current inventory: {v.asn_divergent:,} ASN and "
+        f"{v.country_divergent:,} country divergences (expected: IPs move)\n"
+    )
+    out.write(
+        "[info] constraints: " + ", ".join(f"{k} {s}" for k, s in v.constraints.items()) + "\n"
+    )
     for row in v.sample:
         out.write(f"  sample: {row}\n")
     for failure in v.failures:
@@ -318,6 +353,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # --- demo-data -------------------------------------------------------------------------
+
 
 def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
     from cowrieprocessor.demo_data import DemoDataError, DemoSpec, generate
@@ -331,30 +367,37 @@ def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(str(exc)) from exc
     finally:
         engine.dispose()
-    out.write(f"Generated {result.sessions:,} sessions, {result.ips:,} IPs, {result.asns:,} "
-              f"ASNs, {result.raw_events:,} raw events ({result.unmatched_sessions:,} sessions "
-              f"unmatched, {result.raw_only_sessions:,} known only from raw events) in "
-              f"{result.seconds:.1f} s\n")
+    out.write(
+        f"Generated {result.sessions:,} sessions, {result.ips:,} IPs, {result.asns:,} "
+        f"ASNs, {result.raw_events:,} raw events ({result.unmatched_sessions:,} sessions "
+        f"unmatched, {result.raw_only_sessions:,} known only from raw events) in "
+        f"{result.seconds:.1f} s\n"
+    )
     return EXIT_OK
 
 
 # --- parser ----------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cowrie-db",
         description="Operate cowrieprocessor's database: pre-flight, snapshot backfill, "
-                    "status and verification.",
+        "status and verification.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--db", metavar="URL",
-                        help="database URL (default: $COWRIE_DB_URL, else the embedded SQLite)")
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="database URL (default: $COWRIE_DB_URL, else the embedded SQLite)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail and logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="pre-flight: connectivity, schema, counts, estimate")
-    check.add_argument("--batch-size", type=int, default=None,
-                       help="batch size to sample for the time estimate")
+    check.add_argument(
+        "--batch-size", type=int, default=None, help="batch size to sample for the time estimate"
+    )
     check.set_defaults(func=cmd_check)
 
     bf = sub.add_parser("backfill", help="run the snapshot backfill (same engine as 0003)")
@@ -364,10 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--lock-timeout", default=None, help="ms, or with s / min")
     bf.add_argument("--statement-timeout", default=None, help="ms, or with s / min")
     bf.add_argument("--max-retries", type=int, default=None)
-    bf.add_argument("--progress", action="store_true",
-                    help="a progress bar on a terminal (log lines otherwise)")
-    bf.add_argument("--status-dir", metavar="DIR",
-                    help=f"write {STATUS_FILE_NAME} there after each batch")
+    bf.add_argument(
+        "--progress", action="store_true", help="a progress bar on a terminal (log lines otherwise)"
+    )
+    bf.add_argument(
+        "--status-dir", metavar="DIR", help=f"write {STATUS_FILE_NAME} there after each batch"
+    )
     bf.add_argument("--json", action="store_true", help="print the final summary as JSON")
     bf.set_defaults(func=cmd_backfill)
 

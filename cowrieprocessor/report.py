@@ -24,8 +24,13 @@ from cowrieprocessor.settings import PROJECT_ROOT
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
 BASELINE_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_events")
-SNAPSHOT_COLUMNS = ("source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type",
-                    "enrichment_at")
+SNAPSHOT_COLUMNS = (
+    "source_ip",
+    "snapshot_asn",
+    "snapshot_country",
+    "snapshot_ip_type",
+    "enrichment_at",
+)
 RUNBOOK_QUERY = (
     "SELECT session_id, snapshot_country, snapshot_asn FROM session_summaries "
     "WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
@@ -60,15 +65,16 @@ def schema_state(conn: Connection) -> SchemaState:
     }
     if current:
         pending = [
-            rev.revision
-            for rev in reversed(list(script.iterate_revisions(head, current[0])))
+            rev.revision for rev in reversed(list(script.iterate_revisions(head, current[0])))
         ]
         adoptable, advice = True, "" if not pending else "run: alembic upgrade head"
     elif len(present) == len(BASELINE_TABLES):
         pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, None)))]
         adoptable = True
-        advice = ("database predates Alembic: run `alembic stamp 0001_baseline`, "
-                  "then `alembic upgrade head` (README: Adopting an existing database)")
+        advice = (
+            "database predates Alembic: run `alembic stamp 0001_baseline`, "
+            "then `alembic upgrade head` (README: Adopting an existing database)"
+        )
     elif not present:
         pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, None)))]
         adoptable, advice = True, "empty database: run `alembic upgrade head`"
@@ -76,7 +82,7 @@ def schema_state(conn: Connection) -> SchemaState:
         pending = []
         missing = sorted(set(BASELINE_TABLES) - set(present))
         adoptable = False
-        advice = (f"not adoptable: no alembic_version and tables missing: {', '.join(missing)}")
+        advice = f"not adoptable: no alembic_version and tables missing: {', '.join(missing)}"
     return SchemaState(current, head, pending, present, has_columns, adoptable, advice)
 
 
@@ -108,12 +114,17 @@ def coverage(conn: Connection) -> Coverage:
     total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
     needy = int(conn.execute(sql.COUNT_NEEDY).scalar_one())
     inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
-    with_snapshot = int(conn.execute(sa.text(
-        "SELECT count(*) FROM session_summaries WHERE source_ip IS NOT NULL")).scalar_one())
+    with_snapshot = int(
+        conn.execute(
+            sa.text("SELECT count(*) FROM session_summaries WHERE source_ip IS NOT NULL")
+        ).scalar_one()
+    )
     counts = dry_run_counts(conn)
     conn.rollback()
     return Coverage(
-        sessions=total, needing_snapshots=needy, with_snapshot=with_snapshot,
+        sessions=total,
+        needing_snapshots=needy,
+        with_snapshot=with_snapshot,
         would_update=counts["updated"],
         reachable=total - needy + counts["matched"],
         unmatched_no_ip=counts["no_ip"],
@@ -136,8 +147,12 @@ def dry_run_counts(
     row = conn.execute(sql.SQLITE_COUNTS).one()
     updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
     conn.execute(sql.SQLITE_BATCH_CLEAR)
-    return {"candidates": int(row.candidates), "no_ip": int(row.no_ip),
-            "matched": int(row.matched), "updated": updated}
+    return {
+        "candidates": int(row.candidates),
+        "no_ip": int(row.no_ip),
+        "matched": int(row.matched),
+        "updated": updated,
+    }
 
 
 def estimate_seconds(conn: Connection, sessions: int, knobs: BackfillKnobs) -> float | None:
@@ -188,17 +203,24 @@ def job_status(conn: Connection) -> list[JobStatus]:
         rate = processed / elapsed if state.phase != progress.DONE else overall / elapsed
         eta = (overall - processed) / rate if rate > 0 and state.phase != progress.DONE else None
         since = (now - state.updated_at).total_seconds()
-        result.append(JobStatus(
-            job=job, phase=state.phase,
-            done=total if state.phase == progress.DONE else state.sessions_walked, total=total,
-            percent=round(100.0 * processed / overall, 2) if overall else 100.0,
-            rate=round(rate, 1), eta_seconds=None if eta is None else round(eta, 1),
-            batches=state.batches, rows_updated=state.rows_updated,
-            started_at=state.started_at.isoformat(), updated_at=state.updated_at.isoformat(),
-            seconds_since_update=round(since, 1),
-            stalled=state.phase != progress.DONE and since > STALLED_AFTER_S,
-            finished_at=state.finished_at.isoformat() if state.finished_at else None,
-        ))
+        result.append(
+            JobStatus(
+                job=job,
+                phase=state.phase,
+                done=total if state.phase == progress.DONE else state.sessions_walked,
+                total=total,
+                percent=round(100.0 * processed / overall, 2) if overall else 100.0,
+                rate=round(rate, 1),
+                eta_seconds=None if eta is None else round(eta, 1),
+                batches=state.batches,
+                rows_updated=state.rows_updated,
+                started_at=state.started_at.isoformat(),
+                updated_at=state.updated_at.isoformat(),
+                seconds_since_update=round(since, 1),
+                stalled=state.phase != progress.DONE and since > STALLED_AFTER_S,
+                finished_at=state.finished_at.isoformat() if state.finished_at else None,
+            )
+        )
     conn.rollback()
     return result
 
@@ -226,16 +248,32 @@ class Verification:
 def verify(conn: Connection, min_coverage: float) -> Verification:
     cov = coverage(conn)
     percent = 100.0 * cov.with_snapshot / cov.sessions if cov.sessions else 100.0
-    asn_div = int(conn.execute(sa.text(
-        "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
-        "ON i.ip_address = s.source_ip WHERE s.snapshot_asn <> i.current_asn")).scalar_one())
-    country_div = int(conn.execute(sa.text(
-        "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
-        "ON i.ip_address = s.source_ip WHERE s.snapshot_country <> i.geo_country")).scalar_one())
-    sample = [dict(r._mapping) for r in conn.execute(sa.text(
-        "SELECT session_id, source_ip, snapshot_asn, snapshot_country, snapshot_ip_type, "
-        "enrichment_at FROM session_summaries WHERE source_ip IS NOT NULL "
-        "ORDER BY session_id LIMIT 5"))]
+    asn_div = int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
+                "ON i.ip_address = s.source_ip WHERE s.snapshot_asn <> i.current_asn"
+            )
+        ).scalar_one()
+    )
+    country_div = int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
+                "ON i.ip_address = s.source_ip WHERE s.snapshot_country <> i.geo_country"
+            )
+        ).scalar_one()
+    )
+    sample = [
+        dict(r._mapping)
+        for r in conn.execute(
+            sa.text(
+                "SELECT session_id, source_ip, snapshot_asn, snapshot_country, snapshot_ip_type, "
+                "enrichment_at FROM session_summaries WHERE source_ip IS NOT NULL "
+                "ORDER BY session_id LIMIT 5"
+            )
+        )
+    ]
     for row in sample:
         if row["enrichment_at"] is not None:
             row["enrichment_at"] = str(row["enrichment_at"])
@@ -244,18 +282,25 @@ def verify(conn: Connection, min_coverage: float) -> Verification:
     state = schema_state(conn)
     conn.rollback()
     v = Verification(
-        coverage_percent=round(percent, 2), min_coverage=min_coverage,
-        sessions=cov.sessions, with_snapshot=cov.with_snapshot,
-        matched_missing_snapshot=cov.would_update, asn_divergent=asn_div,
-        country_divergent=country_div, index_only_scan=index_only, plan=plan,
-        constraints=constraints, at_head=not state.pending and bool(state.current),
+        coverage_percent=round(percent, 2),
+        min_coverage=min_coverage,
+        sessions=cov.sessions,
+        with_snapshot=cov.with_snapshot,
+        matched_missing_snapshot=cov.would_update,
+        asn_divergent=asn_div,
+        country_divergent=country_div,
+        index_only_scan=index_only,
+        plan=plan,
+        constraints=constraints,
+        at_head=not state.pending and bool(state.current),
         sample=sample,
     )
     if percent < min_coverage:
         v.failures.append(f"coverage {percent:.2f}% is below the minimum {min_coverage:g}%")
     if cov.would_update:
         v.failures.append(
-            f"{cov.would_update} matched sessions still lack snapshot values (must be 0)")
+            f"{cov.would_update} matched sessions still lack snapshot values (must be 0)"
+        )
     if index_only is False:
         v.failures.append("the runbook query is not served by an index-only scan")
     if not v.at_head:
@@ -266,8 +311,9 @@ def verify(conn: Connection, min_coverage: float) -> Verification:
 def query_plan(conn: Connection) -> tuple[list[str], bool | None]:
     """The runbook query's plan and whether it is index-only (None: cannot tell)."""
     if conn.dialect.name == "postgresql":
-        lines = [str(r) for r in conn.execute(sa.text(
-            "EXPLAIN (COSTS OFF) " + RUNBOOK_QUERY)).scalars()]
+        lines = [
+            str(r) for r in conn.execute(sa.text("EXPLAIN (COSTS OFF) " + RUNBOOK_QUERY)).scalars()
+        ]
         conn.rollback()
         return lines, any("Index Only Scan" in line for line in lines)
     rows = conn.execute(sa.text("EXPLAIN QUERY PLAN " + RUNBOOK_QUERY)).all()
@@ -277,14 +323,23 @@ def query_plan(conn: Connection) -> tuple[list[str], bool | None]:
 
 def constraint_state(conn: Connection) -> dict[str, str]:
     if conn.dialect.name == "postgresql":
-        rows = conn.execute(sa.text(
-            "SELECT conname, convalidated FROM pg_constraint "
-            "WHERE conrelid = to_regclass('session_summaries') AND contype IN ('c', 'f') "
-            "ORDER BY conname")).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT conname, convalidated FROM pg_constraint "
+                "WHERE conrelid = to_regclass('session_summaries') AND contype IN ('c', 'f') "
+                "ORDER BY conname"
+            )
+        ).all()
         conn.rollback()
         return {str(name): "valid" if ok else "NOT VALID" for name, ok in rows}
-    table_sql = str(conn.execute(sa.text(
-        "SELECT sql FROM sqlite_master WHERE name = 'session_summaries'")).scalar() or "")
-    names = ("fk_session_summaries_source_ip_ip_inventory",
-             "ck_session_summaries_snapshot_country_iso2")
+    table_sql = str(
+        conn.execute(
+            sa.text("SELECT sql FROM sqlite_master WHERE name = 'session_summaries'")
+        ).scalar()
+        or ""
+    )
+    names = (
+        "fk_session_summaries_source_ip_ip_inventory",
+        "ck_session_summaries_snapshot_country_iso2",
+    )
     return {name: "enforced" if name in table_sql else "absent" for name in names}

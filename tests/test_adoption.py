@@ -13,12 +13,18 @@ from tests.seed import add_asn, add_ip, add_session, migrate, snapshots
 
 LEGACY_COLUMNS = {
     "postgresql": [
-        "source_ip VARCHAR(45)", "snapshot_asn INTEGER", "snapshot_country VARCHAR(2)",
-        "snapshot_ip_type TEXT", "enrichment_at TIMESTAMP WITH TIME ZONE",
+        "source_ip VARCHAR(45)",
+        "snapshot_asn INTEGER",
+        "snapshot_country VARCHAR(2)",
+        "snapshot_ip_type TEXT",
+        "enrichment_at TIMESTAMP WITH TIME ZONE",
     ],
     "sqlite": [
-        "source_ip VARCHAR(45)", "snapshot_asn INTEGER", "snapshot_country VARCHAR(2)",
-        "snapshot_ip_type TEXT", "enrichment_at DATETIME",
+        "source_ip VARCHAR(45)",
+        "snapshot_asn INTEGER",
+        "snapshot_country VARCHAR(2)",
+        "snapshot_ip_type TEXT",
+        "enrichment_at DATETIME",
     ],
 }
 
@@ -33,14 +39,18 @@ def legacy_database(url: str, *, with_columns: int) -> sa.Engine:
         for column in LEGACY_COLUMNS[engine.dialect.name][:with_columns]:
             conn.execute(sa.text(f"ALTER TABLE session_summaries ADD COLUMN {column}"))
         if with_columns >= 2:
-            conn.execute(sa.text(
-                "CREATE INDEX ix_session_summaries_snapshot_asn ON session_summaries "
-                "(snapshot_asn)"))
+            conn.execute(
+                sa.text(
+                    "CREATE INDEX ix_session_summaries_snapshot_asn ON session_summaries "
+                    "(snapshot_asn)"
+                )
+            )
         add_asn(conn, 4134)
         add_ip(conn, "1.1.1.1", asn=4134, country="CN")
-        conn.execute(sa.text(
-            "INSERT INTO session_summaries (session_id, enrichment) VALUES ('new', :e)"),
-            {"e": '{"session_metadata": {"source_ip": "1.1.1.1"}}'})
+        conn.execute(
+            sa.text("INSERT INTO session_summaries (session_id, enrichment) VALUES ('new', :e)"),
+            {"e": '{"session_metadata": {"source_ip": "1.1.1.1"}}'},
+        )
     return engine
 
 
@@ -55,9 +65,7 @@ def test_stamp_then_upgrade_adopts_a_database_without_the_columns(db_url: str) -
 
 
 @pytest.mark.parametrize("with_columns", [2, 5])
-def test_adoption_when_the_snapshot_columns_already_exist(
-    db_url: str, with_columns: int
-) -> None:
+def test_adoption_when_the_snapshot_columns_already_exist(db_url: str, with_columns: int) -> None:
     engine = legacy_database(db_url, with_columns=with_columns)
     with engine.begin() as conn:
         if with_columns == 5:  # old data that breaks the new rules is kept, not rewritten
@@ -71,25 +79,38 @@ def test_adoption_when_the_snapshot_columns_already_exist(
     assert got["new"][:3] == ("1.1.1.1", 4134, "CN")
     inspector = sa.inspect(engine)
     assert {c["name"] for c in inspector.get_columns("session_summaries")} >= {
-        "source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type", "enrichment_at"}
+        "source_ip",
+        "snapshot_asn",
+        "snapshot_country",
+        "snapshot_ip_type",
+        "enrichment_at",
+    }
     assert "ix_session_summaries_snapshot_country_snapshot_asn_session_id" in {
-        ix["name"] for ix in inspector.get_indexes("session_summaries")}
+        ix["name"] for ix in inspector.get_indexes("session_summaries")
+    }
     if with_columns == 5:
         assert got["bad_country"][1:3] == (7, "cn")
         assert got["bad_ip"][0] == "9.9.9.9"
 
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            state = dict(conn.execute(sa.text(
-                "SELECT conname, convalidated FROM pg_constraint "
-                "WHERE conrelid = 'session_summaries'::regclass AND contype IN ('c', 'f')"
-            )).all())
-        fk, ck = ("fk_session_summaries_source_ip_ip_inventory",
-                  "ck_session_summaries_snapshot_country_iso2")
+            state: dict[str, bool] = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT conname, convalidated FROM pg_constraint "
+                        "WHERE conrelid = 'session_summaries'::regclass AND contype IN ('c', 'f')"
+                    )
+                ).all()
+            )
+        fk, ck = (
+            "fk_session_summaries_source_ip_ip_inventory",
+            "ck_session_summaries_snapshot_country_iso2",
+        )
         if with_columns == 5:
             assert state == {fk: False, ck: False}
             assert "left NOT VALID: 1 existing rows violate it (e.g. session_id 'bad_ip')" in (
-                up.stderr)
+                up.stderr
+            )
             assert "(e.g. session_id 'bad_country')" in up.stderr
         else:
             assert state == {fk: True, ck: True}

@@ -27,8 +27,15 @@ PASSWORD_IN_URL = "s3cr%3At%40p%2Fw%25d"
 
 def cowrie_db(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "COWRIE_DB_URL"}
-    return subprocess.run([str(COWRIE_DB), *args], capture_output=True, text=True, env=env,
-                          cwd=PROJECT_ROOT, timeout=timeout, check=False)
+    return subprocess.run(
+        [str(COWRIE_DB), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def with_password(url: str) -> str:
@@ -51,8 +58,9 @@ def fingerprint(engine: sa.Engine) -> tuple[dict[str, int], str]:
             t: int(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one())
             for t in sa.inspect(conn).get_table_names()
         }
-    digest = hashlib.sha256(json.dumps(sorted(snapshots(engine).items()),
-                                       default=str).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(sorted(snapshots(engine).items()), default=str).encode()
+    ).hexdigest()
     return counts, digest
 
 
@@ -143,15 +151,24 @@ def test_backfill_then_verify_and_status(seeded_url: str) -> None:
     data = json.loads(strict.stdout)
     assert data["ok"] is False
     assert data["failures"] == [
-        f"coverage {data['coverage_percent']:.2f}% is below the minimum 100%"]
-    assert {"coverage_percent", "index_only_scan", "constraints", "sample", "plan",
-            "asn_divergent", "country_divergent"} <= set(data)
+        f"coverage {data['coverage_percent']:.2f}% is below the minimum 100%"
+    ]
+    assert {
+        "coverage_percent",
+        "index_only_scan",
+        "constraints",
+        "sample",
+        "plan",
+        "asn_divergent",
+        "country_divergent",
+    } <= set(data)
 
     status = cowrie_db("--db", url, "status", "--json")
     assert status.returncode == 0, status.stderr
     jobs = json.loads(status.stdout)["jobs"]
     assert [(j["job"], j["phase"], j["percent"]) for j in jobs] == [
-        ("snapshot_backfill", "done", 100.0)]
+        ("snapshot_backfill", "done", 100.0)
+    ]
     assert_no_password(status)
 
 
@@ -186,16 +203,20 @@ def test_status_file_and_status_dir(seeded_url: str, tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_after_the_batch_and_a_rerun_resumes(seeded_url: str) -> None:
     proc = subprocess.Popen(
-        [str(COWRIE_DB), "--db", seeded_url, "backfill", "--batch-size", "20",
-         "--pause-ms", "100"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
+        [str(COWRIE_DB), "--db", seeded_url, "backfill", "--batch-size", "20", "--pause-ms", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_ROOT,
     )
     engine = sa.create_engine(seeded_url)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            if sa.inspect(conn).has_table(PROGRESS_TABLE) and conn.execute(
-                sa.text(f"SELECT batches FROM {PROGRESS_TABLE}")).scalar():
+            if (
+                sa.inspect(conn).has_table(PROGRESS_TABLE)
+                and conn.execute(sa.text(f"SELECT batches FROM {PROGRESS_TABLE}")).scalar()
+            ):
                 break
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
@@ -214,9 +235,12 @@ def test_ctrl_c_stops_after_the_batch_and_a_rerun_resumes(seeded_url: str) -> No
 
 def run_is_complete(engine: sa.Engine) -> bool:
     with engine.connect() as conn:
-        return conn.execute(sa.text(
-            f"SELECT phase FROM {PROGRESS_TABLE} WHERE job = 'snapshot_backfill'")
-        ).scalar() == "done"
+        return (
+            conn.execute(
+                sa.text(f"SELECT phase FROM {PROGRESS_TABLE} WHERE job = 'snapshot_backfill'")
+            ).scalar()
+            == "done"
+        )
 
 
 def test_demo_data_refuses_a_database_that_has_sessions(seeded_url: str) -> None:

@@ -12,8 +12,7 @@ import pytest
 from cowrieprocessor.settings import PROJECT_ROOT
 
 TARGET = (
-    "tests/test_migrations_history.py::"
-    "test_upgrade_head_then_downgrade_base_leaves_an_empty_schema"
+    "tests/test_migrations_history.py::test_upgrade_head_then_downgrade_base_leaves_an_empty_schema"
 )
 
 
@@ -24,7 +23,12 @@ def run_without_postgres(tmp_path: Path, ci: bool) -> subprocess.CompletedProces
         env["CI"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", f"{TARGET}[postgresql]"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
