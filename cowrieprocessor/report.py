@@ -20,17 +20,11 @@ from sqlalchemy import Connection
 from cowrieprocessor.backfill import progress, sql
 from cowrieprocessor.backfill.engine import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 from cowrieprocessor.settings import PROJECT_ROOT
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
 BASELINE_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_events")
-SNAPSHOT_COLUMNS = (
-    "source_ip",
-    "snapshot_asn",
-    "snapshot_country",
-    "snapshot_ip_type",
-    "enrichment_at",
-)
 RUNBOOK_QUERY = (
     "SELECT session_id, snapshot_country, snapshot_asn FROM session_summaries "
     "WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
