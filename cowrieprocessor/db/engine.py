@@ -31,6 +31,13 @@ def is_sqlite_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
+def _is_plain_sqlite_file(url: URL) -> bool:
+    """A file path whose folder we may create (not memory, not the ``file:`` URI form)."""
+    uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    database = url.database or ""
+    return not is_sqlite_memory(url) and not uri and not database.startswith("file:")
+
+
 def create_engine_from_url(
     url: str | URL,
     *,
@@ -49,8 +56,8 @@ def create_engine_from_url(
         connect_args.setdefault("application_name", application_name)
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     if backend == "sqlite":
-        if not is_sqlite_memory(parsed) and parsed.database is not None:
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if _is_plain_sqlite_file(parsed):
+            Path(str(parsed.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, **kwargs)
         _install_sqlite_pragmas(engine, sqlite_busy_timeout_ms, wal=not is_sqlite_memory(parsed))
         return engine
