@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo upgrade downgrade clean
+.PHONY: install test test-all lint format demo bench bench-small bench-scaling upgrade downgrade clean
 
 install: $(STAMP)
 
@@ -45,6 +45,16 @@ demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/alembic upgrade head
 	$(DEMO_ENV) $(BIN)/alembic current
 	$(DEMO_ENV) $(BIN)/cowrie-db verify
+
+# Benchmarks (not part of `make test`): docs/performance.md says what they measure.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --sessions 1680000 --ips 300000
+
+bench-small: $(STAMP)
+	$(BIN)/python -m benchmarks.run --sessions 100000 --ips 20000 --repeat 1
+
+bench-scaling: $(STAMP)
+	$(BIN)/python -m benchmarks.run --scaling --repeat 1
 
 upgrade: $(STAMP)
 	$(BIN)/alembic upgrade head

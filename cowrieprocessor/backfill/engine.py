@@ -1,6 +1,6 @@
 """The backfill engine: one implementation for the Alembic revision and the CLI.
 
-It walks ``session_id`` in key order, ``batch_size`` keys at a time. For each range it
+It walks the table in key order, one range of rows at a time. For each range it
 runs one set-based statement (resolve the canonical IP, join ``ip_inventory``, update
 only the NULL snapshot columns of matched sessions) and saves its position in the
 progress table, in one short transaction of its own. So:
@@ -15,14 +15,33 @@ progress table, in one short transaction of its own. So:
   the run with :class:`BatchFailed`, naming the range and the cause.
 
 After the walk, a catch-up pass walks the keys again: sessions that the loader
-inserted into ranges already walked get their snapshots too. A run whose progress row
-says ``done`` is finished; the next run starts a fresh walk (it changes only what still
-needs changing).
+inserted into ranges already walked get their snapshots too. It looks only at sessions
+without ``source_ip`` (every session the walk matched has one), so it reads the table
+but resolves and writes next to nothing. Every session that exists without a snapshot
+when the catch-up starts is covered; one inserted behind the catch-up itself is left to
+the loader (or the next run). A run whose progress row says ``done`` is finished; the
+next run starts a fresh walk (it changes only what still needs changing).
+
+Range sizes (see :mod:`cowrieprocessor.backfill.knobs`): adaptive by default, starting
+at 1,000 rows and steered so that a batch takes about ``batch_time``, capped at
+``batch_size``; fixed at ``batch_size`` when that is set on its own. Measured on
+PostgreSQL 15 (1.68M sessions, 2 cores), a row costs tens of microseconds to update,
+so a fixed 20,000-row batch held its row locks for 1-2 s; docs/performance.md has the
+figures behind the default.
+
+Key order: ``session_id`` ranges, except for adaptive batches on SQLite, which walk
+``rowid`` (the physical order): random session ids scatter every key range over the
+whole file, so each SQLite commit would rewrite thousands of pages. A rowid position is
+saved as ``#rowid:<rowid>:<session_id>`` and trusted only while that session still has
+that rowid (VACUUM may renumber them); otherwise the phase restarts in ``session_id``
+order, which is always safe since a range run twice changes nothing. A resumed phase
+keeps the order it was started in.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -45,8 +64,11 @@ log = logging.getLogger("cowrieprocessor.backfill")
 BACKFILL_JOB = "snapshot_backfill"
 CLEAR_JOB = "snapshot_clear"
 ADVISORY_LOCK_KEY = 0x636F_7772_6965  # "cowrie": one backfill or clear at a time
-LOG_EVERY_S = 5.0
 ADVISORY_LOCK_WAIT_S = 5.0
+ROWID_KEY_PREFIX = "#rowid:"
+ADAPTIVE_FIRST_BATCH = 1_000  # rows: the first commit comes quickly on any server
+ADAPTIVE_GROWTH = 2.0  # a batch is at most this many times the previous one
+ADAPTIVE_SHRINK = 0.5  # ... and at least this fraction of it
 STATEMENT_TIMEOUT = "statement timeout"
 SPLIT_ON = frozenset({STATEMENT_TIMEOUT})
 NONE: frozenset[str] = frozenset()
@@ -131,9 +153,125 @@ class BackfillResult:
 
 
 def describe_range(lo: str | None, hi: str | None) -> str:
-    left = "(start" if lo is None else f"({lo!r}"
-    right = "end)" if hi is None else f"{hi!r}]"
-    return f"session_id range {left}, {right}"
+    return SESSION_ID_ORDER.describe(lo, hi)
+
+
+class PositionLost(Exception):
+    """A saved rowid no longer points at the session it was saved with (VACUUM)."""
+
+
+class KeyOrder:
+    """Ranges of ``session_id``: keys are the session ids themselves."""
+
+    name = "session_id"
+    column = "s.session_id"
+
+    def owns(self, key: str) -> bool:
+        """Whether a saved position was written by this order."""
+        return not key.startswith(ROWID_KEY_PREFIX)
+
+    def bound_after(self, conn: Connection, lo: str | None, offset: int) -> str | None:
+        params: dict[str, Any] = {"offset": offset}
+        if lo is not None:
+            params["lo"] = lo
+        value = conn.execute(sql.next_bound(lo is not None), params).scalar()
+        return None if value is None else str(value)
+
+    def param(self, key: str) -> Any:
+        return key
+
+    def show(self, key: str) -> str:
+        return repr(key)
+
+    def still_valid(self, conn: Connection, lo: str | None) -> bool:
+        return True
+
+    def describe(self, lo: str | None, hi: str | None) -> str:
+        left = "(start" if lo is None else f"({self.show(lo)}"
+        right = "end)" if hi is None else f"{self.show(hi)}]"
+        return f"{self.name} range {left}, {right}"
+
+    def params(self, lo: str | None, hi: str | None) -> dict[str, Any]:
+        params = {}
+        if lo is not None:
+            params["lo"] = self.param(lo)
+        if hi is not None:
+            params["hi"] = self.param(hi)
+        return params
+
+
+class RowidOrder(KeyOrder):
+    """SQLite: ranges of ``rowid``; a key is ``#rowid:<rowid>:<session_id>``."""
+
+    name = "rowid"
+    column = "s.rowid"
+
+    def owns(self, key: str) -> bool:
+        return self.decode(key) is not None
+
+    @staticmethod
+    def decode(key: str) -> tuple[int, str] | None:
+        if not key.startswith(ROWID_KEY_PREFIX):
+            return None
+        number, sep, session_id = key[len(ROWID_KEY_PREFIX) :].partition(":")
+        if not sep or not number.isdigit():
+            return None
+        return int(number), session_id
+
+    def bound_after(self, conn: Connection, lo: str | None, offset: int) -> str | None:
+        params: dict[str, Any] = {"offset": offset}
+        if lo is not None:
+            params["lo"] = self.param(lo)
+        row = conn.execute(sql.next_rowid_bound(lo is not None), params).first()
+        return None if row is None else f"{ROWID_KEY_PREFIX}{int(row[0])}:{row[1]}"
+
+    def param(self, key: str) -> Any:
+        decoded = self.decode(key)
+        if decoded is None:
+            raise ValueError(f"not a rowid position: {key!r}")
+        return decoded[0]
+
+    def show(self, key: str) -> str:
+        return str(self.param(key))
+
+    def still_valid(self, conn: Connection, lo: str | None) -> bool:
+        if lo is None:
+            return True
+        decoded = self.decode(lo)
+        if decoded is None:
+            return False
+        rowid, session_id = decoded
+        return conn.execute(sql.ROWID_OF, {"sid": session_id}).scalar() == rowid
+
+
+SESSION_ID_ORDER = KeyOrder()
+ROWID_ORDER = RowidOrder()
+
+
+class BatchSizer:
+    """Rows per range: fixed at ``batch_size``, or steered toward ``batch_time``.
+
+    After each committed range of ``n`` rows that took ``t`` seconds, the next range
+    gets ``n * batch_time / t`` rows, at most doubled, at least halved, capped at
+    ``batch_size`` (GitLab's batched background migrations steer the same way).
+    """
+
+    def __init__(self, knobs: BackfillKnobs) -> None:
+        self.limit = knobs.batch_size
+        self.target = knobs.batch_time / 1000 if knobs.adaptive else 0.0
+        self.size = min(self.limit, ADAPTIVE_FIRST_BATCH) if self.target else self.limit
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if not self.target or rows <= 0:
+            return
+        factor = ADAPTIVE_GROWTH if seconds <= 0 else self.target / seconds
+        factor = min(max(factor, ADAPTIVE_SHRINK), ADAPTIVE_GROWTH)
+        self.size = max(1, min(self.limit, round(rows * factor)))
+
+    def timed_out(self, rows: int) -> None:
+        """A range of ``rows`` hit statement_timeout: never ask for that many again."""
+        if self.target:
+            self.size = max(1, min(self.size, rows // 2))
 
 
 def classify(exc: BaseException, dialect: str) -> str | None:
@@ -155,6 +293,36 @@ def classify(exc: BaseException, dialect: str) -> str | None:
     if "database is locked" in message or "database table is locked" in message:
         return "database is locked"
     return None
+
+
+@dataclass(frozen=True)
+class Range:
+    """One batch's range, as handed to the statement that processes it."""
+
+    phase: str
+    order: KeyOrder
+    lo: str | None
+    hi: str | None
+
+    @property
+    def has_lo(self) -> bool:
+        return self.lo is not None
+
+    @property
+    def has_hi(self) -> bool:
+        return self.hi is not None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.order.params(self.lo, self.hi)
+
+    @property
+    def needs(self) -> str:
+        """The catch-up looks only at sessions without source_ip (module docstring)."""
+        return sql.CATCHUP_NEEDS if self.phase == CATCHUP else sql.NEEDS_SNAPSHOT
+
+
+RunRange = Callable[[Connection, Range], BatchCounts]
 
 
 class RangeWalker:
@@ -184,6 +352,12 @@ class RangeWalker:
         self.conn: Connection | None = None
         self.state = JobState(job=job)
         self.batch_seconds: list[float] = []
+        self.sizer = BatchSizer(knobs)
+        # Adaptive batches on SQLite walk the physical order (see the module docstring).
+        self.fresh_order: KeyOrder = (
+            ROWID_ORDER if self.dialect == "sqlite" and knobs.adaptive else SESSION_ID_ORDER
+        )
+        self.order: KeyOrder = self.fresh_order
         self._phase_total = 0
         self._phase_started = time.monotonic()
         self._phase_done_at_start = 0
@@ -298,42 +472,61 @@ class RangeWalker:
 
     def bound_after(self, lo: str | None, offset: int) -> str | None:
         """The key ``offset`` places after ``lo`` (None: fewer keys remain)."""
+        order = self.order
 
         def find(conn: Connection) -> str | None:
-            params: dict[str, Any] = {"offset": offset}
-            if lo is not None:
-                params["lo"] = lo
-            value = conn.execute(sql.next_bound(lo is not None), params).scalar()
+            value = order.bound_after(conn, lo, offset)
             conn.commit()
-            return None if value is None else str(value)
+            return value
 
-        return self.retrying(f"finding the range after {lo!r}", find)  # type: ignore[no-any-return]
+        what = f"finding the range after {order.show(lo) if lo is not None else 'the start'}"
+        return self.retrying(what, find)  # type: ignore[no-any-return]
 
     def count_range(self, lo: str | None, hi: str | None) -> int:
+        order = self.order
+
         def count(conn: Connection) -> int:
             n = conn.execute(
-                sql.count_range(lo is not None, hi is not None), _params(lo, hi)
+                sql.count_range(lo is not None, hi is not None, order.column),
+                order.params(lo, hi),
             ).scalar_one()
             conn.commit()
             return int(n)
 
-        return self.retrying(f"counting {describe_range(lo, hi)}", count)  # type: ignore[no-any-return]
+        return self.retrying(f"counting {order.describe(lo, hi)}", count)  # type: ignore[no-any-return]
 
-    def walk(
-        self, phase: str, run_range: Callable[[Connection, str | None, str | None], BatchCounts]
-    ) -> None:
+    def walk(self, phase: str, run_range: RunRange) -> None:
         """Walk every range of ``phase`` from the saved position to the end."""
         self._start_phase(phase)
         lo = self.state.last_key
+        if lo is None:
+            self.order = self.fresh_order
+        elif ROWID_ORDER.owns(lo) and self.dialect == "sqlite":
+            self.order = ROWID_ORDER  # resume in the order the phase was started in
+        else:
+            self.order = SESSION_ID_ORDER
         while True:
             if self.stop.is_set():
                 raise BackfillInterrupted(
-                    f"stopped after {describe_range(None, lo)}; rerun to resume"
+                    f"stopped after {self.order.describe(None, lo)}; rerun to resume"
                 )
-            hi = self.bound_after(lo, self.knobs.batch_size - 1)
-            self._process(
-                phase, lo, hi, self.knobs.batch_size if hi is not None else None, run_range
-            )
+            size = self.sizer.size
+            hi = self.bound_after(lo, size - 1)
+            try:
+                self._process(phase, lo, hi, size if hi is not None else None, run_range)
+            except PositionLost:
+                log.warning(
+                    "%s %s: the rowid position %s no longer holds its session (the file "
+                    "was vacuumed?): restarting the %s in session_id order",
+                    self.job,
+                    phase,
+                    self.order.show(lo) if lo is not None else "(start)",
+                    phase,
+                )
+                self.order = SESSION_ID_ORDER
+                self.state.sessions_walked = 0
+                lo = None
+                continue
             if hi is None:
                 return
             lo = hi
@@ -346,7 +539,7 @@ class RangeWalker:
         lo: str | None,
         hi: str | None,
         size: int | None,
-        run_range: Callable[[Connection, str | None, str | None], BatchCounts],
+        run_range: RunRange,
     ) -> None:
         pending: list[tuple[str | None, str | None, int | None]] = [(lo, hi, size)]
         while pending:
@@ -360,6 +553,7 @@ class RangeWalker:
                     r_size = self.count_range(r_lo, r_hi)
                 if r_size <= 1:
                     raise
+                self.sizer.timed_out(r_size)
                 half = r_size // 2
                 mid = self.bound_after(r_lo, half - 1)
                 if mid is None or mid == r_hi:
@@ -367,7 +561,7 @@ class RangeWalker:
                 self.state.splits += 1
                 log.warning(
                     "%s hit statement_timeout (%d ms): splitting it in two",
-                    describe_range(r_lo, r_hi),
+                    self.order.describe(r_lo, r_hi),
                     self.knobs.statement_timeout,
                 )
                 pending[0:0] = [(r_lo, mid, half), (mid, r_hi, r_size - half)]
@@ -378,15 +572,19 @@ class RangeWalker:
         lo: str | None,
         hi: str | None,
         size: int | None,
-        run_range: Callable[[Connection, str | None, str | None], BatchCounts],
+        run_range: RunRange,
     ) -> None:
         started = time.monotonic()
-        what = f"{self.job} {phase} batch {self.state.batches + 1}, {describe_range(lo, hi)}"
+        order = self.order
+        what = f"{self.job} {phase} batch {self.state.batches + 1}, {order.describe(lo, hi)}"
+        batch = Range(phase, order, lo, hi)
 
         def attempt(conn: Connection) -> BatchCounts:
             with self.begin(conn):
+                if not order.still_valid(conn, lo):
+                    raise PositionLost(what)
                 self._set_timeouts(conn)
-                counts = run_range(conn, lo, hi)
+                counts = run_range(conn, batch)
                 if not self.dry_run:
                     self._advance(phase, hi, size, counts)
                     progress.save(conn, self.state)
@@ -402,7 +600,9 @@ class RangeWalker:
             self._advance(phase, hi, size, counts)
         seconds = time.monotonic() - started
         self.batch_seconds.append(seconds)
-        self._report(phase, lo, hi, counts, seconds)
+        if size is not None:
+            self.sizer.observe(size, seconds)
+        self._report(phase, lo, hi, counts, seconds, size)
 
     def _advance(self, phase: str, hi: str | None, size: int | None, c: BatchCounts) -> None:
         s = self.state
@@ -465,7 +665,13 @@ class RangeWalker:
         )
 
     def _report(
-        self, phase: str, lo: str | None, hi: str | None, counts: BatchCounts, seconds: float
+        self,
+        phase: str,
+        lo: str | None,
+        hi: str | None,
+        counts: BatchCounts,
+        seconds: float,
+        size: int | None = None,
     ) -> None:
         snap = self.snapshot(phase, complete=hi is None)
         if self.knobs.status_file is not None:
@@ -485,11 +691,12 @@ class RangeWalker:
                 )
             )
         now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY_S or hi is None:
+        if now - self._last_log >= self.knobs.log_interval / 1000 or hi is None:
             self._last_log = now
             eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f} s"
             log.info(
-                "%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated",
+                "%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated; "
+                "batch %d: %s in %.3f s",
                 self.job,
                 phase,
                 snap.done,
@@ -498,6 +705,9 @@ class RangeWalker:
                 snap.rate,
                 eta,
                 self.state.rows_updated,
+                self.state.batches,
+                "the last range" if size is None else f"{size} rows",
+                seconds,
             )
 
 
@@ -505,30 +715,19 @@ def _copy_state(state: JobState) -> JobState:
     return JobState(**state.as_row())
 
 
-def _params(lo: str | None, hi: str | None) -> dict[str, str]:
-    params = {}
-    if lo is not None:
-        params["lo"] = lo
-    if hi is not None:
-        params["hi"] = hi
-    return params
-
-
 # --- the two jobs ---------------------------------------------------------------------
 
 
-def _backfill_range(
-    dialect: str, dry_run: bool
-) -> Callable[[Connection, str | None, str | None], BatchCounts]:
-    def run_pg(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
-        stmt = (sql.pg_dry_run if dry_run else sql.pg_backfill)(lo is not None, hi is not None)
-        row = conn.execute(stmt, _params(lo, hi)).one()
+def _backfill_range(dialect: str, dry_run: bool) -> RunRange:
+    def run_pg(conn: Connection, r: Range) -> BatchCounts:
+        stmt = (sql.pg_dry_run if dry_run else sql.pg_backfill)(r.has_lo, r.has_hi, r.needs)
+        row = conn.execute(stmt, r.params).one()
         return BatchCounts(int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated))
 
-    def run_sqlite(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
+    def run_sqlite(conn: Connection, r: Range) -> BatchCounts:
         conn.execute(sql.SQLITE_BATCH_TABLE)
         conn.execute(sql.SQLITE_BATCH_CLEAR)
-        conn.execute(sql.sqlite_resolve(lo is not None, hi is not None), _params(lo, hi))
+        conn.execute(sql.sqlite_resolve(r.has_lo, r.has_hi, r.order.column, r.needs), r.params)
         row = conn.execute(sql.SQLITE_COUNTS).one()
         if dry_run:
             updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
@@ -540,9 +739,9 @@ def _backfill_range(
     return run_pg if dialect == "postgresql" else run_sqlite
 
 
-def _clear_range(conn: Connection, lo: str | None, hi: str | None) -> BatchCounts:
+def _clear_range(conn: Connection, r: Range) -> BatchCounts:
     updated = conn.execute(
-        sql.clear_snapshots(lo is not None, hi is not None), _params(lo, hi)
+        sql.clear_snapshots(r.has_lo, r.has_hi, r.order.column), r.params
     ).rowcount
     return BatchCounts(updated=updated)
 
@@ -608,12 +807,12 @@ def run_backfill(
         total, needy, inventory = walker.retrying("counting sessions", _counts)
         walker.state.sessions_total = total
         log.info(
-            "%sbackfill: %d sessions, %d need snapshots, %d IPs in inventory; batch_size=%d%s",
+            "%sbackfill: %d sessions, %d need snapshots, %d IPs in inventory; %s%s",
             "DRY RUN (no changes) - " if dry_run else "",
             total,
             needy,
             inventory,
-            knobs.batch_size,
+            describe_sizing(knobs, walker.fresh_order),
             f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
         )
         run_range = _backfill_range(walker.dialect, dry_run)
@@ -647,6 +846,25 @@ def run_backfill(
     return result
 
 
+def describe_sizing(knobs: BackfillKnobs, order: KeyOrder) -> str:
+    if not knobs.adaptive:
+        return f"batch_size={knobs.batch_size} ({order.name} ranges)"
+    return (
+        f"adaptive batches of {order.name} ranges: {min(knobs.batch_size, ADAPTIVE_FIRST_BATCH)} "
+        f"rows first, then sized toward batch_time={knobs.batch_time} ms, at most "
+        f"batch_size={knobs.batch_size}"
+    )
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values`` (0.0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]
+
+
 def log_summary(r: BackfillResult) -> None:
     verb = "would update" if r.dry_run else "updated"
     log.info("=" * 60)
@@ -672,6 +890,12 @@ def log_summary(r: BackfillResult) -> None:
         r.failed_batches,
         r.retries,
         r.splits,
+    )
+    log.info(
+        "Batch time: p50 %.3f s, p95 %.3f s, max %.3f s",
+        percentile(r.batch_seconds, 0.5),
+        percentile(r.batch_seconds, 0.95),
+        max(r.batch_seconds, default=0.0),
     )
     log.info("Total time: %.1f s, average rate: %.0f sessions/s", r.seconds, r.rate)
     log.info("=" * 60)
@@ -703,8 +927,9 @@ def clear_snapshots(
         total, _needy, _inv = walker.retrying("counting sessions", _counts)
         walker.state.sessions_total = total
         log.info(
-            "clearing snapshots: %d sessions%s",
+            "clearing snapshots: %d sessions; %s%s",
             total,
+            describe_sizing(knobs, walker.fresh_order),
             f"; resuming after {walker.state.last_key!r}" if resumed else "",
         )
         if walker.state.phase == WALK:

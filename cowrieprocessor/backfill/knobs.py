@@ -5,6 +5,14 @@ CLI flag), the environment variable ``COWRIE_BACKFILL_<NAME>``, the default belo
 Every value is parsed into a number (or a path) and range-checked *before* anything is
 written; a bad one fails with a message that names the knob, the value and the allowed
 range. No knob value ever reaches SQL as text: timeouts are passed as bound parameters.
+
+Batch sizing. By default batches are *adaptive*: the first one is small (1,000 rows)
+and each next one is resized (at most doubled, at least halved) so that a batch takes
+about ``batch_time``, never more than ``batch_size`` rows. A slow or busy server thus
+gets short batches (row locks held briefly) and a fast one gets few commits. Setting
+``batch_size`` (and not ``batch_time``) pins fixed ranges of exactly that many
+``session_id`` keys, the classic walk whose ranges a runbook can reason about;
+``batch_time=0`` does the same with the default size.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 ENV_PREFIX = "COWRIE_BACKFILL_"
+DEFAULT_BATCH_TIME_MS = 250
 # -x keys that belong to others (env.py reads `db`), not to the backfill.
 FOREIGN_X_KEYS = frozenset({"db"})
 
@@ -66,7 +75,18 @@ INT_KNOBS: tuple[IntKnob, ...] = (
         1,
         1_000_000,
         "",
-        "session_id keys per range; each range is one UPDATE and one commit",
+        "rows per range when batches are fixed (batch_time=0, or batch_size set alone); "
+        "otherwise the largest an adaptive batch may grow; each range is one UPDATE and "
+        "one commit",
+    ),
+    IntKnob(
+        "batch_time",
+        DEFAULT_BATCH_TIME_MS,
+        0,
+        600_000,
+        "ms",
+        "adaptive batches: the time one batch should take (0 = fixed batches of "
+        "batch_size); the default unless batch_size is set",
     ),
     IntKnob(
         "pause_ms",
@@ -100,6 +120,14 @@ INT_KNOBS: tuple[IntKnob, ...] = (
         "",
         "retries of a range after a transient failure, with exponential backoff",
     ),
+    IntKnob(
+        "log_interval",
+        5_000,
+        0,
+        3_600_000,
+        "ms",
+        "how often progress is logged (0 = a line after every batch, with its duration)",
+    ),
 )
 KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file"})
 
@@ -107,11 +135,18 @@ KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file"})
 @dataclass(frozen=True)
 class BackfillKnobs:
     batch_size: int = 20_000
+    batch_time: int = DEFAULT_BATCH_TIME_MS
     pause_ms: int = 0
     lock_timeout: int = 2_000
     statement_timeout: int = 60_000
     max_retries: int = 5
+    log_interval: int = 5_000
     status_file: Path | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        """Batches resized toward ``batch_time`` (else fixed ranges of ``batch_size``)."""
+        return self.batch_time > 0
 
     @classmethod
     def from_sources(
@@ -153,6 +188,8 @@ class BackfillKnobs:
         for knob in INT_KNOBS:
             found = raw(knob.name)
             values[knob.name] = knob.default if found is None else knob.parse(*found)
+        if raw("batch_size") is not None and raw("batch_time") is None:
+            values["batch_time"] = 0  # a batch size given on its own means fixed batches
         found = raw("status_file")
         if found is not None and found[0].strip():
             values["status_file"] = _status_path(found[0].strip(), found[1])

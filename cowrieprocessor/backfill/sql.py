@@ -24,6 +24,19 @@ Which value goes where (see docs/runbook.md, "What the backfill writes"):
 Malformed JSON (possible on SQLite, where JSON is text) is guarded with
 ``json_valid`` inside ``CASE`` (which SQLite evaluates lazily), so one bad row never
 aborts a batch: it simply has no IP from that source.
+
+Which rows a range statement looks at: the walk takes every session of the range that
+lacks any snapshot column (``NEEDS_SNAPSHOT``); the catch-up pass takes only those
+without ``source_ip`` (``CATCHUP_NEEDS``). Every session the walk matched has a
+``source_ip``, so what the catch-up finds are the unmatched sessions and the ones
+inserted behind the walk, without resolving again the ~40% of matched sessions whose
+inventory row lacks a country, a type or a date. The mapping is the same in both.
+
+Ranges are of ``session_id`` (both dialects) or, on SQLite, of ``rowid``: the table's
+physical order, so that a batch reads and rewrites neighbouring pages instead of
+rows scattered over the whole file (session ids are random). SQLite's
+``UPDATE ... FROM`` joins back on ``rowid``, which is stable inside the batch's
+``BEGIN IMMEDIATE`` transaction.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ NEEDS_SNAPSHOT = (
     "(s.source_ip IS NULL OR s.snapshot_asn IS NULL OR s.snapshot_country IS NULL "
     "OR s.snapshot_ip_type IS NULL OR s.enrichment_at IS NULL)"
 )
+CATCHUP_NEEDS = "(s.source_ip IS NULL)"
 HAS_SNAPSHOT = (
     "(s.source_ip IS NOT NULL OR s.snapshot_asn IS NOT NULL OR s.snapshot_country IS NOT NULL "
     "OR s.snapshot_ip_type IS NOT NULL OR s.enrichment_at IS NOT NULL)"
@@ -76,8 +90,25 @@ def next_bound(has_lo: bool) -> TextClause:
     return text(f"SELECT session_id FROM {TABLE} {where}ORDER BY session_id LIMIT 1 OFFSET :offset")
 
 
-def count_range(has_lo: bool, has_hi: bool) -> TextClause:
-    return text(f"SELECT count(*) FROM {TABLE} s WHERE {range_predicate(has_lo, has_hi)}")
+def next_rowid_bound(has_lo: bool) -> TextClause:
+    """SQLite: the ``rowid`` (and its session) ``:n`` rows after ``:lo``, in table order.
+
+    A walk of the table's own b-tree from the previous bound; the session id comes
+    along so that the position can be checked later (see ``ROWID_OF``).
+    """
+    where = "WHERE rowid > :lo " if has_lo else ""
+    return text(
+        f"SELECT rowid, session_id FROM {TABLE} {where}ORDER BY rowid LIMIT 1 OFFSET :offset"
+    )
+
+
+# SQLite: where a session sits now. VACUUM may renumber the rowids of a table without an
+# INTEGER PRIMARY KEY; a rowid position is trusted only while its session still has it.
+ROWID_OF = text(f"SELECT rowid FROM {TABLE} WHERE session_id = :sid")
+
+
+def count_range(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> TextClause:
+    return text(f"SELECT count(*) FROM {TABLE} s WHERE {range_predicate(has_lo, has_hi, column)}")
 
 
 # --- PostgreSQL --------------------------------------------------------------------
@@ -121,9 +152,9 @@ PG_COUNTS = """
     (SELECT count(*) FROM matched) AS matched"""
 
 
-def pg_backfill(has_lo: bool, has_hi: bool) -> TextClause:
+def pg_backfill(has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT) -> TextClause:
     """One range: resolve, update what would change, and count, in one round trip."""
-    resolve = PG_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=NEEDS_SNAPSHOT)
+    resolve = PG_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=needs)
     return text(
         f"""{resolve},
 upd AS (
@@ -137,9 +168,9 @@ SELECT {PG_COUNTS},
     )
 
 
-def pg_dry_run(has_lo: bool, has_hi: bool) -> TextClause:
+def pg_dry_run(has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT) -> TextClause:
     """The same resolution as :func:`pg_backfill`, counting what it would update."""
-    resolve = PG_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=NEEDS_SNAPSHOT)
+    resolve = PG_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=needs)
     return text(
         f"""{resolve}
 SELECT {PG_COUNTS},
@@ -148,22 +179,28 @@ SELECT {PG_COUNTS},
     )
 
 
+# Per batch transaction. JIT off: a batch's estimated cost can cross jit_above_cost, and
+# compiling its plan (tens to hundreds of ms) would cost more than running it.
 PG_SET_TIMEOUTS = text(
     "SELECT set_config('lock_timeout', :lock_timeout, true), "
-    "set_config('statement_timeout', :statement_timeout, true)"
+    "set_config('statement_timeout', :statement_timeout, true), "
+    "set_config('jit', 'off', true)"
 )
 
 
 # --- SQLite ------------------------------------------------------------------------
 
+# One row per candidate of the batch: its rowid in session_summaries (the temp table's own
+# rowid, so no index to maintain), its key and its canonical IP.
 SQLITE_BATCH_TABLE = text(
-    "CREATE TEMP TABLE IF NOT EXISTS cowrie_batch (session_id TEXT PRIMARY KEY, ip TEXT)"
+    "CREATE TEMP TABLE IF NOT EXISTS cowrie_batch_rows "
+    "(rid INTEGER PRIMARY KEY, session_id TEXT, ip TEXT)"
 )
-SQLITE_BATCH_CLEAR = text("DELETE FROM temp.cowrie_batch")
+SQLITE_BATCH_CLEAR = text("DELETE FROM temp.cowrie_batch_rows")
 
 _SQLITE_RESOLVE = """
-INSERT INTO temp.cowrie_batch (session_id, ip)
-SELECT c.session_id,
+INSERT INTO temp.cowrie_batch_rows (rid, session_id, ip)
+SELECT c.rid, c.session_id,
        COALESCE(c.existing_ip, c.meta_ip, (
            SELECT CASE WHEN json_valid(e.payload) THEN
                       CASE WHEN json_type(e.payload, '$.src_ip') = 'text'
@@ -175,7 +212,8 @@ SELECT c.session_id,
            ORDER BY e.event_timestamp IS NULL, e.event_timestamp, e.id
            LIMIT 1))
 FROM (
-    SELECT s.session_id,
+    SELECT s.rowid AS rid,
+           s.session_id,
            s.source_ip AS existing_ip,
            CASE WHEN json_valid(s.enrichment) THEN
                CASE WHEN json_type(s.enrichment, '$.session_metadata.source_ip') = 'text'
@@ -191,11 +229,11 @@ SQLITE_COUNTS = text(
     """SELECT count(*) AS candidates,
        coalesce(sum(b.ip IS NULL), 0) AS no_ip,
        coalesce(sum(i.ip_address IS NOT NULL), 0) AS matched
-FROM temp.cowrie_batch b LEFT JOIN ip_inventory i ON i.ip_address = b.ip"""
+FROM temp.cowrie_batch_rows b LEFT JOIN ip_inventory i ON i.ip_address = b.ip"""
 )
 
 _SQLITE_MATCHED = """(
-    SELECT b.session_id, i.ip_address, i.current_asn,
+    SELECT b.rid, b.session_id, i.ip_address, i.current_asn,
            CASE WHEN i.geo_country GLOB '[A-Z][A-Z]' AND i.geo_country <> 'XX'
                 THEN i.geo_country END AS country,
            CASE WHEN json_valid(i.ip_types) THEN
@@ -203,36 +241,42 @@ _SQLITE_MATCHED = """(
                     THEN NULLIF(json_extract(i.ip_types, '$[0]'), '') END
            END AS ip_type,
            i.enrichment_updated_at
-    FROM temp.cowrie_batch b JOIN ip_inventory i ON i.ip_address = b.ip
+    FROM temp.cowrie_batch_rows b JOIN ip_inventory i ON i.ip_address = b.ip
 ) AS m"""
 
+# The IN list makes SQLite drive the join from the batch's rows; with the join condition
+# alone it may scan the whole of session_summaries for every batch.
 SQLITE_UPDATE = text(
     f"""UPDATE session_summaries AS s SET {SET_NULL_ONLY}
 FROM {_SQLITE_MATCHED}
-WHERE s.session_id = m.session_id AND {WOULD_CHANGE}"""
+WHERE s.rowid IN (SELECT rid FROM temp.cowrie_batch_rows)
+  AND s.rowid = m.rid AND {WOULD_CHANGE}"""
 )
 
 SQLITE_WOULD_UPDATE = text(
     f"""SELECT count(*) FROM {_SQLITE_MATCHED}
-JOIN session_summaries s ON s.session_id = m.session_id
+JOIN session_summaries s ON s.rowid = m.rid
 WHERE {WOULD_CHANGE}"""
 )
 
 
-def sqlite_resolve(has_lo: bool, has_hi: bool) -> TextClause:
-    return text(_SQLITE_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=NEEDS_SNAPSHOT))
+def sqlite_resolve(
+    has_lo: bool, has_hi: bool, column: str = "s.session_id", needs: str = NEEDS_SNAPSHOT
+) -> TextClause:
+    """Fill the batch table with the range's candidates (``column``: the range's key)."""
+    return text(_SQLITE_RESOLVE.format(range=range_predicate(has_lo, has_hi, column), needs=needs))
 
 
 # --- clearing (the downgrade) --------------------------------------------------------
 
 
-def clear_snapshots(has_lo: bool, has_hi: bool) -> TextClause:
+def clear_snapshots(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> TextClause:
     """NULL the five columns in one range, touching only rows that have a value."""
     return text(
         f"""UPDATE session_summaries AS s SET
     source_ip = NULL, snapshot_asn = NULL, snapshot_country = NULL,
     snapshot_ip_type = NULL, enrichment_at = NULL
-WHERE {range_predicate(has_lo, has_hi)} AND {HAS_SNAPSHOT}"""
+WHERE {range_predicate(has_lo, has_hi, column)} AND {HAS_SNAPSHOT}"""
     )
 
 
@@ -302,7 +346,7 @@ def sqlite_offline_backfill() -> list[TextClause]:
         SQLITE_BATCH_CLEAR,
         sqlite_resolve(False, False),
         SQLITE_UPDATE,
-        text("DROP TABLE temp.cowrie_batch"),
+        text("DROP TABLE temp.cowrie_batch_rows"),
     ]
 
 

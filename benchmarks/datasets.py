@@ -1,0 +1,185 @@
+"""The benchmark's databases: one generated dataset per dialect, and fresh copies of it.
+
+A dataset is built once per size, exactly as a deploy would find the database: the real
+``alembic upgrade 0002_snapshot_columns``, then :func:`cowrieprocessor.demo_data.generate`
+(the generator behind ``cowrie-db demo-data``), then statistics. Each measurement then
+gets its own copy, so every approach starts from the same bytes:
+
+* PostgreSQL: ``CREATE DATABASE ... TEMPLATE`` (``STRATEGY FILE_COPY`` on 15+), then a
+  ``CHECKPOINT`` so that flushing the copy does not land inside the measurement;
+* SQLite: a file copy (any stale ``-wal``/``-shm`` of an earlier copy removed first),
+  then ``sync``.
+
+``python -m benchmarks.datasets DIALECT URL SESSIONS IPS [SEED]`` builds one dataset;
+the runner starts one such process per dialect, in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.settings import PROJECT_ROOT
+
+ALEMBIC = Path(sys.executable).parent / "alembic"
+BEFORE = "0002_snapshot_columns"
+
+
+def alembic(url: str, *args: str, extra_x: dict[str, str] | None = None) -> list[str]:
+    """The real ``alembic`` command line for ``url`` (no environment URL leaks in)."""
+    x: list[str] = ["-x", f"db={url}"]
+    for key, value in (extra_x or {}).items():
+        x += ["-x", f"{key}={value}"]
+    return [str(ALEMBIC), "-c", str(PROJECT_ROOT / "alembic.ini"), *x, *args]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for child processes: no URL or backfill knob from the caller."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k != "COWRIE_DB_URL" and not k.startswith("COWRIE_BACKFILL_")
+    }
+
+
+def build(dialect: str, url: str, sessions: int, ips: int, seed: int = 1) -> dict[str, float]:
+    """Migrate ``url`` to 0002, generate the data, gather statistics. Returns timings."""
+    from cowrieprocessor.demo_data import DemoSpec, generate
+
+    started = time.monotonic()
+    done = subprocess.run(
+        alembic(url, "upgrade", BEFORE),
+        cwd=PROJECT_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"alembic upgrade {BEFORE} failed:\n{done.stderr}")
+    engine = create_engine_from_url(url, application_name="cowrie-bench-data")
+    try:
+        result = generate(engine, DemoSpec(sessions=sessions, ips=ips, seed=seed))
+        generated = time.monotonic()
+        if dialect == "postgresql":  # as autovacuum would have left a production table
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text("VACUUM (ANALYZE)"))
+    finally:
+        engine.dispose()
+    if dialect == "sqlite":  # fold the WAL into the file: copies are then one file
+        database = sa.make_url(url).database
+        con = sqlite3.connect(str(database))
+        try:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+    return {
+        "generate_seconds": round(result.seconds, 2),
+        "total_seconds": round(time.monotonic() - started, 2),
+        "statistics_seconds": round(time.monotonic() - generated, 2),
+        "raw_events": result.raw_events,
+        "unmatched_sessions": result.unmatched_sessions,
+    }
+
+
+@dataclass
+class PostgresData:
+    """A template database on a server, and copies of it."""
+
+    server_url: str
+    template: str
+
+    def _admin(self) -> sa.Engine:
+        return sa.create_engine(self.server_url, isolation_level="AUTOCOMMIT")
+
+    def url_for(self, name: str) -> str:
+        return sa.make_url(self.server_url).set(database=name).render_as_string(False)
+
+    def create_template(self) -> str:
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.template}"'))
+                conn.execute(sa.text(f'CREATE DATABASE "{self.template}"'))
+        finally:
+            admin.dispose()
+        return self.url_for(self.template)
+
+    def copy(self, name: str) -> str:
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                major = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
+                strategy = " STRATEGY FILE_COPY" if major >= 15 else ""
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+                conn.execute(
+                    sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"{strategy}')
+                )
+                conn.execute(sa.text("CHECKPOINT"))
+        finally:
+            admin.dispose()
+        return self.url_for(name)
+
+    def drop(self, name: str) -> None:
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+
+    def drop_template(self) -> None:
+        self.drop(self.template)
+
+
+@dataclass
+class SqliteData:
+    """A template file in a work folder, and copies of it."""
+
+    folder: Path
+    template: str
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.sqlite"
+
+    def url_for(self, name: str) -> str:
+        return f"sqlite:///{self.path(name)}"
+
+    def create_template(self) -> str:
+        self.drop(self.template)
+        return self.url_for(self.template)
+
+    def copy(self, name: str) -> str:
+        self.drop(name)
+        shutil.copyfile(self.path(self.template), self.path(name))
+        os.sync()
+        return self.url_for(name)
+
+    def drop(self, name: str) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.path(name)}{suffix}").unlink(missing_ok=True)
+
+    def drop_template(self) -> None:
+        self.drop(self.template)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    dialect, url, sessions, ips = args[0], args[1], int(args[2]), int(args[3])
+    seed = int(args[4]) if len(args) > 4 else 1
+    print(json.dumps(build(dialect, url, sessions, ips, seed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Run one approach as a child process and measure it from the outside.
+
+Every approach runs in a process of its own, so that its wall time, its peak resident
+memory (``ru_maxrss`` from ``os.wait4`` on that very child) and the arrival time of
+each line it logs are taken the same way:
+
+* the product is the real ``alembic upgrade head`` from ``0002_snapshot_columns``,
+  with ``-x log_interval=0`` so that the backfill logs one line per committed batch,
+  with that batch's duration as the engine measured it (its transaction, retries
+  included). The first such line marks the first committed batch;
+* the limit and the upstream approach are ``python -m benchmarks.limit`` and
+  ``python -m benchmarks.upstream``, which print their own step times as JSON.
+
+A digest of the five snapshot columns of every session is computed after each run
+(outside the timing), so the report can say that all approaches ended with the same
+data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from benchmarks.datasets import alembic, clean_env
+from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.settings import PROJECT_ROOT
+
+BATCH_LINE = re.compile(
+    r"snapshot_backfill (?P<phase>walk|catchup): .*; batch (?P<batch>\d+): "
+    r"(?:(?P<rows>\d+) rows|the last range) in (?P<seconds>[\d.]+) s"
+)
+TO_0003 = "Running upgrade 0002_snapshot_columns -> 0003_backfill_session_snapshots"
+TO_0004 = "Running upgrade 0003_backfill_session_snapshots -> 0004_snapshot_indexes"
+
+
+@dataclass
+class Measured:
+    """One child process: exit code, wall time, peak RSS, and its lines with arrival times."""
+
+    returncode: int
+    seconds: float
+    max_rss_mb: float
+    stdout: str
+    lines: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as handle:
+        return float(handle.read().split()[0])
+
+
+def run_measured(cmd: Sequence[str], *, timeout: float = 7200) -> Measured:
+    """Run ``cmd``; its stderr lines are timestamped on arrival (seconds since start)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=PROJECT_ROOT,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    lines: list[tuple[float, str]] = []
+    out: list[str] = []
+
+    def read_err() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append((time.monotonic() - started, line.rstrip("\n")))
+
+    def read_out() -> None:
+        assert proc.stdout is not None
+        out.append(proc.stdout.read())
+
+    readers = [threading.Thread(target=read_err), threading.Thread(target=read_out)]
+    for reader in readers:
+        reader.start()
+    deadline = started + timeout
+    while True:  # wait4 on this child only: its own peak RSS, not its siblings'
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.005)
+    seconds = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
+    return Measured(
+        returncode=proc.returncode,
+        seconds=seconds,
+        max_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        stdout="".join(out),
+        lines=lines,
+    )
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (0.0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]
+
+
+def _fail(what: str, m: Measured) -> RuntimeError:
+    tail = "\n".join(line for _, line in m.lines[-30:])
+    return RuntimeError(f"{what} failed with exit code {m.returncode}:\n{tail}\n{m.stdout}")
+
+
+def product(url: str, sessions: int) -> dict[str, Any]:
+    """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside."""
+    m = run_measured(alembic(url, "upgrade", "head", extra_x={"log_interval": "0"}))
+    if m.returncode != 0:
+        raise _fail("alembic upgrade head", m)
+    batches: list[dict[str, Any]] = []
+    t_0003 = t_0004 = None
+    walk_end = catchup_end = None
+    for arrived, line in m.lines:
+        if TO_0003 in line:
+            t_0003 = arrived
+        elif TO_0004 in line:
+            t_0004 = arrived
+        match = BATCH_LINE.search(line)
+        if match:
+            rows = match["rows"]
+            batches.append(
+                {
+                    "phase": match["phase"],
+                    "batch": int(match["batch"]),
+                    "rows": int(rows) if rows else None,
+                    "seconds": float(match["seconds"]),
+                    "at": round(arrived, 3),
+                }
+            )
+            if match["phase"] == "walk":
+                walk_end = arrived
+            else:
+                catchup_end = arrived
+    if t_0003 is None or t_0004 is None or not batches:
+        raise _fail("parsing the upgrade's log", m)
+    durations = [b["seconds"] for b in batches]
+    walk_rows = [b["rows"] for b in batches if b["phase"] == "walk" and b["rows"]]
+    return {
+        "seconds": round(m.seconds, 3),
+        "sessions_per_second": round(sessions / m.seconds, 1),
+        "max_rss_mb": round(m.max_rss_mb, 1),
+        "first_commit_seconds": round(batches[0]["at"], 3),
+        "phases": {
+            "startup": round(t_0003, 3),
+            "backfill": round(t_0004 - t_0003, 3),
+            "walk": round((walk_end or t_0004) - t_0003, 3),
+            "catchup": round((catchup_end or walk_end or t_0004) - (walk_end or t_0003), 3),
+            "indexes_vacuum_validate": round(m.seconds - t_0004, 3),
+        },
+        "batches": len(batches),
+        "batch_seconds": {
+            "p50": round(percentile(durations, 0.50), 4),
+            "p95": round(percentile(durations, 0.95), 4),
+            "max": round(max(durations), 4),
+        },
+        "walk_batch_rows": {
+            "p50": int(percentile([float(r) for r in walk_rows], 0.5)) if walk_rows else 0,
+            "max": max(walk_rows, default=0),
+        },
+        "batch_log": batches,
+    }
+
+
+def _python_module(module: str, url: str, *args: str) -> Measured:
+    return run_measured([sys.executable, "-m", module, url, *args])
+
+
+def limit(url: str, sessions: int) -> dict[str, Any]:
+    """One unbatched UPDATE and the plain index builds (benchmarks/limit.py)."""
+    m = _python_module("benchmarks.limit", url)
+    if m.returncode != 0:
+        raise _fail("the limit", m)
+    data: dict[str, Any] = json.loads(m.stdout.strip().splitlines()[-1])
+    seconds = float(data["seconds"])
+    return {
+        "seconds": round(seconds, 3),  # in-process: no interpreter start-up counted
+        "wall_seconds": round(m.seconds, 3),
+        "sessions_per_second": round(sessions / seconds, 1),
+        "max_rss_mb": round(m.max_rss_mb, 1),
+        "first_commit_seconds": round(float(data["steps"]["update"]), 3),
+        "steps": {k: round(float(v), 3) for k, v in data["steps"].items()},
+        "rows_updated": data["rows_updated"],
+    }
+
+
+def upstream(url: str, sessions: int) -> dict[str, Any]:
+    """Upstream's method (benchmarks/upstream.py): LIMIT batches, one UPDATE per session."""
+    m = _python_module("benchmarks.upstream", url)
+    if m.returncode != 0:
+        raise _fail("the upstream approach", m)
+    data: dict[str, Any] = json.loads(m.stdout.strip().splitlines()[-1])
+    seconds = float(data["seconds"])
+    durations = [float(x) for x in data["batch_seconds"]]
+    return {
+        "seconds": round(seconds, 3),
+        "wall_seconds": round(m.seconds, 3),
+        "sessions_per_second": round(sessions / seconds, 1),
+        "max_rss_mb": round(m.max_rss_mb, 1),
+        "first_commit_seconds": round(float(data["first_commit_seconds"] or 0.0), 3),
+        "batches": data["batches"],
+        "batch_seconds": {
+            "p50": round(percentile(durations, 0.50), 4),
+            "p95": round(percentile(durations, 0.95), 4),
+            "max": round(max(durations, default=0.0), 4),
+        },
+        "rows_updated": data["updated"],
+    }
+
+
+def digest(url: str) -> dict[str, Any]:
+    """A digest of every session's five snapshot columns, and how many have a source_ip."""
+    engine = create_engine_from_url(url, application_name="cowrie-bench-digest")
+    total = 0
+    filled = 0
+    accumulator = 0
+    try:
+        with engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=20_000).execute(
+                sa.text(
+                    "SELECT session_id, source_ip, snapshot_asn, snapshot_country, "
+                    "snapshot_ip_type, enrichment_at FROM session_summaries"
+                )
+            )
+            for row in rows:
+                text = "|".join("" if v is None else str(v) for v in row)
+                h = hashlib.blake2b(text.encode(), digest_size=8).digest()
+                accumulator = (accumulator + int.from_bytes(h, "big")) % (1 << 64)
+                total += 1
+                filled += row[1] is not None
+    finally:
+        engine.dispose()
+    return {"sessions": total, "with_source_ip": filled, "digest": f"{accumulator:016x}"}

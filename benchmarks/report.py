@@ -1,0 +1,168 @@
+"""Turn benchmark result files into Markdown: the tables of docs/performance.md.
+
+    python -m benchmarks.report benchmarks/results/latest.json [more.json ...]
+
+Several files (e.g. a production-size run and a scaling run) are merged: for a given
+dialect and size, the last file that measured it wins.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# The targets of the benchmark issue, per dialect: product/limit at most this much.
+LIMIT_TARGET = {"postgresql": 1.25, "sqlite": 2.0}
+UPSTREAM_TARGET = 10.0
+BATCH_MAX_TARGET = 1.0  # seconds, PostgreSQL
+RSS_TARGET_MB = 150.0
+
+
+def _fmt(value: Any, spec: str = ".1f", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def rows(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(dialect, sessions) -> that measurement's summary (plus sizes and the dataset)."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for result in results:
+        for size in result.get("sizes", []):
+            for dialect, data in size["dialects"].items():
+                merged[(dialect, size["sessions"])] = {
+                    "ips": size["ips"],
+                    "summary": data["summary"],
+                    "repeats": len(data["runs"].get("product", [])),
+                }
+    return merged
+
+
+def markdown(*results: dict[str, Any]) -> str:
+    merged = rows(list(results))
+    out = [
+        "| dialect | sessions | product | sessions/s | limit | product / limit | upstream "
+        "| upstream / product | batch p50 / p95 / max | first commit | peak RSS | same data |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for (dialect, sessions), row in sorted(merged.items()):
+        s = row["summary"]
+        product = s.get("product", {})
+        limit = s.get("limit", {})
+        upstream = s.get("upstream", {})
+        ratios = s.get("ratios", {})
+        same = s.get("same_result")
+        same_text = "yes" if same else "NO" if same is False else "-"
+        batches = (
+            f"{_fmt(product.get('batch_p50'), '.2f')} / {_fmt(product.get('batch_p95'), '.2f')} "
+            f"/ {_fmt(product.get('batch_max_all'), '.2f')} s"
+        )
+        out.append(
+            f"| {dialect} | {sessions:,} | {_fmt(product.get('seconds'), '.1f', ' s')} "
+            f"| {_fmt(product.get('sessions_per_second'), ',.0f')} "
+            f"| {_fmt(limit.get('seconds'), '.1f', ' s')} "
+            f"| {_fmt(ratios.get('product_over_limit'), '.2f', 'x')} "
+            f"| {_fmt(upstream.get('seconds'), '.0f', ' s')} "
+            f"| {_fmt(ratios.get('upstream_over_product'), '.1f', 'x')} "
+            f"| {batches} | {_fmt(product.get('first_commit_seconds'), '.2f', ' s')} "
+            f"| {_fmt(product.get('max_rss_mb'), '.0f', ' MB')} "
+            f"| {same_text} |"
+        )
+    return "\n".join(out)
+
+
+def phases(*results: dict[str, Any]) -> str:
+    """Where the product's time goes, next to the limit's steps."""
+    merged = rows(list(results))
+    out = [
+        "| dialect | sessions | product: start-up | walk | catch-up | 0004 (indexes, vacuum, "
+        "validate) | limit: UPDATE | indexes | vacuum / analyze | validate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (dialect, sessions), row in sorted(merged.items()):
+        p = row["summary"].get("product", {}).get("phases", {})
+        steps = row["summary"].get("limit", {}).get("steps", {})
+        vacuum = steps.get("vacuum_analyze", steps.get("analyze"))
+        out.append(
+            f"| {dialect} | {sessions:,} | {_fmt(p.get('startup'), '.1f')} "
+            f"| {_fmt(p.get('walk'), '.1f')} | {_fmt(p.get('catchup'), '.1f')} "
+            f"| {_fmt(p.get('indexes_vacuum_validate'), '.1f')} "
+            f"| {_fmt(steps.get('update'), '.1f')} | {_fmt(steps.get('indexes'), '.1f')} "
+            f"| {_fmt(vacuum, '.1f')} | {_fmt(steps.get('validate'), '.1f')} |"
+        )
+    return "\n".join(out)
+
+
+def targets(*results: dict[str, Any], sessions: int = 1_680_000) -> str:
+    """The issue's targets against what was measured at ``sessions``."""
+    merged = rows(list(results))
+    out = ["| target | measured | met? |", "|---|---|---|"]
+
+    def line(target: str, measured: str, ok: bool | None) -> None:
+        out.append(f"| {target} | {measured} | {'yes' if ok else 'no' if ok is False else '-'} |")
+
+    for dialect, bound in LIMIT_TARGET.items():
+        row = merged.get((dialect, sessions))
+        if row is None:
+            continue
+        s = row["summary"]
+        ratio = s.get("ratios", {}).get("product_over_limit")
+        line(
+            f"{dialect}: product <= {bound} x limit",
+            f"{_fmt(ratio, '.2f', ' x')} ({_fmt(s.get('product', {}).get('seconds'), '.1f')} s "
+            f"vs {_fmt(s.get('limit', {}).get('seconds'), '.1f')} s, medians of "
+            f"{row['repeats']})",
+            None if ratio is None else ratio <= bound,
+        )
+    pg = merged.get(("postgresql", sessions))
+    if pg is not None:
+        s = pg["summary"]
+        up = s.get("upstream", {}).get("seconds")
+        product = s.get("product", {})
+        if up is not None:
+            total = up / product["seconds"]
+            backfill = up / product["backfill_seconds"]
+            line(
+                f"postgresql: >= {UPSTREAM_TARGET:.0f} x faster than upstream",
+                f"{total:.1f} x the whole upgrade, {backfill:.1f} x its backfill revision "
+                f"(upstream {up:.0f} s; the limit is {up / s['limit']['seconds']:.1f} x faster)",
+                total >= UPSTREAM_TARGET,
+            )
+        worst = product.get("batch_max_all")
+        line(
+            "postgresql: every batch < 1 s, p95 well below",
+            f"p50 {_fmt(product.get('batch_p50'), '.2f')} s, p95 "
+            f"{_fmt(product.get('batch_p95'), '.2f')} s, max {_fmt(worst, '.2f')} s",
+            None if worst is None else worst < BATCH_MAX_TARGET,
+        )
+    rss = [
+        (d, n, r["summary"]["product"]["max_rss_mb"])
+        for (d, n), r in sorted(merged.items())
+        if "product" in r["summary"]
+    ]
+    if rss:
+        worst_rss = max(v for _, _, v in rss)
+        spread = ", ".join(f"{d} {n:,}: {v:.0f} MB" for d, n, v in rss)
+        line(
+            f"peak RSS < {RSS_TARGET_MB:.0f} MB, flat with size",
+            spread,
+            worst_rss < RSS_TARGET_MB,
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
+    results = [json.loads(p.read_text()) for p in paths]
+    print(markdown(*results))
+    print()
+    print(phases(*results))
+    print()
+    print(targets(*results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

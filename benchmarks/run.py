@@ -1,0 +1,364 @@
+"""Benchmark the snapshot backfill at production scale: the product, the limit, upstream.
+
+    python -m benchmarks.run --sessions 1680000 --ips 300000 [--dialects postgresql,sqlite]
+                             [--repeat 3] [--scaling] [--upstream auto|always|never]
+
+For each dialect and size it builds the production-shaped dataset once (the real
+``alembic upgrade 0002_snapshot_columns``, then ``cowrie-db demo-data``'s generator), and
+measures, each on a fresh copy of the same data:
+
+1. **product**: ``alembic upgrade head`` (the backfill revision and the index revision),
+   as a deploy runs it;
+2. **limit**: one unbatched ``UPDATE ... FROM ip_inventory`` with the same semantics,
+   then the same indexes, plain (benchmarks/limit.py);
+3. **upstream**: upstream's method re-implemented (benchmarks/upstream.py).
+
+Product and limit alternate ``--repeat`` times, so that a burst of load from elsewhere
+hits both; medians are reported, every run is kept. PostgreSQL is a throwaway cluster
+(:class:`cowrieprocessor.ephemeral_pg.EphemeralPostgres`, fsync on) configured as a
+tuned production server for this machine (``--pg-stock`` for the stock settings), or an
+existing server (``--pg-url``, where we may create databases).
+
+Results: ``benchmarks/results/<time>.json`` (and ``latest.json``), and a Markdown summary
+on stdout. ``python -m benchmarks.report`` and ``python -m benchmarks.plot`` turn result
+files into docs/performance.md's table and plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from benchmarks import measure, report
+from benchmarks.datasets import PostgresData, SqliteData
+from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.ephemeral_pg import EphemeralPostgres
+from cowrieprocessor.settings import PROJECT_ROOT
+
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+PRODUCTION = (1_680_000, 300_000)
+SCALING = (100_000, 500_000, 1_680_000, 5_000_000)
+UPSTREAM_AUTO_MAX = 1_680_000  # its cost grows with the square of the table
+GIB = 1 << 30
+
+Approach = Callable[[str, int], dict[str, Any]]
+APPROACHES: dict[str, Approach] = {
+    "product": measure.product,
+    "limit": measure.limit,
+    "upstream": measure.upstream,
+}
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def memory_bytes() -> int:
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 4 * GIB
+
+
+def tuned_pg_settings() -> dict[str, str]:
+    """The usual production tuning for this machine's memory (as pgtune would suggest)."""
+    mem = memory_bytes()
+    mb = 1 << 20
+    return {
+        "shared_buffers": f"{min(mem // 4, 8 * GIB) // mb}MB",
+        "effective_cache_size": f"{mem * 3 // 4 // mb}MB",
+        "maintenance_work_mem": f"{min(mem // 16, 2 * GIB) // mb}MB",
+        "work_mem": "16MB",
+        "wal_buffers": "16MB",
+        "min_wal_size": "1GB",
+        "max_wal_size": "4GB",
+        "checkpoint_completion_target": "0.9",
+        "random_page_cost": "1.1",
+    }
+
+
+def machine(pg_url: str | None) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_bytes() / GIB, 1),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+    if pg_url:
+        engine = sa.create_engine(pg_url)
+        try:
+            with engine.connect() as conn:
+                info["postgresql"] = conn.execute(sa.text("SHOW server_version")).scalar()
+                names = (*tuned_pg_settings(), "fsync", "synchronous_commit", "jit")
+                info["postgresql_settings"] = {
+                    name: conn.execute(sa.text(f"SHOW {name}")).scalar() for name in names
+                }
+        finally:
+            engine.dispose()
+    return info
+
+
+def build_datasets(
+    targets: dict[str, PostgresData | SqliteData], sessions: int, ips: int, seed: int
+) -> dict[str, Any]:
+    """Generate every dialect's dataset at once, one process each (2 cores: in parallel)."""
+    procs = {}
+    for dialect, target in targets.items():
+        url = target.create_template()
+        cmd = [sys.executable, "-m", "benchmarks.datasets", dialect, url]
+        cmd += [str(sessions), str(ips), str(seed)]
+        procs[dialect] = subprocess.Popen(
+            cmd,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    built = {}
+    for dialect, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the {dialect} dataset failed:\n{err[-3000:]}")
+        built[dialect] = json.loads(out.strip().splitlines()[-1])
+    return built
+
+
+def measure_one(
+    target: PostgresData | SqliteData,
+    approach: str,
+    run: int,
+    sessions: int,
+    verify: bool,
+) -> dict[str, Any]:
+    name = f"bench_{approach}_{run}"
+    url = target.copy(name)
+    try:
+        before = measure.load_average()
+        result = APPROACHES[approach](url, sessions)
+        result["load_average"] = [before, measure.load_average()]
+        if verify:
+            result["result"] = measure.digest(url)
+    finally:
+        target.drop(name)
+    log(
+        f"  {approach} #{run + 1}: {result['seconds']:.1f} s "
+        f"({result['sessions_per_second']:,.0f} sessions/s), peak RSS "
+        f"{result['max_rss_mb']:.0f} MB, load {result['load_average'][0]:.1f}"
+        f"->{result['load_average'][1]:.1f}"
+    )
+    return result
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    def med(approach: str, key: str) -> float | None:
+        values = [r[key] for r in runs.get(approach, []) if r.get(key) is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    summary: dict[str, Any] = {}
+    for approach, entries in runs.items():
+        if not entries:
+            continue
+        summary[approach] = {
+            "seconds": med(approach, "seconds"),
+            "seconds_all": [r["seconds"] for r in entries],
+            "sessions_per_second": med(approach, "sessions_per_second"),
+            "max_rss_mb": med(approach, "max_rss_mb"),
+            "first_commit_seconds": med(approach, "first_commit_seconds"),
+        }
+        if "batch_seconds" in entries[0]:
+            for key in ("p50", "p95", "max"):
+                values = [r["batch_seconds"][key] for r in entries]
+                summary[approach][f"batch_{key}"] = round(statistics.median(values), 4)
+            summary[approach]["batch_max_all"] = max(r["batch_seconds"]["max"] for r in entries)
+        if approach == "limit":
+            summary[approach]["steps"] = {
+                k: round(statistics.median(r["steps"][k] for r in entries), 3)
+                for k in entries[0]["steps"]
+            }
+        if approach == "product":
+            summary[approach]["backfill_seconds"] = round(
+                statistics.median(r["phases"]["backfill"] for r in entries), 3
+            )
+            summary[approach]["phases"] = {
+                k: round(statistics.median(r["phases"][k] for r in entries), 3)
+                for k in entries[0]["phases"]
+            }
+    ratios: dict[str, float] = {}
+    if "product" in summary and "limit" in summary:
+        ratios["product_over_limit"] = round(
+            summary["product"]["seconds"] / summary["limit"]["seconds"], 3
+        )
+    if "product" in summary and "upstream" in summary:
+        ratios["upstream_over_product"] = round(
+            summary["upstream"]["seconds"] / summary["product"]["seconds"], 2
+        )
+        ratios["upstream_over_product_backfill"] = round(
+            summary["upstream"]["seconds"] / summary["product"]["backfill_seconds"], 2
+        )
+    digests = {r["result"]["digest"] for entries in runs.values() for r in entries if "result" in r}
+    summary["ratios"] = ratios
+    summary["same_result"] = len(digests) == 1 if digests else None
+    return summary
+
+
+def free_gib(path: Path) -> float:
+    return shutil.disk_usage(path).free / GIB
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Benchmark the snapshot backfill: product vs limit vs upstream.",
+    )
+    parser.add_argument("--sessions", type=int, default=PRODUCTION[0])
+    parser.add_argument("--ips", type=int, default=PRODUCTION[1])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dialects", default="postgresql,sqlite")
+    parser.add_argument("--approaches", default="product,limit,upstream")
+    parser.add_argument("--repeat", type=int, default=3, help="product/limit pairs per size")
+    parser.add_argument("--upstream", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--upstream-repeat", type=int, default=1)
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help=f"also sizes {', '.join(f'{s:,}' for s in SCALING)} (IPs in proportion; "
+        "5M only when the disk allows)",
+    )
+    parser.add_argument("--sizes", help="comma-separated session counts (overrides --scaling)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the result digests")
+    parser.add_argument("--pg-url", help="an existing server (user may CREATE DATABASE)")
+    parser.add_argument("--pg-stock", action="store_true", help="stock PostgreSQL settings")
+    parser.add_argument("--workdir", help="where SQLite files go (default: a temp folder)")
+    parser.add_argument("--label", default="", help="added to the result file name")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
+    approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
+    unknown = sorted(set(dialects) - {"postgresql", "sqlite"}) + sorted(
+        set(approaches) - set(APPROACHES)
+    )
+    if unknown:
+        raise SystemExit(f"unknown dialect or approach: {', '.join(unknown)}")
+    ratio = args.ips / args.sessions
+    if args.sizes:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    elif args.scaling:
+        sizes = sorted(set(SCALING) | {args.sessions})
+    else:
+        sizes = [args.sessions]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cowrie-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server: EphemeralPostgres | None = None
+    pg_url = args.pg_url
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_file = args.out / f"{stamp}{'-' + args.label if args.label else ''}.json"
+    results: dict[str, Any] = {
+        "started_at": stamp,
+        "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
+        "knobs": BackfillKnobs().as_dict(),
+        "sizes": [],
+    }
+    try:
+        if "postgresql" in dialects and not pg_url:
+            settings = {} if args.pg_stock else tuned_pg_settings()
+            server = EphemeralPostgres(durable=True, extra_settings=settings)
+            pg_url = server.start()
+            log(f"PostgreSQL started ({'stock' if args.pg_stock else 'tuned'} settings)")
+        results["machine"] = machine(pg_url if "postgresql" in dialects else None)
+        log(f"machine: {json.dumps(results['machine'])}")
+        for sessions in sizes:
+            ips = args.ips if sessions == args.sessions else max(10, round(sessions * ratio))
+            need = sessions * 3.5 / 1e6  # GiB: template, copy and WAL per dialect, roughly
+            if free_gib(workdir) < need * len(dialects) + 5:
+                log(f"skipping {sessions:,} sessions: {free_gib(workdir):.0f} GiB free")
+                continue
+            log(f"== {sessions:,} sessions, {ips:,} IPs: generating the datasets")
+            targets: dict[str, PostgresData | SqliteData] = {}
+            for dialect in dialects:
+                if dialect == "postgresql":
+                    assert pg_url is not None
+                    targets[dialect] = PostgresData(pg_url, f"bench_tpl_{sessions}")
+                else:
+                    targets[dialect] = SqliteData(workdir, f"bench_tpl_{sessions}")
+            started = time.monotonic()
+            built = build_datasets(targets, sessions, ips, args.seed)
+            log(f"   datasets ready in {time.monotonic() - started:.0f} s: {built}")
+            entry: dict[str, Any] = {"sessions": sessions, "ips": ips, "dialects": {}}
+            results["sizes"].append(entry)
+            for dialect, target in targets.items():
+                log(f"-- {dialect}, {sessions:,} sessions")
+                runs: dict[str, list[dict[str, Any]]] = {a: [] for a in approaches}
+                for i in range(args.repeat):
+                    for approach in ("product", "limit"):
+                        if approach in approaches:
+                            runs[approach].append(
+                                measure_one(target, approach, i, sessions, not args.no_verify)
+                            )
+                run_upstream = "upstream" in approaches and (
+                    args.upstream == "always"
+                    or (args.upstream == "auto" and sessions <= UPSTREAM_AUTO_MAX)
+                )
+                for i in range(args.upstream_repeat if run_upstream else 0):
+                    runs["upstream"].append(
+                        measure_one(target, "upstream", i, sessions, not args.no_verify)
+                    )
+                summary = summarize(runs)
+                entry["dialects"][dialect] = {
+                    "dataset": built[dialect],
+                    "summary": summary,
+                    "runs": runs,
+                }
+                log(
+                    f"   {dialect}: ratios {summary['ratios']}, same result: "
+                    f"{summary['same_result']}"
+                )
+                out_file.write_text(json.dumps(results, indent=1))
+                target.drop_template()
+    finally:
+        if server is not None:
+            server.stop()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["finished_at"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_file.write_text(json.dumps(results, indent=1))
+    shutil.copyfile(out_file, args.out / "latest.json")
+    print(report.markdown(results))
+    log(f"results: {out_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
