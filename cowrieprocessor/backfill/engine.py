@@ -948,6 +948,36 @@ def clear_snapshots(
     return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
 
 
+def refill_after_interrupted_clear(engine: Engine, knobs: BackfillKnobs) -> bool:
+    """Finish the job of an upgrade whose way back was interrupted half way.
+
+    A downgrade of 0003 that stops part way (Ctrl-C, ``kill -9``) leaves the database
+    stamped at 0003 with some ranges cleared and the clear job's progress row behind.
+    ``alembic upgrade head`` then runs only 0004; without this, head would be reached
+    with those snapshots missing. The clear row is deleted only after the refill has
+    finished, so a refill that is itself interrupted is resumed by the next upgrade.
+    Returns True when it refilled.
+    """
+
+    def unfinished_clear(conn: Connection) -> JobState | None:
+        state = progress.load(conn, CLEAR_JOB)
+        conn.rollback()
+        return state
+
+    with engine.connect() as conn:
+        if unfinished_clear(conn) is None:
+            return False
+    log.warning(
+        "an interrupted downgrade left snapshot columns partly cleared: refilling them "
+        "before going on (to finish the downgrade instead, run `alembic downgrade "
+        "0002_snapshot_columns`)"
+    )
+    run_backfill(engine, knobs)
+    with engine.begin() as conn:
+        progress.delete(conn, CLEAR_JOB)
+    return True
+
+
 def _drop_progress(conn: Connection) -> None:
     with conn.begin():
         progress.drop_table(conn)

@@ -55,7 +55,9 @@ class IntKnob:
                 f"{self.name}={raw!r} (from {source}) is not a whole number; "
                 f"allowed: {self.describe_range()}"
             )
-        value = int(text) * scale
+        # Longer than any allowed value: refuse by name (and spare int() a huge parse).
+        digits = text.lstrip("0") or "0"
+        value = int(digits) * scale if len(digits) <= 18 else self.maximum + 1
         if not self.minimum <= value <= self.maximum:
             raise KnobError(
                 f"{self.name}={raw!r} (from {source}) is out of range; "

@@ -24,13 +24,21 @@ which an index-only scan still visits the heap. Then the ``NOT VALID`` constrain
 0002 are validated (SHARE UPDATE EXCLUSIVE: writes go on). Rows that violate one (an
 adopted database's old data) leave that constraint unvalidated with a warning naming
 the count and a few session ids: a deploy must not fail on old data it did not write.
+
+One repair comes first: if a downgrade of 0003 was interrupted half way, the database
+is stamped at 0003 with some snapshots already cleared; they are refilled here (by the
+backfill engine) so that head always means "backfilled".
 """
 
 import logging
+import os
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
+
+from cowrieprocessor.backfill import BackfillKnobs, engine_for_bind
+from cowrieprocessor.backfill.engine import refill_after_interrupted_clear
 
 revision: str = "0004_snapshot_indexes"
 down_revision: str | Sequence[str] | None = "0003_backfill_session_snapshots"
@@ -67,6 +75,8 @@ EXAMPLES = 5
 def upgrade() -> None:
     """Build the snapshot indexes, refresh the visibility map, validate constraints."""
     migration = op.get_context()
+    if not migration.as_sql:
+        _refill_if_a_downgrade_was_interrupted()
     if migration.dialect.name != "postgresql":
         for name, columns in INDEXES.items():
             op.create_index(name, TABLE, list(columns), if_not_exists=True)
@@ -86,6 +96,18 @@ def upgrade() -> None:
         for name, violation in CONSTRAINTS.items():
             _validate(name, violation, offline=migration.as_sql)
         op.execute("RESET statement_timeout")
+
+
+def _refill_if_a_downgrade_was_interrupted() -> None:
+    """A downgrade of 0003 killed half way leaves us at 0003 with snapshots partly
+    cleared; the backfill engine refills them (and says so) before the indexes."""
+    knobs = BackfillKnobs.from_sources(context.get_x_argument(as_dictionary=True), os.environ)
+    engine = engine_for_bind(op.get_bind(), knobs)
+    try:
+        with op.get_context().autocommit_block():
+            refill_after_interrupted_clear(engine, knobs)
+    finally:
+        engine.dispose()
 
 
 def _index_is_invalid(name: str) -> bool:
