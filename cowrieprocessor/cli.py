@@ -173,6 +173,7 @@ class ProgressBar:
 def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
     explicit: dict[str, str | int | None] = {
         "batch_size": args.batch_size,
+        "batch_time": args.batch_time,
         "pause_ms": args.pause_ms,
         "lock_timeout": args.lock_timeout,
         "statement_timeout": args.statement_timeout,
@@ -402,7 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bf = sub.add_parser("backfill", help="run the snapshot backfill (same engine as 0003)")
     bf.add_argument("--dry-run", action="store_true", help="write nothing; report per batch")
-    bf.add_argument("--batch-size", type=int, default=None)
+    bf.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="largest batch; alone (without --batch-time) it fixes the batch size",
+    )
+    bf.add_argument(
+        "--batch-time",
+        default=None,
+        help="target duration of an adaptive batch (ms, or with s); 0 = fixed",
+    )
     bf.add_argument("--pause-ms", default=None)
     bf.add_argument("--lock-timeout", default=None, help="ms, or with s / min")
     bf.add_argument("--statement-timeout", default=None, help="ms, or with s / min")
