@@ -48,13 +48,13 @@ demo: $(STAMP)
 
 # Benchmarks (not part of `make test`): docs/performance.md says what they measure.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run --sessions 1680000 --ips 300000
+	$(BIN)/python -m benchmarks.run --sessions 1680000 --ips 300000 --upstream-dialects postgresql
 
 bench-small: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sessions 100000 --ips 20000 --repeat 1
 
 bench-scaling: $(STAMP)
-	$(BIN)/python -m benchmarks.run --scaling --repeat 1
+	$(BIN)/python -m benchmarks.run --scaling --repeat 1 --approaches product,limit
 
 upgrade: $(STAMP)
 	$(BIN)/alembic upgrade head

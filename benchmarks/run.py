@@ -246,6 +246,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--upstream", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--upstream-repeat", type=int, default=1)
     parser.add_argument(
+        "--upstream-dialects",
+        default="postgresql,sqlite",
+        help="where the upstream approach runs (its target is on PostgreSQL)",
+    )
+    parser.add_argument(
         "--scaling",
         action="store_true",
         help=f"also sizes {', '.join(f'{s:,}' for s in SCALING)} (IPs in proportion; "
@@ -327,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                             runs[approach].append(
                                 measure_one(target, approach, i, sessions, not args.no_verify)
                             )
-                run_upstream = "upstream" in approaches and (
+                run_upstream = (
+                    "upstream" in approaches and dialect in args.upstream_dialects.split(",")
+                ) and (
                     args.upstream == "always"
                     or (args.upstream == "auto" and sessions <= UPSTREAM_AUTO_MAX)
                 )

@@ -115,7 +115,7 @@ def count_range(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> Tex
 
 PG_RESOLVE = """
 WITH cand AS (
-    SELECT s.session_id,
+    SELECT s.session_id, s.ctid AS row_ctid,
            s.source_ip AS existing_ip,
            CASE WHEN jsonb_typeof(s.enrichment -> 'session_metadata' -> 'source_ip') = 'string'
                 THEN NULLIF(lower(btrim(s.enrichment -> 'session_metadata' ->> 'source_ip')), '')
@@ -134,17 +134,22 @@ ev AS (
     ORDER BY e.session_id, e.event_timestamp ASC NULLS LAST, e.id
 ),
 resolved AS (
-    SELECT c.session_id, COALESCE(c.existing_ip, c.meta_ip, ev.ev_ip) AS ip
+    SELECT c.session_id, c.row_ctid, COALESCE(c.existing_ip, c.meta_ip, ev.ev_ip) AS ip
     FROM cand c LEFT JOIN ev ON ev.session_id = c.session_id
 ),
 matched AS (
-    SELECT r.session_id, i.ip_address, i.current_asn,
+    SELECT r.session_id, r.row_ctid, i.ip_address, i.current_asn,
            CASE WHEN i.geo_country ~ '^[A-Z]{{2}}$' AND i.geo_country <> 'XX'
                 THEN i.geo_country END AS country,
            NULLIF(i.ip_types[1], '') AS ip_type,
            i.enrichment_updated_at
     FROM resolved r JOIN ip_inventory i ON i.ip_address = r.ip
 )"""
+
+# The row a candidate was read from, found again by its ctid (a TID Scan, no index
+# lookup; the statement's snapshot keeps that version from being vacuumed away), and
+# checked by its key all the same.
+JOIN_BACK = "s.ctid = m.row_ctid AND s.session_id = m.session_id"
 
 PG_COUNTS = """
     (SELECT count(*) FROM resolved) AS candidates,
@@ -160,7 +165,7 @@ def pg_backfill(has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT) -> Text
 upd AS (
     UPDATE session_summaries AS s SET {SET_NULL_ONLY}
     FROM matched m
-    WHERE s.session_id = m.session_id AND {WOULD_CHANGE}
+    WHERE {JOIN_BACK} AND {WOULD_CHANGE}
     RETURNING 1
 )
 SELECT {PG_COUNTS},
@@ -174,7 +179,7 @@ def pg_dry_run(has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT) -> TextC
     return text(
         f"""{resolve}
 SELECT {PG_COUNTS},
-    (SELECT count(*) FROM matched m JOIN session_summaries s USING (session_id)
+    (SELECT count(*) FROM matched m JOIN session_summaries s ON {JOIN_BACK}
       WHERE {WOULD_CHANGE}) AS updated"""
     )
 
@@ -327,7 +332,7 @@ def pg_offline_backfill(batch_size: int) -> TextClause:
     update = f"""{resolve}
         UPDATE session_summaries AS s SET {SET_NULL_ONLY}
         FROM matched m
-        WHERE s.session_id = m.session_id AND {WOULD_CHANGE}"""
+        WHERE {JOIN_BACK} AND {WOULD_CHANGE}"""
     return text(_PG_OFFLINE_LOOP.format(statement=update)).bindparams(offset=batch_size - 1)
 
 
