@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench bench-small bench-scaling upgrade downgrade clean
+.PHONY: install test test-all lint format demo bench bench-small bench-scaling bench-plot upgrade downgrade clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ bench-small: $(STAMP)
 
 bench-scaling: $(STAMP)
 	$(BIN)/python -m benchmarks.run --scaling --repeat 1 --approaches product,limit
+
+# RESULTS: the result files to plot (default: the latest run)
+bench-plot: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks.plot $(or $(RESULTS),benchmarks/results/latest.json) --out docs/performance.png
 
 upgrade: $(STAMP)
 	$(BIN)/alembic upgrade head

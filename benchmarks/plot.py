@@ -2,8 +2,8 @@
 
     python -m benchmarks.plot benchmarks/results/scaling.json [...] --out docs/performance.png
 
-Needs matplotlib, which is not a dependency of the project: ``pip install matplotlib``
-into the virtualenv first. Several files are merged as in :mod:`benchmarks.report`.
+Needs matplotlib, which only the ``bench`` extra installs (``make bench-plot`` does it).
+Several files are merged as in :mod:`benchmarks.report`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plot(results, args.out, args.title)
     except ModuleNotFoundError as exc:
-        print(f"{exc}: install it with `.venv/bin/pip install matplotlib`", file=sys.stderr)
+        print(
+            f"{exc}: install it with `make bench-plot` (the project's `bench` extra)",
+            file=sys.stderr,
+        )
         return 1
     print(args.out)
     return 0
