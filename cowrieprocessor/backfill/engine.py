@@ -69,6 +69,7 @@ ROWID_KEY_PREFIX = "#rowid:"
 ADAPTIVE_FIRST_BATCH = 1_000  # rows: the first commit comes quickly on any server
 ADAPTIVE_GROWTH = 2.0  # a batch is at most this many times the previous one
 ADAPTIVE_SHRINK = 0.5  # ... and at least this fraction of it
+CATCHUP_REACH = 10  # adaptive catch-up ranges may span this many times batch_size keys
 STATEMENT_TIMEOUT = "statement timeout"
 SPLIT_ON = frozenset({STATEMENT_TIMEOUT})
 NONE: frozenset[str] = frozenset()
@@ -260,6 +261,14 @@ class BatchSizer:
         self.limit = knobs.batch_size
         self.target = knobs.batch_time / 1000 if knobs.adaptive else 0.0
         self.size = min(self.limit, ADAPTIVE_FIRST_BATCH) if self.target else self.limit
+        self.batch_size = knobs.batch_size
+
+    def start_phase(self, phase: str) -> None:
+        """The catch-up pass reads ranges but writes next to nothing: when adaptive, its
+        ranges are sized by time alone, up to ``CATCHUP_REACH`` times ``batch_size``."""
+        reach = CATCHUP_REACH if self.target and phase == CATCHUP else 1
+        self.limit = self.batch_size * reach
+        self.size = min(self.size, self.limit)
 
     def observe(self, rows: int, seconds: float) -> None:
         if not self.target or rows <= 0:
@@ -637,6 +646,7 @@ class RangeWalker:
     # -- reporting -----------------------------------------------------------------
 
     def _start_phase(self, phase: str) -> None:
+        self.sizer.start_phase(phase)
         self._phase_total = self.state.sessions_total
         self._phase_started = time.monotonic()
         self._phase_done_at_start = self.state.sessions_walked

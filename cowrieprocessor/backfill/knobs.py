@@ -78,8 +78,9 @@ INT_KNOBS: tuple[IntKnob, ...] = (
         1_000_000,
         "",
         "rows per range when batches are fixed (batch_time=0, or batch_size set alone); "
-        "otherwise the largest an adaptive batch may grow; each range is one UPDATE and "
-        "one commit",
+        "otherwise the largest an adaptive batch may grow (the catch-up pass, which "
+        "writes next to nothing, may read 10 times as many); each range is one UPDATE "
+        "and one commit",
     ),
     IntKnob(
         "batch_time",
