@@ -36,7 +36,8 @@ Ranges are of ``session_id`` (both dialects) or, on SQLite, of ``rowid``: the ta
 physical order, so that a batch reads and rewrites neighbouring pages instead of
 rows scattered over the whole file (session ids are random). SQLite's
 ``UPDATE ... FROM`` joins back on ``rowid``, which is stable inside the batch's
-``BEGIN IMMEDIATE`` transaction.
+``BEGIN IMMEDIATE`` transaction; PostgreSQL's joins back on the ``ctid`` that the
+same statement read (``JOIN_BACK``), a TID scan instead of a primary-key lookup per row.
 """
 
 from __future__ import annotations
