@@ -25,6 +25,7 @@ Run on its own: ``python -m benchmarks.limit URL``; prints one JSON line of step
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -34,24 +35,23 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import sql as product_sql
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.settings import PROJECT_ROOT
 
-# Index definitions of revision 0004, copied so that a change there shows up here as a
-# difference to look at rather than silently.
-INDEXES: dict[str, tuple[str, ...]] = {
-    "ix_session_summaries_source_ip": ("source_ip",),
-    "ix_session_summaries_snapshot_asn": ("snapshot_asn",),
-    "ix_session_summaries_snapshot_country": ("snapshot_country",),
-    "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
-    "ix_session_summaries_snapshot_country_snapshot_asn_session_id": (
-        "snapshot_country",
-        "snapshot_asn",
-        "session_id",
-    ),
-}
-CONSTRAINTS = (
-    "fk_session_summaries_source_ip_ip_inventory",
-    "ck_session_summaries_snapshot_country_iso2",
-)
+
+def _revision_0004() -> Any:
+    """Revision 0004's module: the limit builds exactly the indexes and validates exactly
+    the constraints that the product's index revision does."""
+    path = PROJECT_ROOT / "migrations" / "versions" / "0004_snapshot_indexes.py"
+    spec = importlib.util.spec_from_file_location("cowrie_revision_0004", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_0004 = _revision_0004()
+INDEXES: dict[str, tuple[str, ...]] = _0004.INDEXES
+CONSTRAINTS: tuple[str, ...] = tuple(_0004.CONSTRAINTS)
 
 _SET = """
     source_ip = COALESCE(s.source_ip, i.ip_address),

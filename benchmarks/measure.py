@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import subprocess
@@ -34,6 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from benchmarks.datasets import alembic, clean_env
+from cowrieprocessor.backfill.engine import percentile
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.settings import PROJECT_ROOT
 
@@ -113,15 +113,6 @@ def run_measured(cmd: Sequence[str], *, timeout: float = 7200) -> Measured:
     )
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (0.0 for no values)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
-    return ordered[rank - 1]
-
-
 def _fail(what: str, m: Measured) -> RuntimeError:
     tail = "\n".join(line for _, line in m.lines[-30:])
     return RuntimeError(f"{what} failed with exit code {m.returncode}:\n{tail}\n{m.stdout}")
@@ -186,16 +177,18 @@ def product(url: str, sessions: int) -> dict[str, Any]:
     }
 
 
-def _python_module(module: str, url: str, *args: str) -> Measured:
-    return run_measured([sys.executable, "-m", module, url, *args])
+def _python_module(what: str, module: str, url: str) -> tuple[Measured, dict[str, Any]]:
+    """Run ``python -m module url``; its last stdout line is its JSON report."""
+    m = run_measured([sys.executable, "-m", module, url])
+    if m.returncode != 0:
+        raise _fail(what, m)
+    data: dict[str, Any] = json.loads(m.stdout.strip().splitlines()[-1])
+    return m, data
 
 
 def limit(url: str, sessions: int) -> dict[str, Any]:
     """One unbatched UPDATE and the plain index builds (benchmarks/limit.py)."""
-    m = _python_module("benchmarks.limit", url)
-    if m.returncode != 0:
-        raise _fail("the limit", m)
-    data: dict[str, Any] = json.loads(m.stdout.strip().splitlines()[-1])
+    m, data = _python_module("the limit", "benchmarks.limit", url)
     seconds = float(data["seconds"])
     return {
         "seconds": round(seconds, 3),  # in-process: no interpreter start-up counted
@@ -210,10 +203,7 @@ def limit(url: str, sessions: int) -> dict[str, Any]:
 
 def upstream(url: str, sessions: int) -> dict[str, Any]:
     """Upstream's method (benchmarks/upstream.py): LIMIT batches, one UPDATE per session."""
-    m = _python_module("benchmarks.upstream", url)
-    if m.returncode != 0:
-        raise _fail("the upstream approach", m)
-    data: dict[str, Any] = json.loads(m.stdout.strip().splitlines()[-1])
+    m, data = _python_module("the upstream approach", "benchmarks.upstream", url)
     seconds = float(data["seconds"])
     durations = [float(x) for x in data["batch_seconds"]]
     return {

@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
     approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
-    unknown = sorted(set(dialects) - {"postgresql", "sqlite"}) + sorted(
+    upstream_dialects = [d.strip() for d in args.upstream_dialects.split(",") if d.strip()]
+    unknown = sorted(set(dialects + upstream_dialects) - {"postgresql", "sqlite"}) + sorted(
         set(approaches) - set(APPROACHES)
     )
     if unknown:
@@ -332,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                             runs[approach].append(
                                 measure_one(target, approach, i, sessions, not args.no_verify)
                             )
-                run_upstream = (
-                    "upstream" in approaches and dialect in args.upstream_dialects.split(",")
-                ) and (
+                run_upstream = ("upstream" in approaches and dialect in upstream_dialects) and (
                     args.upstream == "always"
                     or (args.upstream == "auto" and sessions <= UPSTREAM_AUTO_MAX)
                 )
