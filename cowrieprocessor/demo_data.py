@@ -76,6 +76,16 @@ is (its statistics are not updated) and not counted in ``DemoResult.asns``. Not
 checked: the IPs that existing *unmatched* sessions use (they are in no table of
 their own); a new inventory IP equal to one of them is possible, though unlikely.
 
+Target schema
+-------------
+Besides our own schema (``alembic upgrade 0002_snapshot_columns`` or later), the
+generator fills a database built by upstream cowrieprocessor's schema code (see
+/work/shared/reference/upstream-schema.md): the catalog is read once at the start,
+columns the target computes itself (GENERATED, e.g. upstream's
+``ip_inventory.is_scanner`` / ``is_bogon``) are left out of the rows, and ``json``
+columns take the same JSON text as ``jsonb`` ones. On our own schema nothing is left
+out, so the rows are the same bytes as before.
+
 Transactions, speed and memory
 ------------------------------
 PostgreSQL: one transaction for the whole run, so a failure leaves nothing behind.
@@ -437,50 +447,63 @@ def _prefix(ip: str) -> str:
 
 @dataclass(frozen=True)
 class _Table:
-    copy_sql: str
-    insert_sql: str
-    columns: int
+    """Where the rows of one table go: its name and the columns of a row, in order."""
+
+    name: str
+    columns: tuple[str, ...]
+    keep: tuple[int, ...] | None = None  # the row positions written (None: all of them)
+
+    @property
+    def copy_sql(self) -> str:
+        return f"COPY {self.name} ({', '.join(self.columns)}) FROM STDIN"
+
+    @property
+    def insert_sql(self) -> str:
+        marks = ", ".join("?" * len(self.columns))
+        # the names are this module's constants; the values go in as parameters
+        return f"INSERT INTO {self.name} ({', '.join(self.columns)}) VALUES ({marks})"  # noqa: S608
+
+    def without(self, generated: set[str]) -> _Table:
+        """This table minus the target's GENERATED columns (it computes them itself)."""
+        keep = tuple(i for i, c in enumerate(self.columns) if c not in generated)
+        if len(keep) == len(self.columns):
+            return self
+        return _Table(self.name, tuple(self.columns[i] for i in keep), keep)
 
 
 _ASN_TABLE = _Table(
-    "COPY asn_inventory (asn_number, organization_name, organization_country, rir_registry, "
-    "asn_type, first_seen, last_seen, unique_ip_count, total_session_count, enrichment, "
-    "enrichment_updated_at, created_at, updated_at) FROM STDIN",
-    "INSERT INTO asn_inventory (asn_number, organization_name, organization_country, "
-    "rir_registry, asn_type, first_seen, last_seen, unique_ip_count, total_session_count, "
-    "enrichment, enrichment_updated_at, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    13,
-)
+    "asn_inventory",
+    (
+        "asn_number", "organization_name", "organization_country", "rir_registry", "asn_type",
+        "first_seen", "last_seen", "unique_ip_count", "total_session_count", "enrichment",
+        "enrichment_updated_at", "created_at", "updated_at",
+    ),
+)  # fmt: skip
 _IP_TABLE = _Table(
-    "COPY ip_inventory (ip_address, current_asn, asn_last_verified, first_seen, last_seen, "
-    "session_count, enrichment, enrichment_updated_at, enrichment_version, ip_types, "
-    "is_scanner, is_bogon, created_at, updated_at) FROM STDIN",
-    "INSERT INTO ip_inventory (ip_address, current_asn, asn_last_verified, first_seen, "
-    "last_seen, session_count, enrichment, enrichment_updated_at, enrichment_version, "
-    "ip_types, is_scanner, is_bogon, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    14,
-)
+    "ip_inventory",
+    (
+        "ip_address", "current_asn", "asn_last_verified", "first_seen", "last_seen",
+        "session_count", "enrichment", "enrichment_updated_at", "enrichment_version",
+        "ip_types", "is_scanner", "is_bogon", "created_at", "updated_at",
+    ),
+)  # fmt: skip
 _SESSION_TABLE = _Table(
-    "COPY session_summaries (session_id, first_event_at, last_event_at, event_count, "
-    "command_count, file_downloads, login_attempts, ssh_key_injections, unique_ssh_keys, "
-    "vt_flagged, dshield_flagged, risk_score, matcher, source_files, enrichment, "
-    "created_at, updated_at) FROM STDIN",
-    "INSERT INTO session_summaries (session_id, first_event_at, last_event_at, event_count, "
-    "command_count, file_downloads, login_attempts, ssh_key_injections, unique_ssh_keys, "
-    "vt_flagged, dshield_flagged, risk_score, matcher, source_files, enrichment, "
-    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    17,
-)
+    "session_summaries",
+    (
+        "session_id", "first_event_at", "last_event_at", "event_count", "command_count",
+        "file_downloads", "login_attempts", "ssh_key_injections", "unique_ssh_keys",
+        "vt_flagged", "dshield_flagged", "risk_score", "matcher", "source_files", "enrichment",
+        "created_at", "updated_at",
+    ),
+)  # fmt: skip
 _EVENT_TABLE = _Table(
-    "COPY raw_events (ingest_id, ingest_at, source, source_offset, payload, payload_hash, "
-    "session_id, event_type, event_timestamp) FROM STDIN",
-    "INSERT INTO raw_events (ingest_id, ingest_at, source, source_offset, payload, "
-    "payload_hash, session_id, event_type, event_timestamp) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    9,
-)
+    "raw_events",
+    (
+        "ingest_id", "ingest_at", "source", "source_offset", "payload", "payload_hash",
+        "session_id", "event_type", "event_timestamp",
+    ),
+)  # fmt: skip
+_TABLES = (_ASN_TABLE, _IP_TABLE, _SESSION_TABLE, _EVENT_TABLE)
 
 # Which of the given keys exist already: one parameter (an array on PostgreSQL, a JSON
 # array on SQLite) however many keys there are.
@@ -595,13 +618,50 @@ class _CopyThread:
         self._thread.join()
 
 
+# Every column of the four tables, and whether the database computes it (GENERATED).
+_COLUMNS_SQL = {
+    "postgresql": (
+        "SELECT t.name, a.attname, a.attgenerated <> '' "
+        "FROM unnest(CAST(:tables AS text[])) AS t(name) "
+        "JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) "
+        "WHERE a.attnum > 0 AND NOT a.attisdropped"
+    ),
+    "sqlite": (
+        "SELECT t.value, x.name, x.hidden IN (2, 3) "
+        "FROM json_each(:tables) AS t, pragma_table_xinfo(t.value) AS x"
+    ),
+}
+
+
+def _target_tables(conn: Connection, dialect: str) -> dict[str, _Table]:
+    """Each table as the target database has it: the columns it generates itself are
+    left out (upstream's schema makes ``ip_inventory.is_scanner`` / ``is_bogon``
+    GENERATED, ours does not); a column it lacks altogether is an error."""
+    names = [t.name for t in _TABLES]
+    param: object = names if dialect == "postgresql" else _JSON.encode(names)
+    found: dict[str, dict[str, bool]] = {name: {} for name in names}
+    for table, column, generated in conn.execute(sa.text(_COLUMNS_SQL[dialect]), {"tables": param}):
+        found[table][column] = bool(generated)
+    adapted: dict[str, _Table] = {}
+    for table in _TABLES:
+        lacking = [c for c in table.columns if c not in found[table.name]]
+        if lacking:
+            raise DemoDataError(
+                f"{table.name} has no {', '.join(lacking)} column(s): demo data needs the "
+                "schema of Alembic revision 0002_snapshot_columns or later"
+            )
+        adapted[table.name] = table.without({c for c, g in found[table.name].items() if g})
+    return adapted
+
+
 class _Sink:
     """Writes rows through the driver: COPY on PostgreSQL, executemany on SQLite."""
 
-    def __init__(self, conn: Connection, dialect: str) -> None:
+    def __init__(self, conn: Connection, dialect: str, tables: dict[str, _Table]) -> None:
         self.conn = conn
         self.dialect = dialect
         self.pg = dialect == "postgresql"
+        self.tables = tables
         driver = conn.connection.driver_connection
         if driver is None:
             raise DemoDataError("the connection has no DBAPI connection to write through")
@@ -658,8 +718,12 @@ class _Sink:
     def write(self, table: _Table, rows: Sequence[Row]) -> None:
         if not rows:
             return
+        table = self.tables[table.name]
+        if table.keep is not None:
+            keep = table.keep
+            rows = [tuple(row[i] for i in keep) for row in rows]
         if self.copier is not None:
-            self.copier.put(table.copy_sql, _copy_text(rows, table.columns))
+            self.copier.put(table.copy_sql, _copy_text(rows, len(table.columns)))
             return
         cursor = self.driver.cursor()
         try:
@@ -1462,6 +1526,7 @@ def generate(
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
             sessions, ips, asns = conn.execute(sa.text(_COUNT_SQL)).one()
+            tables = _target_tables(conn, dialect)
         if sessions and not force:
             raise DemoDataError(
                 f"session_summaries already holds {sessions:,} rows: demo data goes into an "
@@ -1471,7 +1536,7 @@ def generate(
         # run with the same seed then draws new keys instead of skipping the old ones.
         salt = f"/on-top-of/{sessions}/{ips}/{asns}" if sessions or ips or asns else ""
         check = {"session": sessions > 0, "ip": ips > 0, "asn": asns > 0}
-        sink = _Sink(conn, dialect)
+        sink = _Sink(conn, dialect, tables)
         generator = _Generator(spec, sink, _Format(dialect), chunk_size, check, salt)
         with sink.run():
             generator.plan()
