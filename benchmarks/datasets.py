@@ -1,21 +1,32 @@
 """The benchmark's databases: one generated dataset per dialect, and fresh copies of it.
 
-A dataset is built once per size, exactly as a deploy would find the database: the real
-``alembic upgrade 0002_snapshot_columns``, then :func:`cowrieprocessor.demo_data.generate`
-(the generator behind ``cowrie-db demo-data``), then statistics. Each measurement then
-gets its own copy, so every approach starts from the same bytes:
+A dataset is built once per size and shape, exactly as a deploy would find the database,
+then filled by :func:`cowrieprocessor.demo_data.generate` (the generator behind
+``cowrie-db demo-data``), then statistics. The shapes:
+
+* ``current``: our own schema, the real ``alembic upgrade 0002_snapshot_columns``;
+* ``field`` (PostgreSQL only): the catalog of a database in the field, built by
+  upstream cowrieprocessor's schema code at its version 17
+  (``cowrieprocessor.testing.field_schema.build_postgres``), with only the ``idx_``
+  index family, as on a production database that went through the versions
+  (/work/shared/reference/upstream-schema.md): ``json`` columns, GENERATED inventory
+  columns, the snapshot columns, their constraints and three of their indexes already
+  there, a ``schema_state`` table and no ``alembic_version``.
+
+Each measurement then gets its own copy, so every approach starts from the same bytes:
 
 * PostgreSQL: ``CREATE DATABASE ... TEMPLATE`` (``STRATEGY FILE_COPY`` on 15+), then a
   ``CHECKPOINT`` so that flushing the copy does not land inside the measurement;
 * SQLite: a file copy (any stale ``-wal``/``-shm`` of an earlier copy removed first),
   then ``sync``.
 
-``python -m benchmarks.datasets DIALECT URL SESSIONS IPS [SEED]`` builds one dataset;
-the runner starts one such process per dialect, in parallel.
+``python -m benchmarks.datasets DIALECT URL SESSIONS IPS [SEED [SHAPE]]`` builds one
+dataset; the runner starts one such process per dialect, in parallel.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -25,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -33,6 +45,8 @@ from cowrieprocessor.settings import PROJECT_ROOT
 
 ALEMBIC = Path(sys.executable).parent / "alembic"
 BEFORE = "0002_snapshot_columns"
+SHAPES = ("current", "field")
+FIELD_DIALECTS = ("postgresql",)  # upstream's SQLite path has no inventory tables
 
 
 def alembic(url: str, *args: str, extra_x: dict[str, str] | None = None) -> list[str]:
@@ -52,11 +66,22 @@ def clean_env() -> dict[str, str]:
     }
 
 
-def build(dialect: str, url: str, sessions: int, ips: int, seed: int = 1) -> dict[str, float]:
-    """Migrate ``url`` to 0002, generate the data, gather statistics. Returns timings."""
-    from cowrieprocessor.demo_data import DemoSpec, generate
-
-    started = time.monotonic()
+def build_schema(dialect: str, url: str, shape: str = "current") -> None:
+    """The empty database as the shape has it: ours at 0002, or the field's catalog."""
+    if shape == "field":
+        if dialect not in FIELD_DIALECTS:
+            raise ValueError(f"the field shape exists on {', '.join(FIELD_DIALECTS)} only")
+        # imported when used: it is test tooling (and may not exist in an older tree)
+        field_schema: Any = importlib.import_module("cowrieprocessor.testing.field_schema")
+        engine = create_engine_from_url(url, application_name="cowrie-bench-data")
+        try:
+            with engine.begin() as conn:
+                field_schema.build_postgres(conn, index_families="idx")
+        finally:
+            engine.dispose()
+        return
+    if shape != "current":
+        raise ValueError(f"unknown shape {shape!r}: one of {', '.join(SHAPES)}")
     done = subprocess.run(
         alembic(url, "upgrade", BEFORE),
         cwd=PROJECT_ROOT,
@@ -67,6 +92,16 @@ def build(dialect: str, url: str, sessions: int, ips: int, seed: int = 1) -> dic
     )
     if done.returncode != 0:
         raise RuntimeError(f"alembic upgrade {BEFORE} failed:\n{done.stderr}")
+
+
+def build(
+    dialect: str, url: str, sessions: int, ips: int, seed: int = 1, shape: str = "current"
+) -> dict[str, float]:
+    """Build the shape's schema, generate the data, gather statistics. Returns timings."""
+    from cowrieprocessor.demo_data import DemoSpec, generate
+
+    started = time.monotonic()
+    build_schema(dialect, url, shape)
     engine = create_engine_from_url(url, application_name="cowrie-bench-data")
     try:
         result = generate(engine, DemoSpec(sessions=sessions, ips=ips, seed=seed))
@@ -177,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     dialect, url, sessions, ips = args[0], args[1], int(args[2]), int(args[3])
     seed = int(args[4]) if len(args) > 4 else 1
-    print(json.dumps(build(dialect, url, sessions, ips, seed)))
+    shape = args[5] if len(args) > 5 else "current"
+    print(json.dumps(build(dialect, url, sessions, ips, seed, shape)))
     return 0
 
 

@@ -9,7 +9,9 @@ each line it logs are taken the same way:
   with that batch's duration as the engine measured it (its transaction, retries
   included). The first such line marks the first committed batch;
 * the limit and the upstream approach are ``python -m benchmarks.limit`` and
-  ``python -m benchmarks.upstream``, which print their own step times as JSON.
+  ``python -m benchmarks.upstream``, which print their own step times as JSON;
+* the record cost pair (``walk``, ``walk-norecord``) is ``python -m benchmarks.walk``:
+  the backfill engine alone, with and without its rollback record.
 
 A digest of the five snapshot columns of every session is computed after each run
 (outside the timing), so the report can say that all approaches ended with the same
@@ -177,9 +179,9 @@ def product(url: str, sessions: int) -> dict[str, Any]:
     }
 
 
-def _python_module(what: str, module: str, url: str) -> tuple[Measured, dict[str, Any]]:
-    """Run ``python -m module url``; its last stdout line is its JSON report."""
-    m = run_measured([sys.executable, "-m", module, url])
+def _python_module(what: str, module: str, url: str, *args: str) -> tuple[Measured, dict[str, Any]]:
+    """Run ``python -m module url [args]``; its last stdout line is its JSON report."""
+    m = run_measured([sys.executable, "-m", module, url, *args])
     if m.returncode != 0:
         raise _fail(what, m)
     data: dict[str, Any] = json.loads(m.stdout.strip().splitlines()[-1])
@@ -198,7 +200,42 @@ def limit(url: str, sessions: int) -> dict[str, Any]:
         "first_commit_seconds": round(float(data["steps"]["update"]), 3),
         "steps": {k: round(float(v), 3) for k, v in data["steps"].items()},
         "rows_updated": data["rows_updated"],
+        "json_kinds": data.get("json_kinds", {}),
+        "indexes_built": data.get("indexes_built"),
+        "indexes_present": data.get("indexes_present"),
+        "constraints_validated": data.get("constraints_validated"),
     }
+
+
+def _walk(url: str, sessions: int, record: bool) -> dict[str, Any]:
+    args = () if record else ("--no-record",)
+    what = f"the backfill engine alone (record={record})"
+    m, data = _python_module(what, "benchmarks.walk", url, *args)
+    seconds = float(data["seconds"])
+    return {
+        "seconds": round(seconds, 3),  # in-process, as the limit's
+        "wall_seconds": round(m.seconds, 3),
+        "sessions_per_second": round(sessions / seconds, 1),
+        "max_rss_mb": round(m.max_rss_mb, 1),
+        "first_commit_seconds": None,
+        "record": record,
+        "walk_seconds": round(float(data["walk_seconds"]), 3),
+        "walk_batch_seconds_sum": round(float(data["walk_batch_seconds_sum"]), 3),
+        "walk_batches": data["walk_batches"],
+        "batches": data["batches"],
+        "rows_updated": data["rows_updated"],
+        "retries": data["retries"],
+    }
+
+
+def walk(url: str, sessions: int) -> dict[str, Any]:
+    """The backfill engine alone, with its rollback record (benchmarks/walk.py)."""
+    return _walk(url, sessions, record=True)
+
+
+def walk_norecord(url: str, sessions: int) -> dict[str, Any]:
+    """The backfill engine alone, ``record=False``: the baseline of the record's cost."""
+    return _walk(url, sessions, record=False)
 
 
 def upstream(url: str, sessions: int) -> dict[str, Any]:

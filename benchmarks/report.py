@@ -3,7 +3,9 @@
     python -m benchmarks.report benchmarks/results/latest.json [more.json ...]
 
 Several files (e.g. a production-size run and a scaling run) are merged: for a given
-dialect and size, the last file that measured it wins.
+dialect, shape and size, the last file that measured it wins. The shape is ``current``
+(our schema at 0002) or ``field`` (upstream's v17 catalog); files from before shapes
+existed measured ``current``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ LIMIT_TARGET = {"postgresql": 1.25, "sqlite": 2.0}
 UPSTREAM_TARGET = 10.0
 BATCH_MAX_TARGET = 1.0  # seconds, PostgreSQL
 RSS_TARGET_MB = 150.0
+RECORD_TARGET = 1.05  # the rollback record: at most 5% of the walk
 
 
 def _fmt(value: Any, spec: str = ".1f", suffix: str = "") -> str:
@@ -26,28 +29,38 @@ def _fmt(value: Any, spec: str = ".1f", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
-def rows(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    """(dialect, sessions) -> that measurement's summary (plus sizes and the dataset)."""
-    merged: dict[tuple[str, int], dict[str, Any]] = {}
+def shaped_rows(results: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(dialect, shape, sessions) -> that measurement's summary (plus sizes)."""
+    merged: dict[tuple[str, str, int], dict[str, Any]] = {}
     for result in results:
         for size in result.get("sizes", []):
+            shape = size.get("shape", "current")
             for dialect, data in size["dialects"].items():
-                merged[(dialect, size["sessions"])] = {
+                merged[(dialect, shape, size["sessions"])] = {
                     "ips": size["ips"],
                     "summary": data["summary"],
                     "repeats": len(data["runs"].get("product", [])),
+                    "walk_repeats": len(data["runs"].get("walk", [])),
                 }
     return merged
 
 
+def rows(
+    results: list[dict[str, Any]], shape: str = "current"
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """(dialect, sessions) -> the summary of that measurement on one shape."""
+    return {(d, n): row for (d, sh, n), row in shaped_rows(results).items() if sh == shape}
+
+
 def markdown(*results: dict[str, Any]) -> str:
-    merged = rows(list(results))
+    merged = shaped_rows(list(results))
     out = [
-        "| dialect | sessions | product | sessions/s | limit | product / limit | upstream "
-        "| upstream / product | batch p50 / p95 / max | first commit | peak RSS | same data |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| dialect | shape | sessions | product | sessions/s | limit | product / limit "
+        "| upstream | upstream / product | batch p50 / p95 / max | first commit | peak RSS "
+        "| same data |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
-    for (dialect, sessions), row in sorted(merged.items()):
+    for (dialect, shape, sessions), row in sorted(merged.items()):
         s = row["summary"]
         product = s.get("product", {})
         limit = s.get("limit", {})
@@ -60,7 +73,8 @@ def markdown(*results: dict[str, Any]) -> str:
             f"/ {_fmt(product.get('batch_max_all'), '.2f')} s"
         )
         out.append(
-            f"| {dialect} | {sessions:,} | {_fmt(product.get('seconds'), '.1f', ' s')} "
+            f"| {dialect} | {shape} | {sessions:,} "
+            f"| {_fmt(product.get('seconds'), '.1f', ' s')} "
             f"| {_fmt(product.get('sessions_per_second'), ',.0f')} "
             f"| {_fmt(limit.get('seconds'), '.1f', ' s')} "
             f"| {_fmt(ratios.get('product_over_limit'), '.2f', 'x')} "
@@ -73,20 +87,55 @@ def markdown(*results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def record_cost(*results: dict[str, Any]) -> str:
+    """The rollback record's cost: the backfill engine alone, with and without it."""
+    merged = shaped_rows(list(results))
+    out = [
+        "| dialect | shape | sessions | with record | without | record / none (whole run) "
+        "| pairs | walk phase: record / none | pairs | same data |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|---|",
+    ]
+    found = False
+    for (dialect, shape, sessions), row in sorted(merged.items()):
+        s = row["summary"]
+        if "walk" not in s or "walk-norecord" not in s:
+            continue
+        found = True
+        ratios = s.get("ratios", {})
+        same = s.get("same_result")
+
+        def spread(name: str, ratios: dict[str, Any] = ratios) -> str:
+            lo_hi = ratios.get(f"{name}_spread")
+            if not lo_hi:
+                return "-"
+            return f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f} (n={len(ratios[f'{name}_pairs'])})"
+
+        out.append(
+            f"| {dialect} | {shape} | {sessions:,} "
+            f"| {_fmt(s['walk'].get('seconds'), '.1f', ' s')} "
+            f"| {_fmt(s['walk-norecord'].get('seconds'), '.1f', ' s')} "
+            f"| {_fmt(ratios.get('record_over_norecord'), '.3f', 'x')} "
+            f"| {spread('record_over_norecord')} "
+            f"| {_fmt(ratios.get('record_walk'), '.3f', 'x')} | {spread('record_walk')} "
+            f"| {'yes' if same else 'NO' if same is False else '-'} |"
+        )
+    return "\n".join(out) if found else ""
+
+
 def phases(*results: dict[str, Any]) -> str:
     """Where the product's time goes, next to the limit's steps."""
-    merged = rows(list(results))
+    merged = shaped_rows(list(results))
     out = [
-        "| dialect | sessions | product: start-up | walk | catch-up | 0004 (indexes, vacuum, "
-        "validate) | limit: UPDATE | indexes | vacuum / analyze | validate |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| dialect | shape | sessions | product: start-up | walk | catch-up | 0004 (indexes, "
+        "vacuum, validate) | limit: UPDATE | indexes | vacuum / analyze | validate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (dialect, sessions), row in sorted(merged.items()):
+    for (dialect, shape, sessions), row in sorted(merged.items()):
         p = row["summary"].get("product", {}).get("phases", {})
         steps = row["summary"].get("limit", {}).get("steps", {})
         vacuum = steps.get("vacuum_analyze", steps.get("analyze"))
         out.append(
-            f"| {dialect} | {sessions:,} | {_fmt(p.get('startup'), '.1f')} "
+            f"| {dialect} | {shape} | {sessions:,} | {_fmt(p.get('startup'), '.1f')} "
             f"| {_fmt(p.get('walk'), '.1f')} | {_fmt(p.get('catchup'), '.1f')} "
             f"| {_fmt(p.get('indexes_vacuum_validate'), '.1f')} "
             f"| {_fmt(steps.get('update'), '.1f')} | {_fmt(steps.get('indexes'), '.1f')} "
@@ -98,6 +147,7 @@ def phases(*results: dict[str, Any]) -> str:
 def targets(*results: dict[str, Any], sessions: int = 1_680_000) -> str:
     """The issue's targets against what was measured at ``sessions``."""
     merged = rows(list(results))
+    shaped = shaped_rows(list(results))
     out = ["| target | measured | met? |", "|---|---|---|"]
 
     def line(target: str, measured: str, ok: bool | None) -> None:
@@ -115,6 +165,32 @@ def targets(*results: dict[str, Any], sessions: int = 1_680_000) -> str:
             f"vs {_fmt(s.get('limit', {}).get('seconds'), '.1f')} s, medians of "
             f"{row['repeats']})",
             None if ratio is None else ratio <= bound,
+        )
+    for (dialect, shape, n), row in sorted(shaped.items()):
+        if shape == "current" or n != sessions or dialect not in LIMIT_TARGET:
+            continue
+        s = row["summary"]
+        ratio = s.get("ratios", {}).get("product_over_limit")
+        bound = LIMIT_TARGET[dialect]
+        line(
+            f"{dialect}, {shape} shape: product <= {bound} x limit",
+            f"{_fmt(ratio, '.2f', ' x')} ({_fmt(s.get('product', {}).get('seconds'), '.1f')} s "
+            f"vs {_fmt(s.get('limit', {}).get('seconds'), '.1f')} s, medians of "
+            f"{row['repeats']})",
+            None if ratio is None else ratio <= bound,
+        )
+    for (dialect, shape, n), row in sorted(shaped.items()):
+        ratios = row["summary"].get("ratios", {})
+        walk = ratios.get("record_walk")
+        if n != sessions or walk is None:
+            continue
+        whole = ratios.get("record_over_norecord")
+        lo, hi = ratios.get("record_walk_spread", [None, None])
+        line(
+            f"{dialect}, {shape} shape: rollback record <= {RECORD_TARGET - 1:.0%} of the walk",
+            f"walk phase {walk:.3f} x (pairs {_fmt(lo, '.3f')}-{_fmt(hi, '.3f')}), whole "
+            f"engine run {_fmt(whole, '.3f', ' x')}, medians of {row['walk_repeats']}",
+            walk <= RECORD_TARGET,
         )
     pg = merged.get(("postgresql", sessions))
     if pg is not None:
@@ -159,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(*results))
     print()
     print(phases(*results))
+    cost = record_cost(*results)
+    if cost:
+        print()
+        print(cost)
     print()
     print(targets(*results))
     return 0

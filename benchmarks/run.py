@@ -2,19 +2,30 @@
 
     python -m benchmarks.run --sessions 1680000 --ips 300000 [--dialects postgresql,sqlite]
                              [--repeat 3] [--scaling] [--upstream auto|always|never]
+                             [--shapes current,field] [--record-cost [--walk-repeat N]]
 
-For each dialect and size it builds the production-shaped dataset once (the real
-``alembic upgrade 0002_snapshot_columns``, then ``cowrie-db demo-data``'s generator), and
-measures, each on a fresh copy of the same data:
+For each dialect, size and shape it builds the production-shaped dataset once (shape
+``current``: the real ``alembic upgrade 0002_snapshot_columns``; shape ``field``,
+PostgreSQL only: the catalog upstream's schema code leaves, see benchmarks/datasets.py;
+then ``cowrie-db demo-data``'s generator), and measures, each on a fresh copy of the
+same data:
 
 1. **product**: ``alembic upgrade head`` (the backfill revision and the index revision),
    as a deploy runs it;
 2. **limit**: one unbatched ``UPDATE ... FROM ip_inventory`` with the same semantics,
    then the same indexes, plain (benchmarks/limit.py);
-3. **upstream**: upstream's method re-implemented (benchmarks/upstream.py).
+3. **upstream**: upstream's method re-implemented (benchmarks/upstream.py), on the
+   ``current`` shape only;
+4. with ``--record-cost``, **walk** and **walk-norecord**: the backfill engine alone,
+   with and without its rollback record (benchmarks/walk.py); the report gives the
+   ratio of their medians and the spread of the ratios of each pair.
 
-Product and limit alternate ``--repeat`` times, so that a burst of load from elsewhere
-hits both; medians are reported, every run is kept. PostgreSQL is a throwaway cluster
+The product is ``alembic upgrade head`` on every shape (on the field shape, with no
+stamp: the product adopts the database itself). Product and limit alternate
+``--repeat`` times, so that a burst of load from elsewhere hits both; the two walks
+alternate ``--walk-repeat`` times the same way, each pair in the other order than the
+last (ABBA), so a drift hits both alike. Medians are reported, every run is kept.
+PostgreSQL is a throwaway cluster
 (:class:`cowrieprocessor.ephemeral_pg.EphemeralPostgres`, fsync on) configured as a
 tuned production server for this machine (``--pg-stock`` for the stock settings), or an
 existing server (``--pg-url``, where we may create databases).
@@ -45,7 +56,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from benchmarks import measure, report
-from benchmarks.datasets import PostgresData, SqliteData
+from benchmarks.datasets import FIELD_DIALECTS, SHAPES, PostgresData, SqliteData
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.ephemeral_pg import EphemeralPostgres
 from cowrieprocessor.settings import PROJECT_ROOT
@@ -61,7 +72,10 @@ APPROACHES: dict[str, Approach] = {
     "product": measure.product,
     "limit": measure.limit,
     "upstream": measure.upstream,
+    "walk": measure.walk,
+    "walk-norecord": measure.walk_norecord,
 }
+RECORD_COST = ("walk", "walk-norecord")
 
 
 def log(message: str) -> None:
@@ -126,14 +140,18 @@ def machine(pg_url: str | None) -> dict[str, Any]:
 
 
 def build_datasets(
-    targets: dict[str, PostgresData | SqliteData], sessions: int, ips: int, seed: int
+    targets: dict[str, PostgresData | SqliteData],
+    sessions: int,
+    ips: int,
+    seed: int,
+    shape: str = "current",
 ) -> dict[str, Any]:
     """Generate every dialect's dataset at once, one process each (2 cores: in parallel)."""
     procs = {}
     for dialect, target in targets.items():
         url = target.create_template()
         cmd = [sys.executable, "-m", "benchmarks.datasets", dialect, url]
-        cmd += [str(sessions), str(ips), str(seed)]
+        cmd += [str(sessions), str(ips), str(seed), shape]
         procs[dialect] = subprocess.Popen(
             cmd,
             cwd=PROJECT_ROOT,
@@ -145,7 +163,7 @@ def build_datasets(
     for dialect, proc in procs.items():
         out, err = proc.communicate()
         if proc.returncode != 0:
-            raise RuntimeError(f"building the {dialect} dataset failed:\n{err[-3000:]}")
+            raise RuntimeError(f"building the {dialect} {shape} dataset failed:\n{err[-3000:]}")
         built[dialect] = json.loads(out.strip().splitlines()[-1])
     return built
 
@@ -197,6 +215,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 values = [r["batch_seconds"][key] for r in entries]
                 summary[approach][f"batch_{key}"] = round(statistics.median(values), 4)
             summary[approach]["batch_max_all"] = max(r["batch_seconds"]["max"] for r in entries)
+        if "walk_seconds" in entries[0]:
+            summary[approach]["walk_seconds"] = med(approach, "walk_seconds")
+            summary[approach]["walk_seconds_all"] = [r["walk_seconds"] for r in entries]
         if approach == "limit":
             summary[approach]["steps"] = {
                 k: round(statistics.median(r["steps"][k] for r in entries), 3)
@@ -210,7 +231,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 k: round(statistics.median(r["phases"][k] for r in entries), 3)
                 for k in entries[0]["phases"]
             }
-    ratios: dict[str, float] = {}
+    ratios: dict[str, Any] = {}
+    if all(a in summary for a in RECORD_COST):
+        ratios |= record_cost(runs)
     if "product" in summary and "limit" in summary:
         ratios["product_over_limit"] = round(
             summary["product"]["seconds"] / summary["limit"]["seconds"], 3
@@ -228,6 +251,24 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
+def record_cost(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The rollback record's cost: record / no record, of the whole engine run and of
+    the walk phase, as the ratio of the medians and the spread of each pair's ratio."""
+    out: dict[str, Any] = {}
+    pairs = list(zip(runs["walk"], runs["walk-norecord"], strict=False))
+    for key, name in (("seconds", "record_over_norecord"), ("walk_seconds", "record_walk")):
+        with_record = [r[key] for r in runs["walk"]]
+        without = [r[key] for r in runs["walk-norecord"]]
+        if not with_record or not without or statistics.median(without) <= 0:
+            continue
+        out[name] = round(statistics.median(with_record) / statistics.median(without), 3)
+        each = [a[key] / b[key] for a, b in pairs if b[key] > 0]
+        if each:
+            out[f"{name}_pairs"] = [round(x, 3) for x in each]
+            out[f"{name}_spread"] = [round(min(each), 3), round(max(each), 3)]
+    return out
+
+
 def free_gib(path: Path) -> float:
     return shutil.disk_usage(path).free / GIB
 
@@ -243,6 +284,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dialects", default="postgresql,sqlite")
     parser.add_argument("--approaches", default="product,limit,upstream")
     parser.add_argument("--repeat", type=int, default=3, help="product/limit pairs per size")
+    parser.add_argument(
+        "--shapes",
+        default="current",
+        help="comma-separated: current (our schema at 0002), field (upstream's v17 "
+        "catalog, PostgreSQL only)",
+    )
+    parser.add_argument(
+        "--record-cost",
+        action="store_true",
+        help="also the backfill engine alone with and without its rollback record "
+        "(approaches walk, walk-norecord)",
+    )
+    parser.add_argument(
+        "--walk-repeat",
+        type=int,
+        help="walk / walk-norecord pairs per size and shape (default: --repeat)",
+    )
     parser.add_argument("--upstream", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--upstream-repeat", type=int, default=1)
     parser.add_argument(
@@ -270,12 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
     approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
+    if args.record_cost:
+        approaches += [a for a in RECORD_COST if a not in approaches]
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    walk_repeat = args.repeat if args.walk_repeat is None else args.walk_repeat
     upstream_dialects = [d.strip() for d in args.upstream_dialects.split(",") if d.strip()]
-    unknown = sorted(set(dialects + upstream_dialects) - {"postgresql", "sqlite"}) + sorted(
-        set(approaches) - set(APPROACHES)
+    unknown = (
+        sorted(set(dialects + upstream_dialects) - {"postgresql", "sqlite"})
+        + sorted(set(approaches) - set(APPROACHES))
+        + sorted(set(shapes) - set(SHAPES))
     )
     if unknown:
-        raise SystemExit(f"unknown dialect or approach: {', '.join(unknown)}")
+        raise SystemExit(f"unknown dialect, approach or shape: {', '.join(unknown)}")
+    if "field" in shapes and not set(dialects) & set(FIELD_DIALECTS):
+        raise SystemExit(f"the field shape needs a dialect among {', '.join(FIELD_DIALECTS)}")
     ratio = args.ips / args.sessions
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -311,48 +377,74 @@ def main(argv: list[str] | None = None) -> int:
             if free_gib(workdir) < need * len(dialects) + 5:
                 log(f"skipping {sessions:,} sessions: {free_gib(workdir):.0f} GiB free")
                 continue
-            log(f"== {sessions:,} sessions, {ips:,} IPs: generating the datasets")
-            targets: dict[str, PostgresData | SqliteData] = {}
-            for dialect in dialects:
-                if dialect == "postgresql":
-                    assert pg_url is not None
-                    targets[dialect] = PostgresData(pg_url, f"bench_tpl_{sessions}")
-                else:
-                    targets[dialect] = SqliteData(workdir, f"bench_tpl_{sessions}")
-            started = time.monotonic()
-            built = build_datasets(targets, sessions, ips, args.seed)
-            log(f"   datasets ready in {time.monotonic() - started:.0f} s: {built}")
-            entry: dict[str, Any] = {"sessions": sessions, "ips": ips, "dialects": {}}
-            results["sizes"].append(entry)
-            for dialect, target in targets.items():
-                log(f"-- {dialect}, {sessions:,} sessions")
-                runs: dict[str, list[dict[str, Any]]] = {a: [] for a in approaches}
-                for i in range(args.repeat):
-                    for approach in ("product", "limit"):
-                        if approach in approaches:
-                            runs[approach].append(
-                                measure_one(target, approach, i, sessions, not args.no_verify)
-                            )
-                run_upstream = ("upstream" in approaches and dialect in upstream_dialects) and (
-                    args.upstream == "always"
-                    or (args.upstream == "auto" and sessions <= UPSTREAM_AUTO_MAX)
+            for shape in shapes:
+                shape_dialects = [d for d in dialects if shape != "field" or d in FIELD_DIALECTS]
+                log(f"== {sessions:,} sessions, {ips:,} IPs, {shape} shape: generating")
+                tpl = (
+                    f"bench_tpl_{sessions}"
+                    if shape == "current"
+                    else f"bench_tpl_{shape}_{sessions}"
                 )
-                for i in range(args.upstream_repeat if run_upstream else 0):
-                    runs["upstream"].append(
-                        measure_one(target, "upstream", i, sessions, not args.no_verify)
-                    )
-                summary = summarize(runs)
-                entry["dialects"][dialect] = {
-                    "dataset": built[dialect],
-                    "summary": summary,
-                    "runs": runs,
+                targets: dict[str, PostgresData | SqliteData] = {}
+                for dialect in shape_dialects:
+                    if dialect == "postgresql":
+                        assert pg_url is not None
+                        targets[dialect] = PostgresData(pg_url, tpl)
+                    else:
+                        targets[dialect] = SqliteData(workdir, tpl)
+                started = time.monotonic()
+                built = build_datasets(targets, sessions, ips, args.seed, shape)
+                log(f"   datasets ready in {time.monotonic() - started:.0f} s: {built}")
+                entry: dict[str, Any] = {
+                    "sessions": sessions,
+                    "ips": ips,
+                    "shape": shape,
+                    "dialects": {},
                 }
-                log(
-                    f"   {dialect}: ratios {summary['ratios']}, same result: "
-                    f"{summary['same_result']}"
-                )
-                out_file.write_text(json.dumps(results, indent=1))
-                target.drop_template()
+                results["sizes"].append(entry)
+                for dialect, target in targets.items():
+                    log(f"-- {dialect}, {shape} shape, {sessions:,} sessions")
+                    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in approaches}
+
+                    run_upstream = (
+                        "upstream" in approaches
+                        and dialect in upstream_dialects
+                        and shape == "current"
+                    ) and (
+                        args.upstream == "always"
+                        or (args.upstream == "auto" and sessions <= UPSTREAM_AUTO_MAX)
+                    )
+                    schedule = [
+                        (a, i)
+                        for i in range(args.repeat)
+                        for a in ("product", "limit")
+                        if a in approaches
+                    ]
+                    if all(a in approaches for a in RECORD_COST):
+                        schedule += [  # ABBA: a drift hits both alike
+                            (a, i)
+                            for i in range(walk_repeat)
+                            for a in RECORD_COST[:: 1 if i % 2 == 0 else -1]
+                        ]
+                    schedule += [
+                        ("upstream", i) for i in range(args.upstream_repeat if run_upstream else 0)
+                    ]
+                    for approach, i in schedule:
+                        runs[approach].append(
+                            measure_one(target, approach, i, sessions, not args.no_verify)
+                        )
+                    summary = summarize(runs)
+                    entry["dialects"][dialect] = {
+                        "dataset": built[dialect],
+                        "summary": summary,
+                        "runs": runs,
+                    }
+                    log(
+                        f"   {dialect}, {shape}: ratios {summary['ratios']}, same result: "
+                        f"{summary['same_result']}"
+                    )
+                    out_file.write_text(json.dumps(results, indent=1))
+                    target.drop_template()
     finally:
         if server is not None:
             server.stop()
@@ -362,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     out_file.write_text(json.dumps(results, indent=1))
     shutil.copyfile(out_file, args.out / "latest.json")
     print(report.markdown(results))
+    cost = report.record_cost(results)
+    if cost:
+        print()
+        print(cost)
     log(f"results: {out_file}")
     return 0
 
