@@ -2,6 +2,7 @@
 
     cowrie-db [--db URL] [--verbose] check                   pre-flight
     cowrie-db backfill [--dry-run] [--batch-size N] ...       run the backfill engine
+    cowrie-db clear --all [--yes]                             NULL every snapshot value
     cowrie-db status [--json]                                 progress, from anywhere
     cowrie-db verify [--min-coverage 95] [--json]             validation, as one command
     cowrie-db demo-data --sessions N --ips M [--seed S]       synthetic data at 0002
@@ -20,7 +21,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
@@ -31,14 +33,16 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cowrieprocessor import __version__, report
 from cowrieprocessor.backfill import (
-    BackfillError,
     BackfillInterrupted,
     BackfillKnobs,
     BatchReport,
     KnobError,
+    clear_snapshots,
     run_backfill,
 )
+from cowrieprocessor.backfill.knobs import INT_KNOBS
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.errors import CowrieError, IncompatibleSchema
 from cowrieprocessor.settings import SettingsError, mask_secrets, mask_url, resolve_database_url
 
 log = logging.getLogger("cowrieprocessor.cli")
@@ -105,6 +109,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
             if not state.adoptable:
                 out.write(f"ERROR: {state.advice}\n")
                 return EXIT_USAGE
+            _write_adoption(state, out)
             if state.snapshot_columns_present:
                 cov = report.coverage(conn)
                 reach = 100.0 * cov.reachable / cov.sessions if cov.sessions else 100.0
@@ -117,6 +122,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                     f"no canonical IP {cov.unmatched_no_ip:,}, IP not in inventory "
                     f"{cov.unmatched_not_in_inventory:,}\n"
                 )
+                by_source = ", ".join(f"{k} {v:,}" for k, v in cov.resolved_by_source.items())
+                out.write(f"IP resolved from:      {by_source}\n")
                 knobs = BackfillKnobs.from_sources({"batch_size": args.batch_size})
                 estimate = report.estimate_seconds(conn, cov.sessions, knobs)
                 out.write(
@@ -136,6 +143,30 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         engine.dispose()
     return EXIT_OK
+
+
+def _write_adoption(state: report.SchemaState, out: TextIO) -> None:
+    """What the database is, and what `upgrade head` will adopt, reuse and create."""
+    found = state.assessment
+    if found is None or found.empty:
+        return
+    out.write(f"Schema:     {found.origin}\n")
+    if state.current and "0004_snapshot_indexes" not in state.pending:
+        return  # past the revisions that adopt: nothing left to plan
+    if not state.current:
+        out.write(f"Adopts:     tables {', '.join(found.tables)}")
+        if found.snapshot_columns:
+            out.write(f"; columns {', '.join(found.snapshot_columns)}")
+        out.write("\n")
+    if found.reuse:
+        out.write(f"Reuses:     {', '.join(found.reuse)}\n")
+    if found.create:
+        out.write(f"Creates:    {', '.join(found.create)}\n")
+    for legacy in found.legacy_columns:
+        out.write(
+            f"Legacy:     column session_summaries.{legacy} is left as it is (the upgrade "
+            "adds snapshot_ip_type beside it; drop it yourself once nothing reads it)\n"
+        )
 
 
 # --- backfill --------------------------------------------------------------------------
@@ -170,15 +201,24 @@ class ProgressBar:
             self.stream.write("\n")
 
 
+def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per knob, generated from the knob table (name, range, help, default)."""
+    for knob in INT_KNOBS:
+        unit = " (ms, or with s / min)" if knob.unit == "ms" else ""
+        parser.add_argument(
+            "--" + knob.name.replace("_", "-"),
+            dest=knob.name,
+            default=None,
+            metavar="MS" if knob.unit == "ms" else "N",
+            help=f"{knob.help}{unit}; default {knob.default}",
+        )
+    parser.add_argument(
+        "--status-dir", metavar="DIR", help=f"write {STATUS_FILE_NAME} there after each batch"
+    )
+
+
 def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
-    explicit: dict[str, str | int | None] = {
-        "batch_size": args.batch_size,
-        "batch_time": args.batch_time,
-        "pause_ms": args.pause_ms,
-        "lock_timeout": args.lock_timeout,
-        "statement_timeout": args.statement_timeout,
-        "max_retries": args.max_retries,
-    }
+    explicit: dict[str, str | int | None] = {k.name: getattr(args, k.name) for k in INT_KNOBS}
     if args.status_dir is not None:
         status_dir = Path(args.status_dir)
         if not status_dir.is_dir():
@@ -187,9 +227,9 @@ def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
     return BackfillKnobs.from_sources(explicit)
 
 
-def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
-    knobs = _knobs_from_args(args)
-    engine = _engine(args, sqlite_busy_timeout_ms=knobs.lock_timeout)
+@contextmanager
+def _ctrl_c_stops() -> Iterator[threading.Event]:
+    """First Ctrl-C: set the event (stop after the current batch); second: abort it."""
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
 
@@ -199,6 +239,26 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
         stop.set()
         sys.stderr.write("\nCtrl-C: stopping after the current batch (again to abort it)\n")
 
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _require_snapshot_columns(engine: sa.Engine, masked: str) -> None:
+    with _connect(engine, masked) as conn:
+        state = report.schema_state(conn)
+    if not state.snapshot_columns_present:
+        raise CliError(
+            "session_summaries has no snapshot columns yet: run "
+            "`alembic upgrade 0002_snapshot_columns` first"
+        )
+
+
+def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
+    knobs = _knobs_from_args(args)
+    engine = _engine(args, sqlite_busy_timeout_ms=knobs.lock_timeout)
     callbacks: list[Callable[[BatchReport], None]] = []
     bar: ProgressBar | None = None
     if args.progress and sys.stderr.isatty() and not args.dry_run:
@@ -223,31 +283,15 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
             callback(r)
 
     log.info("Database: %s", args.masked_url)
-    signal.signal(signal.SIGINT, on_sigint)
     try:
-        with _connect(engine, args.masked_url) as conn:
-            state = report.schema_state(conn)
-        if not state.snapshot_columns_present:
-            raise CliError(
-                "session_summaries has no snapshot columns yet: run "
-                "`alembic upgrade 0002_snapshot_columns` first"
-            )
-        result = run_backfill(engine, knobs, dry_run=args.dry_run, stop=stop, on_batch=on_batch)
-    except BackfillInterrupted as exc:
+        with _ctrl_c_stops() as stop:
+            _require_snapshot_columns(engine, args.masked_url)
+            result = run_backfill(engine, knobs, dry_run=args.dry_run, stop=stop, on_batch=on_batch)
+    except (BackfillInterrupted, KeyboardInterrupt) as exc:
         if bar:
             bar.close()
-        out.write(
-            f"Interrupted: {exc}\nResume with the same command (or `alembic upgrade "
-            "head`); committed batches are kept.\n"
-        )
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        if bar:
-            bar.close()
-        out.write("Aborted: the open batch was rolled back; rerun to resume.\n")
-        return EXIT_INTERRUPTED
+        return _interrupted(exc, "the same command (or `alembic upgrade head`)", out)
     finally:
-        signal.signal(signal.SIGINT, previous)
         engine.dispose()
     if bar:
         bar.close()
@@ -255,6 +299,60 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
         data = asdict(result)
         data.pop("batch_seconds")
         _print_json(data, out)
+    return EXIT_OK
+
+
+def _interrupted(exc: BaseException, resume: str, out: TextIO) -> int:
+    if isinstance(exc, KeyboardInterrupt):
+        out.write("Aborted: the open batch was rolled back; rerun to resume.\n")
+    else:
+        out.write(f"Interrupted: {exc}\nResume with {resume}; committed batches are kept.\n")
+    return EXIT_INTERRUPTED
+
+
+# --- clear -----------------------------------------------------------------------------
+
+CONFIRM_WORD = "clear"
+
+
+def cmd_clear(args: argparse.Namespace, out: TextIO) -> int:
+    """NULL every snapshot value, whoever wrote it (the runbook's data-corruption case)."""
+    if not args.all:
+        raise CliError(
+            "say what to clear: --all NULLs the five snapshot columns of every session, "
+            "including values the loader wrote at the time of the attack. To undo only "
+            "what the backfill wrote, run `alembic downgrade 0002_snapshot_columns`."
+        )
+    knobs = _knobs_from_args(args)
+    engine = _engine(args, sqlite_busy_timeout_ms=knobs.lock_timeout)
+    try:
+        _require_snapshot_columns(engine, args.masked_url)
+        with _connect(engine, args.masked_url) as conn:
+            having = report.sessions_with_snapshot_values(conn)
+        if not args.yes:
+            question = (
+                f"This NULLs the five snapshot columns of {having:,} sessions in "
+                f"{args.masked_url}, whoever wrote them; the backfill can refill them only "
+                "from today's inventory. "
+            )
+            if not sys.stdin.isatty():
+                raise CliError(question + "Refusing without confirmation: add --yes.")
+            out.write(question + f"Type {CONFIRM_WORD!r} to go on: ")
+            out.flush()
+            if input().strip() != CONFIRM_WORD:
+                out.write("Nothing was changed.\n")
+                return EXIT_FAILED
+        log.info("Database: %s", args.masked_url)
+        with _ctrl_c_stops() as stop:
+            result = clear_snapshots(engine, knobs, stop=stop)
+    except (BackfillInterrupted, KeyboardInterrupt) as exc:
+        return _interrupted(exc, "the same command", out)
+    finally:
+        engine.dispose()
+    out.write(
+        f"Cleared snapshot values in {result.rows_cleared:,} sessions ({result.batches:,} "
+        f"batches, {result.seconds:.1f} s). Refill them with `cowrie-db backfill`.\n"
+    )
     return EXIT_OK
 
 
@@ -403,29 +501,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bf = sub.add_parser("backfill", help="run the snapshot backfill (same engine as 0003)")
     bf.add_argument("--dry-run", action="store_true", help="write nothing; report per batch")
-    bf.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="largest batch; alone (without --batch-time) it fixes the batch size",
-    )
-    bf.add_argument(
-        "--batch-time",
-        default=None,
-        help="target duration of an adaptive batch (ms, or with s); 0 = fixed",
-    )
-    bf.add_argument("--pause-ms", default=None)
-    bf.add_argument("--lock-timeout", default=None, help="ms, or with s / min")
-    bf.add_argument("--statement-timeout", default=None, help="ms, or with s / min")
-    bf.add_argument("--max-retries", type=int, default=None)
+    _add_knob_flags(bf)
     bf.add_argument(
         "--progress", action="store_true", help="a progress bar on a terminal (log lines otherwise)"
     )
-    bf.add_argument(
-        "--status-dir", metavar="DIR", help=f"write {STATUS_FILE_NAME} there after each batch"
-    )
     bf.add_argument("--json", action="store_true", help="print the final summary as JSON")
     bf.set_defaults(func=cmd_backfill)
+
+    cl = sub.add_parser(
+        "clear",
+        help="NULL every snapshot value, whoever wrote it (batched, resumable, confirmed)",
+    )
+    cl.add_argument("--all", action="store_true", help="every session's five snapshot columns")
+    cl.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _add_knob_flags(cl)
+    cl.set_defaults(func=cmd_clear)
 
     st = sub.add_parser("status", help="progress of a running or finished backfill")
     st.add_argument("--json", action="store_true")
@@ -460,9 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args, sys.stdout)
         return code
-    except (CliError, KnobError, SettingsError, BackfillError) as exc:
+    except (CliError, KnobError, SettingsError, CowrieError) as exc:
         sys.stderr.write(f"cowrie-db {args.command}: error: {mask_secrets(str(exc))}\n")
-        return EXIT_FAILED if isinstance(exc, BackfillError) else EXIT_USAGE
+        usage = isinstance(exc, CliError | KnobError | SettingsError | IncompatibleSchema)
+        return EXIT_USAGE if usage else EXIT_FAILED
     except OperationalError as exc:
         detail = mask_secrets(str(exc.orig).strip().splitlines()[0])
         sys.stderr.write(f"cowrie-db {args.command}: database error: {detail}\n")

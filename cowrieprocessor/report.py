@@ -18,13 +18,18 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from cowrieprocessor.backfill import progress, sql
-from cowrieprocessor.backfill.engine import BACKFILL_JOB, CLEAR_JOB
+from cowrieprocessor.backfill.engine import (
+    BACKFILL_JOB,
+    CLEAR_ALL_JOB,
+    CLEAR_JOB,
+    dry_run_counts,
+)
 from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.db import adoption
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 from cowrieprocessor.settings import PROJECT_ROOT
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
-BASELINE_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_events")
 RUNBOOK_QUERY = (
     "SELECT session_id, snapshot_country, snapshot_asn FROM session_summaries "
     "WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
@@ -45,6 +50,7 @@ class SchemaState:
     snapshot_columns_present: bool
     adoptable: bool
     advice: str
+    assessment: adoption.Assessment | None = None
 
 
 def schema_state(conn: Connection) -> SchemaState:
@@ -52,32 +58,28 @@ def schema_state(conn: Connection) -> SchemaState:
     head = script.get_current_head() or ""
     current = list(MigrationContext.configure(conn).get_current_heads())
     conn.rollback()
-    tables = set(sa.inspect(conn).get_table_names())
-    present = [t for t in BASELINE_TABLES if t in tables]
-    has_columns = "session_summaries" in tables and set(SNAPSHOT_COLUMNS) <= {
-        c["name"] for c in sa.inspect(conn).get_columns("session_summaries")
-    }
-    if current:
-        pending = [
-            rev.revision for rev in reversed(list(script.iterate_revisions(head, current[0])))
-        ]
+    found = adoption.assess(conn)
+    conn.rollback()
+    has_columns = "session_summaries" in found.tables and not found.missing_snapshot_columns
+    has_columns = has_columns and set(found.snapshot_columns) == set(SNAPSHOT_COLUMNS)
+    base = current[0] if current else None
+    pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, base)))]
+    if found.problems:
+        adoptable = False
+        advice = "not adoptable: " + "; ".join(found.problems)
+        if "ip_inventory" not in found.tables and found.dialect == "sqlite":
+            advice += " (a SQLite database of cowrieprocessor's schema code has no IP inventory)"
+    elif current:
         adoptable, advice = True, "" if not pending else "run: alembic upgrade head"
-    elif len(present) == len(BASELINE_TABLES):
-        pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, None)))]
-        adoptable = True
-        advice = (
-            "database predates Alembic: run `alembic stamp 0001_baseline`, "
-            "then `alembic upgrade head` (README: Adopting an existing database)"
-        )
-    elif not present:
-        pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, None)))]
+    elif found.empty:
         adoptable, advice = True, "empty database: run `alembic upgrade head`"
     else:
-        pending = []
-        missing = sorted(set(BASELINE_TABLES) - set(present))
-        adoptable = False
-        advice = f"not adoptable: no alembic_version and tables missing: {', '.join(missing)}"
-    return SchemaState(current, head, pending, present, has_columns, adoptable, advice)
+        adoptable = True
+        advice = (
+            f"database {found.origin}, not yet under Alembic: `alembic upgrade head` "
+            "adopts it (no stamp needed; README: Adopting an existing database)"
+        )
+    return SchemaState(current, head, pending, found.tables, has_columns, adoptable, advice, found)
 
 
 def server_version(conn: Connection) -> tuple[str, tuple[int, ...]]:
@@ -101,6 +103,8 @@ class Coverage:
     unmatched_no_ip: int
     unmatched_not_in_inventory: int
     inventory_size: int
+    # among the sessions needing snapshots: how many each IP source resolves
+    resolved_by_source: dict[str, int] = field(default_factory=dict)
 
 
 def coverage(conn: Connection) -> Coverage:
@@ -119,34 +123,13 @@ def coverage(conn: Connection) -> Coverage:
         sessions=total,
         needing_snapshots=needy,
         with_snapshot=with_snapshot,
-        would_update=counts["updated"],
-        reachable=total - needy + counts["matched"],
-        unmatched_no_ip=counts["no_ip"],
-        unmatched_not_in_inventory=counts["candidates"] - counts["no_ip"] - counts["matched"],
+        would_update=counts.updated,
+        reachable=total - needy + counts.matched,
+        unmatched_no_ip=counts.no_ip,
+        unmatched_not_in_inventory=counts.not_in_inventory,
         inventory_size=inventory,
+        resolved_by_source=dict(zip(sql.IP_SOURCES, counts.by_source, strict=True)),
     )
-
-
-def dry_run_counts(
-    conn: Connection, lo: str | None = None, hi: str | None = None
-) -> dict[str, int]:
-    """The backfill's per-range counts without writing (candidates, no_ip, matched, updated)."""
-    params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
-    if conn.dialect.name == "postgresql":
-        row = conn.execute(sql.pg_dry_run(lo is not None, hi is not None), params).one()
-        return {k: int(getattr(row, k)) for k in ("candidates", "no_ip", "matched", "updated")}
-    conn.execute(sql.SQLITE_BATCH_TABLE)
-    conn.execute(sql.SQLITE_BATCH_CLEAR)
-    conn.execute(sql.sqlite_resolve(lo is not None, hi is not None), params)
-    row = conn.execute(sql.SQLITE_COUNTS).one()
-    updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
-    conn.execute(sql.SQLITE_BATCH_CLEAR)
-    return {
-        "candidates": int(row.candidates),
-        "no_ip": int(row.no_ip),
-        "matched": int(row.matched),
-        "updated": updated,
-    }
 
 
 def estimate_seconds(conn: Connection, sessions: int, knobs: BackfillKnobs) -> float | None:
@@ -155,12 +138,18 @@ def estimate_seconds(conn: Connection, sessions: int, knobs: BackfillKnobs) -> f
         return 0.0
     hi = conn.execute(sql.next_bound(False), {"offset": knobs.batch_size - 1}).scalar()
     started = time.monotonic()
-    dry_run_counts(conn, None, None if hi is None else str(hi))
+    dry_run_counts(conn, None if hi is None else str(hi))
     elapsed = time.monotonic() - started
     conn.rollback()
     sampled = knobs.batch_size if hi is not None else sessions
     # walk + catch-up pass; a write-batch costs about twice a read-only one
     return elapsed / max(sampled, 1) * sessions * 3
+
+
+def sessions_with_snapshot_values(conn: Connection) -> int:
+    n = int(conn.execute(sql.COUNT_WITH_VALUES).scalar_one())
+    conn.rollback()
+    return n
 
 
 @dataclass
@@ -185,7 +174,7 @@ def job_status(conn: Connection) -> list[JobStatus]:
     """The progress rows of the backfill and the clear job, with rate and ETA."""
     result = []
     now = datetime.now(UTC)
-    for job, phases in ((BACKFILL_JOB, 2), (CLEAR_JOB, 1)):
+    for job, phases in ((BACKFILL_JOB, 2), (CLEAR_JOB, 1), (CLEAR_ALL_JOB, 1)):
         state = progress.load(conn, job)
         if state is None:
             continue

@@ -26,6 +26,9 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Connection, Engine, pool
 
+from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.db.adoption import LEDGER_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.models import Base
 from cowrieprocessor.settings import mask_url, parse_url, resolve_database_url
@@ -37,8 +40,10 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 log = logging.getLogger("cowrieprocessor.migrations")
 target_metadata = Base.metadata
 
-# Tables that belong to the running backfill, not to the schema the models describe.
-OPERATIONAL_TABLES = frozenset({"cowrie_backfill_progress"})
+# Tables that belong to the migrations' own bookkeeping (the backfill's progress, its
+# rollback record, the ledger of what each revision created), not to the schema the
+# models describe.
+OPERATIONAL_TABLES = frozenset({PROGRESS_TABLE, RECORD_TABLE, LEDGER_TABLE})
 
 
 def include_object(
@@ -83,6 +88,11 @@ def run_migrations_offline() -> None:
 
 
 def _run_with_connection(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # A revision reads the catalog, then writes (DDL, the ledger). In a deferred
+        # transaction a writer that commits in between turns that first write into an
+        # immediate "database is locked"; BEGIN IMMEDIATE waits for the lock instead.
+        connection = connection.execution_options(sqlite_begin="IMMEDIATE")
     context.configure(connection=connection, **_configure_kwargs(connection.dialect.name))
     with context.begin_transaction():
         context.run_migrations()

@@ -27,6 +27,7 @@ from cowrieprocessor.backfill import (
     run_backfill,
 )
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.settings import PROJECT_ROOT
 from tests.helpers import ALEMBIC_BIN, run_alembic
@@ -115,18 +116,20 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
     engine.dispose()
 
 
-def test_downgrade_nulls_every_snapshot_and_a_new_upgrade_refills(db_url: str) -> None:
+def test_downgrade_nulls_what_the_backfill_wrote_and_a_new_upgrade_refills(db_url: str) -> None:
     engine = seeded(db_url)
-    with engine.begin() as conn:  # a value that predates the backfill is cleared too
+    with engine.begin() as conn:  # a value that predates the backfill survives it
         add_session(conn, "legacy", snapshot_country="NL")
     migrate(db_url, "head")
     filled = snapshots(engine)
     down = run_alembic(db_url, "downgrade", "0002_snapshot_columns", x={"batch_size": "64"})
     assert down.returncode == 0, down.stderr
-    assert "Cleared snapshot columns" in down.stderr
+    assert "Cleared snapshot values" in down.stderr
     cleared = snapshots(engine)
+    assert cleared.pop("legacy") == (None, None, "NL", None, None)
     assert all(snap == (None,) * 5 for snap in cleared.values())
     assert not sa.inspect(engine).has_table(PROGRESS_TABLE)
+    assert not sa.inspect(engine).has_table(RECORD_TABLE)
 
     up = run_alembic(db_url, "upgrade", "head")
     assert up.returncode == 0, up.stderr

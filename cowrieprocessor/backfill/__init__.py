@@ -2,6 +2,7 @@
 
 from cowrieprocessor.backfill.engine import (
     BACKFILL_JOB,
+    CLEAR_ALL_JOB,
     CLEAR_JOB,
     BackfillError,
     BackfillInterrupted,
@@ -12,11 +13,13 @@ from cowrieprocessor.backfill.engine import (
     clear_snapshots,
     engine_for_bind,
     run_backfill,
+    undo_backfill,
 )
 from cowrieprocessor.backfill.knobs import BackfillKnobs, KnobError
 
 __all__ = [
     "BACKFILL_JOB",
+    "CLEAR_ALL_JOB",
     "CLEAR_JOB",
     "BackfillError",
     "BackfillInterrupted",
@@ -29,4 +32,5 @@ __all__ = [
     "clear_snapshots",
     "engine_for_bind",
     "run_backfill",
+    "undo_backfill",
 ]

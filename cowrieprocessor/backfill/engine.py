@@ -53,16 +53,19 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from cowrieprocessor.backfill import progress, sql
+from cowrieprocessor.backfill import progress, record, shape, sql
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, Snapshot
+from cowrieprocessor.backfill.shape import JsonTypes
 from cowrieprocessor.db.engine import create_engine_from_url, is_sqlite_memory
+from cowrieprocessor.errors import CowrieError
 from cowrieprocessor.settings import mask_secrets
 
 log = logging.getLogger("cowrieprocessor.backfill")
 
 BACKFILL_JOB = "snapshot_backfill"
-CLEAR_JOB = "snapshot_clear"
+CLEAR_JOB = "snapshot_clear"  # the downgrade of 0003
+CLEAR_ALL_JOB = "snapshot_clear_all"  # cowrie-db clear --all
 ADVISORY_LOCK_KEY = 0x636F_7772_6965  # "cowrie": one backfill or clear at a time
 ADVISORY_LOCK_WAIT_S = 5.0
 ROWID_KEY_PREFIX = "#rowid:"
@@ -86,7 +89,7 @@ PG_TRANSIENT = {
 }
 
 
-class BackfillError(RuntimeError):
+class BackfillError(CowrieError):
     """The backfill cannot run or cannot finish; the message says why."""
 
 
@@ -108,6 +111,8 @@ class BatchCounts:
     no_ip: int = 0
     matched: int = 0
     updated: int = 0
+    # sessions whose IP came from each of sql.IP_SOURCES (dry runs only)
+    by_source: tuple[int, ...] = ()
 
     @property
     def not_in_inventory(self) -> int:
@@ -542,6 +547,38 @@ class RangeWalker:
             if self.knobs.pause_ms:
                 self.sleep(self.knobs.pause_ms / 1000)
 
+    def undo_recorded(self) -> None:
+        """Undo the rollback record, one record row (one original batch) per transaction."""
+        self._start_phase(WALK)
+        while True:
+            if self.stop.is_set():
+                raise BackfillInterrupted("stopped between two batches; rerun to resume")
+            started = time.monotonic()
+
+            def attempt(conn: Connection) -> tuple[int, int] | None:
+                with self.begin(conn):
+                    undone = record.undo_next(conn)
+                    if undone is not None:
+                        self.state.batches += 1
+                        self.state.sessions_walked += undone[0]
+                        self.state.rows_updated += undone[1]
+                        progress.save(conn, self.state)
+                return undone
+
+            before = _copy_state(self.state)
+            try:
+                undone = self.retrying(f"{self.job} batch {self.state.batches + 1}", attempt)
+            except BaseException:
+                self.state = before
+                raise
+            if undone is None:
+                return
+            seconds = time.monotonic() - started
+            self.batch_seconds.append(seconds)
+            self._report(WALK, None, "", BatchCounts(updated=undone[1]), seconds, undone[0])
+            if self.knobs.pause_ms:
+                self.sleep(self.knobs.pause_ms / 1000)
+
     def _process(
         self,
         phase: str,
@@ -728,11 +765,22 @@ def _copy_state(state: JobState) -> JobState:
 # --- the two jobs ---------------------------------------------------------------------
 
 
-def _backfill_range(dialect: str, dry_run: bool) -> RunRange:
+def _backfill_range(dialect: str, dry_run: bool, json: JsonTypes, record: bool) -> RunRange:
+    """The statement(s) of one backfill range, rendered for this database's JSON types."""
+    sources = range(1, len(sql.IP_SOURCES) + 1)
+    job = {"job": BACKFILL_JOB}
+
     def run_pg(conn: Connection, r: Range) -> BatchCounts:
-        stmt = (sql.pg_dry_run if dry_run else sql.pg_backfill)(r.has_lo, r.has_hi, r.needs)
-        row = conn.execute(stmt, r.params).one()
-        return BatchCounts(int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated))
+        if dry_run:
+            row = conn.execute(sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs), r.params).one()
+            by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+        else:
+            stmt = sql.pg_backfill(json, r.has_lo, r.has_hi, r.needs, record=record)
+            row = conn.execute(stmt, {**r.params, **job} if record else r.params).one()
+            by_source = ()
+        return BatchCounts(
+            int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated), by_source
+        )
 
     def run_sqlite(conn: Connection, r: Range) -> BatchCounts:
         conn.execute(sql.SQLITE_BATCH_TABLE)
@@ -743,10 +791,23 @@ def _backfill_range(dialect: str, dry_run: bool) -> RunRange:
             updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
         else:
             updated = conn.execute(sql.SQLITE_UPDATE).rowcount
+            if record and updated:
+                conn.execute(sql.SQLITE_RECORD, job)
         conn.execute(sql.SQLITE_BATCH_CLEAR)
-        return BatchCounts(int(row.candidates), int(row.no_ip), int(row.matched), updated)
+        by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+        return BatchCounts(
+            int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source
+        )
 
     return run_pg if dialect == "postgresql" else run_sqlite
+
+
+def dry_run_counts(conn: Connection, hi: str | None = None) -> BatchCounts:
+    """The backfill's counts over ``session_id`` range (start, ``hi``] (the whole table
+    when ``hi`` is None), written nowhere: what ``check`` and ``verify`` report."""
+    json = shape.detect(conn)
+    run = _backfill_range(conn.dialect.name, True, json, False)
+    return run(conn, Range(WALK, SESSION_ID_ORDER, None, hi))
 
 
 def _clear_range(conn: Connection, r: Range) -> BatchCounts:
@@ -762,6 +823,24 @@ def _counts(conn: Connection) -> tuple[int, int, int]:
     inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
     conn.commit()
     return total, needy, inventory
+
+
+def _json_types(conn: Connection) -> JsonTypes:
+    found = shape.detect(conn)
+    conn.rollback()
+    return found
+
+
+def _ensure_record(conn: Connection) -> None:
+    """Create the rollback record; a database backfilled before it existed (a progress
+    row of the backfill, no record) gets a marker row that makes a downgrade clear all."""
+    with conn.begin():
+        if record.exists(conn):
+            return
+        backfilled_before = progress.load(conn, BACKFILL_JOB) is not None
+        record.ensure_table(conn)
+        if backfilled_before:
+            record.mark_incomplete(conn)
 
 
 def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> bool:
@@ -798,8 +877,16 @@ def run_backfill(
     dry_run: bool = False,
     stop: threading.Event | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
+    record: bool = True,
 ) -> BackfillResult:
-    """Fill the five snapshot columns of every session that lacks them. See module doc."""
+    """Fill the five snapshot columns of every session that lacks them. See module doc.
+
+    ``record=False`` leaves out the rollback record (:mod:`.record`); only the
+    benchmarks use it, to measure what the record costs.
+    Raises :class:`BatchFailed` (a range failed for good), :class:`BackfillInterrupted`
+    (``stop`` was set), :class:`~cowrieprocessor.errors.IncompatibleSchema` (a JSON
+    column of a type the backfill cannot read).
+    """
     # A dry run walks once: without writes, a catch-up pass would only count twice.
     phases = (WALK,) if dry_run else (WALK, CATCHUP)
     walker = RangeWalker(
@@ -813,6 +900,9 @@ def run_backfill(
     )
     started = time.monotonic()
     try:
+        json = walker.retrying("reading the JSON columns' types", _json_types)
+        if record and not dry_run:
+            walker.retrying("preparing the rollback record", _ensure_record)
         resumed = _prepare(walker)
         total, needy, inventory = walker.retrying("counting sessions", _counts)
         walker.state.sessions_total = total
@@ -825,7 +915,9 @@ def run_backfill(
             describe_sizing(knobs, walker.fresh_order),
             f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
         )
-        run_range = _backfill_range(walker.dialect, dry_run)
+        if walker.dialect == "postgresql":
+            log.info("JSON columns: %s", json.describe())
+        run_range = _backfill_range(walker.dialect, dry_run, json, record)
         for phase in phases:
             if walker.state.phase == phase:
                 walker.walk(phase, run_range)
@@ -923,39 +1015,98 @@ def clear_snapshots(
     knobs: BackfillKnobs,
     *,
     stop: threading.Event | None = None,
-    drop_progress_table: bool = True,
+    job: str = CLEAR_ALL_JOB,
+    drop_progress_table: bool = False,
 ) -> ClearResult:
-    """NULL the five snapshot columns of every session, batch by batch (the downgrade).
+    """NULL the five snapshot columns of every session, whoever wrote them, batch by batch.
 
-    The backfill's progress row is deleted first, so a later upgrade starts afresh
-    even if this is interrupted; the clear's own row lets a rerun resume.
+    ``cowrie-db clear --all`` (the runbook's "data corruption" case), and the downgrade
+    of a database backfilled before the rollback record existed. The backfill's progress
+    row is deleted first, so a later backfill starts afresh even if this is interrupted;
+    the clear's own row lets a rerun resume. At the end the rollback record is emptied:
+    nothing it names is left. Raises like :func:`run_backfill`.
     """
-    walker = RangeWalker(engine, knobs, job=CLEAR_JOB, stop=stop)
+    walker = RangeWalker(engine, knobs, job=job, stop=stop)
     started = time.monotonic()
     try:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
         total, _needy, _inv = walker.retrying("counting sessions", _counts)
         walker.state.sessions_total = total
         log.info(
-            "clearing snapshots: %d sessions; %s%s",
+            "clearing all snapshot values: %d sessions; %s%s",
             total,
             describe_sizing(knobs, walker.fresh_order),
             f"; resuming after {walker.state.last_key!r}" if resumed else "",
         )
         if walker.state.phase == WALK:
             walker.walk(WALK, _clear_range)
+        walker.retrying("emptying the rollback record", _forget_record)
         if drop_progress_table:
             walker.retrying("dropping the progress table", _drop_progress)
     finally:
         walker.close()
+    return _log_cleared(walker, started)
+
+
+def undo_backfill(
+    engine: Engine, knobs: BackfillKnobs, *, stop: threading.Event | None = None
+) -> ClearResult:
+    """The downgrade of 0003: NULL exactly the values the backfill wrote (:mod:`.record`).
+
+    Values that were there before the upgrade, or that the loader wrote since, survive.
+    A database backfilled before the record existed is cleared whole, with a warning.
+    The progress and record tables are dropped at the end. Resumable; raises like
+    :func:`run_backfill`.
+    """
+    with engine.connect() as conn:
+        exact = record.exists(conn) and not record.is_incomplete(conn)
+        conn.rollback()
+    if not exact:
+        log.warning(
+            "no complete rollback record (this database was backfilled before the record "
+            "existed): the downgrade cannot tell the backfill's values from others and "
+            "clears all five snapshot columns in every session, as before"
+        )
+        return clear_snapshots(engine, knobs, stop=stop, job=CLEAR_JOB, drop_progress_table=True)
+    walker = RangeWalker(engine, knobs, job=CLEAR_JOB, stop=stop)
+    started = time.monotonic()
+    try:
+        resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
+        rows, sessions = walker.retrying("reading the rollback record", _pending_record)
+        walker.state.sessions_total = walker.state.sessions_walked + sessions
+        log.info(
+            "undoing the backfill: %d recorded sessions in %d batches%s",
+            sessions,
+            rows,
+            " (resuming)" if resumed else "",
+        )
+        walker.undo_recorded()
+        walker.retrying("dropping the progress and record tables", _drop_progress)
+    finally:
+        walker.close()
+    return _log_cleared(walker, started)
+
+
+def _log_cleared(walker: RangeWalker, started: float) -> ClearResult:
     seconds = time.monotonic() - started
     log.info(
-        "Cleared snapshot columns in %d rows, %d batches, %.1f s",
+        "Cleared snapshot values in %d rows, %d batches, %.1f s",
         walker.state.rows_updated,
         walker.state.batches,
         seconds,
     )
     return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
+
+
+def _pending_record(conn: Connection) -> tuple[int, int]:
+    found = record.pending(conn)
+    conn.rollback()
+    return found
+
+
+def _forget_record(conn: Connection) -> None:
+    with conn.begin():
+        record.forget_all(conn)
 
 
 def refill_after_interrupted_clear(engine: Engine, knobs: BackfillKnobs) -> bool:
@@ -991,6 +1142,7 @@ def refill_after_interrupted_clear(engine: Engine, knobs: BackfillKnobs) -> bool
 def _drop_progress(conn: Connection) -> None:
     with conn.begin():
         progress.drop_table(conn)
+        record.drop_table(conn)
 
 
 # --- from inside an Alembic revision -------------------------------------------------

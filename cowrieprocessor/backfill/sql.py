@@ -44,6 +44,8 @@ from __future__ import annotations
 
 from sqlalchemy import TextClause, text
 
+from cowrieprocessor.backfill.shape import OFFLINE, JsonColumn, JsonTypes
+
 TABLE = "session_summaries"
 NEEDS_SNAPSHOT = (
     "(s.source_ip IS NULL OR s.snapshot_asn IS NULL OR s.snapshot_country IS NULL "
@@ -114,42 +116,88 @@ def count_range(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> Tex
 
 # --- PostgreSQL --------------------------------------------------------------------
 
-PG_RESOLVE = """
+# The IP sources in the canonical order; `src` in a resolved row is the 1-based position
+# of the source that gave its IP (cowrie-db check reports how many each one resolves).
+IP_SOURCES = ("source_ip", "session_metadata", "dshield", "raw_events")
+
+# snapshot_ip_type from the inventory's spur types: a list is ranked by the loader's
+# priority, then list order. Fixed text from this constant, never a value from a row.
+SPUR_PRIORITY = ("VPN", "TOR", "PROXY", "DATACENTER", "RESIDENTIAL", "MOBILE")
+
+
+def _priority_case(value: str) -> str:
+    whens = " ".join(f"WHEN '{t}' THEN {n}" for n, t in enumerate(SPUR_PRIORITY))
+    return f"CASE {value} {whens} ELSE {len(SPUR_PRIORITY)} END"
+
+
+def _pg_text(col: JsonColumn, path: str, leaf: str) -> str:
+    """A JSON string at ``path -> leaf`` as trimmed, lower-cased text, else NULL."""
+    return (
+        f"CASE WHEN {col.typeof(f'{path} -> {leaf!r}')} = 'string' "
+        f"THEN NULLIF(lower(btrim({col.expr} {path} ->> {leaf!r})), '') END"
+    )
+
+
+def _pg_spur_type(col: JsonColumn) -> str:
+    path = "-> 'spur' -> 'client' -> 'types'"
+    return f"""CASE {col.typeof(path)}
+               WHEN 'string' THEN NULLIF({col.expr} -> 'spur' -> 'client' ->> 'types', '')
+               WHEN 'array' THEN (
+                   SELECT t.value #>> '{{}}'
+                   FROM {col.elements(path)} WITH ORDINALITY AS t(value, n)
+                   WHERE {col.kind}_typeof(t.value) = 'string' AND t.value #>> '{{}}' <> ''
+                   ORDER BY {_priority_case("t.value #>> '{}'")}, t.n
+                   LIMIT 1)
+           END"""
+
+
+def pg_resolve(json: JsonTypes, range_sql: str, needs: str) -> str:
+    """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (see module doc)."""
+    se, ev, inv = json.columns()
+    return f"""
 WITH cand AS (
     SELECT s.session_id, s.ctid AS row_ctid,
-           s.source_ip AS existing_ip,
-           CASE WHEN jsonb_typeof(s.enrichment -> 'session_metadata' -> 'source_ip') = 'string'
-                THEN NULLIF(lower(btrim(s.enrichment -> 'session_metadata' ->> 'source_ip')), '')
-           END AS meta_ip
+           s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
+           s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
+           s.enrichment_at AS old_at,
+           {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
+           {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
     FROM session_summaries s
-    WHERE {range} AND {needs}
+    WHERE {range_sql} AND {needs}
 ),
 ev AS (
     SELECT DISTINCT ON (e.session_id)
-           e.session_id, lower(btrim(e.payload ->> 'src_ip')) AS ev_ip
+           e.session_id, lower(btrim({ev.expr} ->> 'src_ip')) AS ev_ip
     FROM raw_events e
     JOIN cand c ON c.session_id = e.session_id
-    WHERE c.existing_ip IS NULL AND c.meta_ip IS NULL
-      AND jsonb_typeof(e.payload -> 'src_ip') = 'string'
-      AND btrim(e.payload ->> 'src_ip') <> ''
+    WHERE c.old_ip IS NULL AND c.meta_ip IS NULL AND c.dshield_ip IS NULL
+      AND {ev.typeof("-> 'src_ip'")} = 'string'
+      AND btrim({ev.expr} ->> 'src_ip') <> ''
     ORDER BY e.session_id, e.event_timestamp ASC NULLS LAST, e.id
 ),
 resolved AS (
-    SELECT c.session_id, c.row_ctid, COALESCE(c.existing_ip, c.meta_ip, ev.ev_ip) AS ip
+    SELECT c.*, COALESCE(c.old_ip, c.meta_ip, c.dshield_ip, ev.ev_ip) AS ip,
+           CASE WHEN c.old_ip IS NOT NULL THEN 1 WHEN c.meta_ip IS NOT NULL THEN 2
+                WHEN c.dshield_ip IS NOT NULL THEN 3 WHEN ev.ev_ip IS NOT NULL THEN 4
+           END AS src
     FROM cand c LEFT JOIN ev ON ev.session_id = c.session_id
 ),
 matched AS (
-    SELECT r.session_id, r.row_ctid, i.ip_address, i.current_asn,
+    SELECT r.session_id, r.row_ctid, r.old_ip, r.old_asn, r.old_country, r.old_type,
+           r.old_at, i.ip_address, i.current_asn,
            CASE WHEN i.geo_country ~ '^[A-Z]{{2}}$' AND i.geo_country <> 'XX'
                 THEN i.geo_country END AS country,
-           NULLIF(i.ip_types[1], '') AS ip_type,
+           COALESCE(NULLIF(i.ip_types[1], ''), {_pg_spur_type(inv)}) AS ip_type,
            i.enrichment_updated_at
     FROM resolved r JOIN ip_inventory i ON i.ip_address = r.ip
 )"""
 
+
 # The row a candidate was read from, found again by its ctid (a TID Scan, no index
 # lookup; the statement's snapshot keeps that version from being vacuumed away), and
-# checked by its key all the same.
+# checked by its key all the same. A row that a concurrent writer changed meanwhile has
+# a new ctid, so it is left for the catch-up pass: the old values read by ``cand`` are
+# therefore exactly the values the UPDATE replaces (the rollback record relies on it).
 JOIN_BACK = "s.ctid = m.row_ctid AND s.session_id = m.session_id"
 
 PG_COUNTS = """
@@ -157,29 +205,54 @@ PG_COUNTS = """
     (SELECT count(*) FROM resolved WHERE ip IS NULL) AS no_ip,
     (SELECT count(*) FROM matched) AS matched"""
 
+PG_SOURCE_COUNTS = ",".join(
+    f"\n    (SELECT count(*) FROM resolved WHERE src = {n}) AS src_{n}"
+    for n in range(1, len(IP_SOURCES) + 1)
+)
 
-def pg_backfill(has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT) -> TextClause:
-    """One range: resolve, update what would change, and count, in one round trip."""
-    resolve = PG_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=needs)
+# What the UPDATE wrote into a column that was NULL (else NULL): the rollback record.
+WRITTEN = """s.session_id,
+        CASE WHEN m.old_ip IS NULL THEN s.source_ip END AS w_ip,
+        CASE WHEN m.old_asn IS NULL THEN s.snapshot_asn END AS w_asn,
+        CASE WHEN m.old_country IS NULL THEN s.snapshot_country END AS w_country,
+        CASE WHEN m.old_type IS NULL THEN s.snapshot_ip_type END AS w_type,
+        CASE WHEN m.old_at IS NULL THEN s.enrichment_at END AS w_at"""
+
+
+def pg_backfill(
+    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, record: bool = True
+) -> TextClause:
+    """One range: resolve, update what would change, record it, and count: one round trip.
+
+    With ``record``, what the UPDATE wrote goes into the rollback record (one row per
+    batch, see :mod:`cowrieprocessor.backfill.record`) in the same statement, so in the
+    same transaction: the record can never miss a committed write. Bind ``:job``.
+    """
+    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs)
+    returning = WRITTEN if record else "1"
+    rec = f",\n{PG_RECORD_CTE}" if record else ""
     return text(
         f"""{resolve},
 upd AS (
     UPDATE session_summaries AS s SET {SET_NULL_ONLY}
     FROM matched m
     WHERE {JOIN_BACK} AND {WOULD_CHANGE}
-    RETURNING 1
-)
+    RETURNING {returning}
+){rec}
 SELECT {PG_COUNTS},
     (SELECT count(*) FROM upd) AS updated"""
     )
 
 
-def pg_dry_run(has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT) -> TextClause:
-    """The same resolution as :func:`pg_backfill`, counting what it would update."""
-    resolve = PG_RESOLVE.format(range=range_predicate(has_lo, has_hi), needs=needs)
+def pg_dry_run(
+    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT
+) -> TextClause:
+    """The same resolution as :func:`pg_backfill`, counting what it would update and
+    how many sessions each IP source resolves."""
+    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs)
     return text(
         f"""{resolve}
-SELECT {PG_COUNTS},
+SELECT {PG_COUNTS},{PG_SOURCE_COUNTS},
     (SELECT count(*) FROM matched m JOIN session_summaries s ON {JOIN_BACK}
       WHERE {WOULD_CHANGE}) AS updated"""
     )
@@ -197,55 +270,83 @@ PG_SET_TIMEOUTS = text(
 # --- SQLite ------------------------------------------------------------------------
 
 # One row per candidate of the batch: its rowid in session_summaries (the temp table's own
-# rowid, so no index to maintain), its key and its canonical IP.
+# rowid, so no index to maintain), its key, its canonical IP and that IP's source, and
+# the five columns as they were (what the UPDATE then wrote is the rollback record).
 SQLITE_BATCH_TABLE = text(
     "CREATE TEMP TABLE IF NOT EXISTS cowrie_batch_rows "
-    "(rid INTEGER PRIMARY KEY, session_id TEXT, ip TEXT)"
+    "(rid INTEGER PRIMARY KEY, session_id TEXT, ip TEXT, src INTEGER, old_ip TEXT, "
+    "old_asn INTEGER, old_country TEXT, old_type TEXT, old_at TEXT)"
 )
 SQLITE_BATCH_CLEAR = text("DELETE FROM temp.cowrie_batch_rows")
 
-_SQLITE_RESOLVE = """
-INSERT INTO temp.cowrie_batch_rows (rid, session_id, ip)
-SELECT c.rid, c.session_id,
-       COALESCE(c.existing_ip, c.meta_ip, (
-           SELECT CASE WHEN json_valid(e.payload) THEN
-                      CASE WHEN json_type(e.payload, '$.src_ip') = 'text'
-                           THEN NULLIF(lower(trim(json_extract(e.payload, '$.src_ip'))), '')
-                      END
-                  END AS ev_ip
-           FROM raw_events e
-           WHERE e.session_id = c.session_id AND ev_ip IS NOT NULL
-           ORDER BY e.event_timestamp IS NULL, e.event_timestamp, e.id
-           LIMIT 1))
-FROM (
-    SELECT s.rowid AS rid,
-           s.session_id,
-           s.source_ip AS existing_ip,
-           CASE WHEN json_valid(s.enrichment) THEN
-               CASE WHEN json_type(s.enrichment, '$.session_metadata.source_ip') = 'text'
-                    THEN NULLIF(lower(trim(json_extract(s.enrichment,
-                                                        '$.session_metadata.source_ip'))), '')
+
+def _sqlite_text(column: str, path: str) -> str:
+    """A JSON string at ``path`` as trimmed, lower-cased text, else NULL (bad JSON too)."""
+    return f"""CASE WHEN json_valid({column}) THEN
+               CASE WHEN json_type({column}, '{path}') = 'text'
+                    THEN NULLIF(lower(trim(json_extract({column}, '{path}'))), '')
                END
-           END AS meta_ip
-    FROM session_summaries s
-    WHERE {range} AND {needs}
-) AS c"""
+           END"""
+
+
+_SQLITE_RESOLVE = f"""
+INSERT INTO temp.cowrie_batch_rows
+    (rid, session_id, ip, src, old_ip, old_asn, old_country, old_type, old_at)
+SELECT r.rid, r.session_id, COALESCE(r.old_ip, r.meta_ip, r.dshield_ip, r.ev_ip),
+       CASE WHEN r.old_ip IS NOT NULL THEN 1 WHEN r.meta_ip IS NOT NULL THEN 2
+            WHEN r.dshield_ip IS NOT NULL THEN 3 WHEN r.ev_ip IS NOT NULL THEN 4 END,
+       r.old_ip, r.old_asn, r.old_country, r.old_type, r.old_at
+FROM (
+    SELECT c.*,
+           CASE WHEN c.old_ip IS NULL AND c.meta_ip IS NULL AND c.dshield_ip IS NULL THEN (
+               SELECT {_sqlite_text("e.payload", "$.src_ip")} AS ev_ip
+               FROM raw_events e
+               WHERE e.session_id = c.session_id AND ev_ip IS NOT NULL
+               ORDER BY e.event_timestamp IS NULL, e.event_timestamp, e.id
+               LIMIT 1)
+           END AS ev_ip
+    FROM (
+        SELECT s.rowid AS rid, s.session_id,
+               s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
+               s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
+               s.enrichment_at AS old_at,
+               {_sqlite_text("s.enrichment", "$.session_metadata.source_ip")} AS meta_ip,
+               {_sqlite_text("s.enrichment", "$.dshield.ip.number")} AS dshield_ip
+        FROM session_summaries s
+        WHERE {{range}} AND {{needs}}
+    ) AS c
+) AS r"""
 
 SQLITE_COUNTS = text(
     """SELECT count(*) AS candidates,
        coalesce(sum(b.ip IS NULL), 0) AS no_ip,
-       coalesce(sum(i.ip_address IS NOT NULL), 0) AS matched
+       coalesce(sum(i.ip_address IS NOT NULL), 0) AS matched,
+       coalesce(sum(b.src = 1), 0) AS src_1, coalesce(sum(b.src = 2), 0) AS src_2,
+       coalesce(sum(b.src = 3), 0) AS src_3, coalesce(sum(b.src = 4), 0) AS src_4
 FROM temp.cowrie_batch_rows b LEFT JOIN ip_inventory i ON i.ip_address = b.ip"""
 )
 
-_SQLITE_MATCHED = """(
+_SQLITE_SPUR_TYPE = f"""CASE WHEN json_valid(i.enrichment) THEN
+               CASE json_type(i.enrichment, '$.spur.client.types')
+                   WHEN 'text' THEN NULLIF(json_extract(i.enrichment, '$.spur.client.types'), '')
+                   WHEN 'array' THEN (
+                       SELECT t.value FROM json_each(i.enrichment, '$.spur.client.types') AS t
+                       WHERE t.type = 'text' AND t.value <> ''
+                       ORDER BY {_priority_case("t.value")}, t.key
+                       LIMIT 1)
+               END
+           END"""
+
+_SQLITE_MATCHED = f"""(
     SELECT b.rid, b.session_id, i.ip_address, i.current_asn,
            CASE WHEN i.geo_country GLOB '[A-Z][A-Z]' AND i.geo_country <> 'XX'
                 THEN i.geo_country END AS country,
-           CASE WHEN json_valid(i.ip_types) THEN
-               CASE WHEN json_type(i.ip_types, '$[0]') = 'text'
-                    THEN NULLIF(json_extract(i.ip_types, '$[0]'), '') END
-           END AS ip_type,
+           COALESCE(
+               CASE WHEN json_valid(i.ip_types) THEN
+                   CASE WHEN json_type(i.ip_types, '$[0]') = 'text'
+                        THEN NULLIF(json_extract(i.ip_types, '$[0]'), '') END
+               END,
+               {_SQLITE_SPUR_TYPE}) AS ip_type,
            i.enrichment_updated_at
     FROM temp.cowrie_batch_rows b JOIN ip_inventory i ON i.ip_address = b.ip
 ) AS m"""
@@ -273,7 +374,113 @@ def sqlite_resolve(
     return text(_SQLITE_RESOLVE.format(range=range_predicate(has_lo, has_hi, column), needs=needs))
 
 
-# --- clearing (the downgrade) --------------------------------------------------------
+# --- the rollback record -------------------------------------------------------------
+# What each batch wrote: one row per batch, in the batch's own transaction. The columns
+# hold, per session, the value written into each column that was NULL (else NULL).
+# See cowrieprocessor.backfill.record for why and how the downgrade uses it.
+
+RECORD_TABLE = "cowrie_backfill_writes"
+
+PG_RECORD_DDL = text(
+    f"""CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
+    id bigserial PRIMARY KEY,
+    job varchar(64) NOT NULL,
+    n integer NOT NULL,
+    session_ids text[] NOT NULL,
+    source_ips text[] NOT NULL,
+    snapshot_asns bigint[] NOT NULL,
+    snapshot_countries text[] NOT NULL,
+    snapshot_ip_types text[] NOT NULL,
+    enrichment_ats timestamptz[] NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now())"""
+)
+SQLITE_RECORD_DDL = text(
+    f"""CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
+    id INTEGER PRIMARY KEY,
+    job VARCHAR(64) NOT NULL,
+    n INTEGER NOT NULL,
+    rows TEXT NOT NULL,
+    written_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"""
+)
+
+PG_RECORD_INSERT = f"""INSERT INTO {RECORD_TABLE} (job, n, session_ids, source_ips, snapshot_asns,
+                                snapshot_countries, snapshot_ip_types, enrichment_ats)
+    SELECT :job, count(*), array_agg(session_id), array_agg(w_ip), array_agg(w_asn),
+           array_agg(w_country), array_agg(w_type), array_agg(w_at)
+    FROM upd HAVING count(*) > 0"""
+PG_RECORD_CTE = f"rec AS (\n    {PG_RECORD_INSERT}\n    RETURNING 1\n)"
+
+_SQLITE_WRITTEN_WHERE = """(b.old_ip IS NULL AND s.source_ip IS NOT NULL)
+   OR (b.old_asn IS NULL AND s.snapshot_asn IS NOT NULL)
+   OR (b.old_country IS NULL AND s.snapshot_country IS NOT NULL)
+   OR (b.old_type IS NULL AND s.snapshot_ip_type IS NOT NULL)
+   OR (b.old_at IS NULL AND s.enrichment_at IS NOT NULL)"""
+
+# After SQLITE_UPDATE, in the same BEGIN IMMEDIATE transaction (no other writer).
+SQLITE_RECORD = text(
+    f"""INSERT INTO {RECORD_TABLE} (job, n, rows)
+SELECT :job, count(*), json_group_array(json_array(s.session_id,
+       CASE WHEN b.old_ip IS NULL THEN s.source_ip END,
+       CASE WHEN b.old_asn IS NULL THEN s.snapshot_asn END,
+       CASE WHEN b.old_country IS NULL THEN s.snapshot_country END,
+       CASE WHEN b.old_type IS NULL THEN s.snapshot_ip_type END,
+       CASE WHEN b.old_at IS NULL THEN s.enrichment_at END))
+FROM temp.cowrie_batch_rows b JOIN session_summaries s ON s.rowid = b.rid
+WHERE {_SQLITE_WRITTEN_WHERE}
+HAVING count(*) > 0"""
+)
+
+# NULL a recorded value only while the column still holds it: a value written since by
+# someone else (the loader) differs, and survives.
+UNWRITE = """
+    source_ip = CASE WHEN s.source_ip = w.ip THEN NULL ELSE s.source_ip END,
+    snapshot_asn = CASE WHEN s.snapshot_asn = w.asn THEN NULL ELSE s.snapshot_asn END,
+    snapshot_country = CASE WHEN s.snapshot_country = w.country THEN NULL
+                            ELSE s.snapshot_country END,
+    snapshot_ip_type = CASE WHEN s.snapshot_ip_type = w.ip_type THEN NULL
+                            ELSE s.snapshot_ip_type END,
+    enrichment_at = CASE WHEN s.enrichment_at = w.at THEN NULL ELSE s.enrichment_at END"""
+STILL_WRITTEN = """(s.source_ip = w.ip OR s.snapshot_asn = w.asn OR s.snapshot_country = w.country
+       OR s.snapshot_ip_type = w.ip_type OR s.enrichment_at = w.at)"""
+
+_PG_RECORD_ROWS = f"""SELECT u.* FROM {RECORD_TABLE} r,
+         unnest(r.session_ids, r.source_ips, r.snapshot_asns, r.snapshot_countries,
+                r.snapshot_ip_types, r.enrichment_ats)
+           AS u(session_id, ip, asn, country, ip_type, at)
+    WHERE {{which}}"""
+
+_SQLITE_RECORD_ROWS = f"""SELECT json_extract(j.value, '$[0]') AS session_id,
+           json_extract(j.value, '$[1]') AS ip, json_extract(j.value, '$[2]') AS asn,
+           json_extract(j.value, '$[3]') AS country, json_extract(j.value, '$[4]') AS ip_type,
+           json_extract(j.value, '$[5]') AS at
+    FROM {RECORD_TABLE} r, json_each(r.rows) AS j
+    WHERE {{which}}"""
+
+OLDEST_RECORD = text(f"SELECT id, n FROM {RECORD_TABLE} ORDER BY id LIMIT 1")
+RECORD_HAS_JOB = text(f"SELECT 1 FROM {RECORD_TABLE} WHERE job = :job")
+PG_RECORD_MARKER = text(
+    f"INSERT INTO {RECORD_TABLE} (job, n, session_ids, source_ips, snapshot_asns, "
+    "snapshot_countries, snapshot_ip_types, enrichment_ats) "
+    "VALUES (:job, 0, '{}', '{}', '{}', '{}', '{}', '{}')"
+)
+SQLITE_RECORD_MARKER = text(f"INSERT INTO {RECORD_TABLE} (job, n, rows) VALUES (:job, 0, '[]')")
+COUNT_RECORDED = text(f"SELECT count(*), coalesce(sum(n), 0) FROM {RECORD_TABLE}")
+DELETE_RECORD = text(f"DELETE FROM {RECORD_TABLE} WHERE id = :id")
+DELETE_RECORDS = text(f"DELETE FROM {RECORD_TABLE}")
+
+
+def unwrite(dialect: str, which: str = "r.id = :id") -> TextClause:
+    """NULL what the record rows ``which`` (fixed SQL: one row by ``:id``, or offline
+    every row) say the backfill wrote, where it is still there."""
+    rows = (_PG_RECORD_ROWS if dialect == "postgresql" else _SQLITE_RECORD_ROWS).format(which=which)
+    return text(
+        f"""UPDATE session_summaries AS s SET {UNWRITE}
+FROM ({rows}) AS w
+WHERE s.session_id = w.session_id AND {STILL_WRITTEN}"""
+    )
+
+
+# --- clearing everything (`cowrie-db clear --all`, and a downgrade without a record) ---
 
 
 def clear_snapshots(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> TextClause:
@@ -291,6 +498,7 @@ WHERE {range_predicate(has_lo, has_hi, column)} AND {HAS_SNAPSHOT}"""
 COUNT_SESSIONS = text(f"SELECT count(*) FROM {TABLE}")
 COUNT_NEEDY = text(f"SELECT count(*) FROM {TABLE} s WHERE {NEEDS_SNAPSHOT}")
 COUNT_INVENTORY = text("SELECT count(*) FROM ip_inventory")
+COUNT_WITH_VALUES = text(f"SELECT count(*) FROM {TABLE} s WHERE {HAS_SNAPSHOT}")
 
 
 # --- offline mode (`alembic upgrade head --sql`) --------------------------------------
@@ -299,7 +507,6 @@ _PG_OFFLINE_LOOP = """DO $cowrie$
 DECLARE
     v_lo text := NULL;
     v_hi text;
-    v_rows bigint;
     v_batch integer := 0;
 BEGIN
     LOOP
@@ -307,10 +514,8 @@ BEGIN
         WHERE v_lo IS NULL OR session_id > v_lo
         ORDER BY session_id LIMIT 1 OFFSET :offset;
         {statement};
-        GET DIAGNOSTICS v_rows = ROW_COUNT;
         v_batch := v_batch + 1;
-        RAISE NOTICE 'batch %: % rows, session_id up to %', v_batch, v_rows,
-            coalesce(v_hi, '(end)');
+        RAISE NOTICE 'batch %: session_id up to %', v_batch, coalesce(v_hi, '(end)');
         COMMIT;
         EXIT WHEN v_hi IS NULL;
         v_lo := v_hi;
@@ -323,38 +528,55 @@ _PG_OFFLINE_RANGE = (
 )
 
 
-def pg_offline_backfill(batch_size: int) -> TextClause:
-    """A DO block that a DBA can review and run: the same batches, committed one by one.
+def pg_offline_backfill(batch_size: int, job: str) -> list[TextClause]:
+    """A DO block that a DBA can review and run: the same batches, each committed with
+    its rollback record. The JSON columns are cast to jsonb (their types are unknown
+    offline; see :mod:`cowrieprocessor.backfill.shape`).
 
     It must run outside a transaction block (psql's default autocommit), as Alembic's
     ``--sql`` output arranges by committing before it.
     """
-    resolve = PG_RESOLVE.format(range=_PG_OFFLINE_RANGE, needs=NEEDS_SNAPSHOT)
-    update = f"""{resolve}
-        UPDATE session_summaries AS s SET {SET_NULL_ONLY}
-        FROM matched m
-        WHERE {JOIN_BACK} AND {WOULD_CHANGE}"""
-    return text(_PG_OFFLINE_LOOP.format(statement=update)).bindparams(offset=batch_size - 1)
+    resolve = pg_resolve(OFFLINE, _PG_OFFLINE_RANGE, NEEDS_SNAPSHOT)
+    update = f"""{resolve},
+        upd AS (
+            UPDATE session_summaries AS s SET {SET_NULL_ONLY}
+            FROM matched m
+            WHERE {JOIN_BACK} AND {WOULD_CHANGE}
+            RETURNING {WRITTEN})
+        {PG_RECORD_INSERT}"""
+    loop = text(_PG_OFFLINE_LOOP.format(statement=update))
+    return [PG_RECORD_DDL, loop.bindparams(offset=batch_size - 1, job=job)]
 
 
-def pg_offline_clear(batch_size: int) -> TextClause:
-    update = f"""UPDATE session_summaries AS s SET
-            source_ip = NULL, snapshot_asn = NULL, snapshot_country = NULL,
-            snapshot_ip_type = NULL, enrichment_at = NULL
-        WHERE {_PG_OFFLINE_RANGE} AND {HAS_SNAPSHOT}"""
-    return text(_PG_OFFLINE_LOOP.format(statement=update)).bindparams(offset=batch_size - 1)
+_PG_OFFLINE_UNWRITE = """DO $cowrie$
+DECLARE
+    v_id bigint;
+BEGIN
+    FOR v_id IN SELECT id FROM {table} ORDER BY id LOOP
+        {statement};
+        DELETE FROM {table} WHERE id = v_id;
+        COMMIT;
+    END LOOP;
+END
+$cowrie$"""
 
 
-def sqlite_offline_backfill() -> list[TextClause]:
+def offline_unwrite(dialect: str) -> TextClause:
+    """Offline downgrade: undo what the record says, where it is still there."""
+    if dialect == "postgresql":
+        statement = str(unwrite(dialect, "r.id = v_id"))
+        return text(_PG_OFFLINE_UNWRITE.format(table=RECORD_TABLE, statement=statement))
+    return unwrite(dialect, "TRUE")
+
+
+def sqlite_offline_backfill(job: str) -> list[TextClause]:
     """SQLite has no procedural SQL: the whole table in one transaction, same semantics."""
     return [
+        SQLITE_RECORD_DDL,
         SQLITE_BATCH_TABLE,
         SQLITE_BATCH_CLEAR,
         sqlite_resolve(False, False),
         SQLITE_UPDATE,
+        SQLITE_RECORD.bindparams(job=job),
         text("DROP TABLE temp.cowrie_batch_rows"),
     ]
-
-
-def offline_clear_all() -> TextClause:
-    return clear_snapshots(False, False)

@@ -5,9 +5,15 @@ Revises:
 Create Date: 2026-11-27
 
 ``asn_inventory``, ``ip_inventory``, ``session_summaries`` (without the five snapshot
-columns) and ``raw_events``, with their indexes. A database that cowrieprocessor's own
-schema code built before Alembic existed is adopted with
-``alembic stamp 0001_baseline`` followed by ``alembic upgrade head`` (README.md).
+columns) and ``raw_events``, with their indexes.
+
+Adoption: on a database that already has these tables (one that cowrieprocessor's own
+schema code built, with its ``schema_state`` table, or any earlier one), this revision
+creates nothing. It checks that what exists is usable (the tables, and the columns and
+types the backfill reads; :mod:`cowrieprocessor.db.adoption`), refuses an incompatible
+database before any change with a message naming each problem, and records in the
+ledger that it adopted the tables, so that its downgrade never drops them.
+``alembic stamp 0001_baseline`` still works and skips this check (0002 repeats it).
 
 ``ip_inventory.geo_country`` is a STORED generated column on both dialects, derived
 from the enrichment JSON: MaxMind's country, else Cymru's, else DShield's, else
@@ -15,6 +21,7 @@ from the enrichment JSON: MaxMind's country, else Cymru's, else DShield's, else
 array on SQLite. JSON is JSONB on PostgreSQL.
 """
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,10 +29,16 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from cowrieprocessor.db import adoption
+
 revision: str = "0001_baseline"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+log = logging.getLogger("cowrieprocessor.migrations.0001")
+# Children first: the order to drop them in.
+TABLES = ("raw_events", "session_summaries", "ip_inventory", "asn_inventory")
 
 GEO_COUNTRY_SQL = {
     "postgresql": (
@@ -57,10 +70,25 @@ def _counter(name: str) -> sa.Column[Any]:
 
 
 def upgrade() -> None:
-    """Create the pre-snapshot schema."""
+    """Create the pre-snapshot schema, or adopt the one that is there."""
     dialect = op.get_context().dialect.name
     if dialect not in GEO_COUNTRY_SQL:
         raise RuntimeError(f"unsupported dialect {dialect!r}: use PostgreSQL 13+ or SQLite")
+    if not op.get_context().as_sql:
+        found = adoption.assess(op.get_bind())
+        if not found.empty:
+            adoption.require_adoptable(found)
+            for table in found.tables:
+                adoption.record(op.get_bind(), revision, "table", table, adoption.ADOPTED)
+            log.info("%s", found.summary())
+            return
+    _create(dialect)
+    if not op.get_context().as_sql:
+        for table in TABLES:
+            adoption.record(op.get_bind(), revision, "table", table, adoption.CREATED)
+
+
+def _create(dialect: str) -> None:
     json_type = postgresql.JSONB() if dialect == "postgresql" else sa.JSON()
     ip_types_type = postgresql.ARRAY(sa.Text()) if dialect == "postgresql" else sa.JSON()
     tstz = sa.DateTime(timezone=True)
@@ -167,8 +195,23 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop the whole schema (children first)."""
-    op.drop_table("raw_events")
-    op.drop_table("session_summaries")
-    op.drop_table("ip_inventory")
-    op.drop_table("asn_inventory")
+    """Drop the tables this revision created (children first); never adopted ones."""
+    bind = None if op.get_context().as_sql else op.get_bind()
+    if bind is None or not adoption.ledger_exists(bind):
+        if bind is not None and adoption.schema_code_version(bind) is not None:
+            log.warning(
+                "no ledger, and upstream's schema_state is present: this database was "
+                "adopted (stamped) before the ledger existed; 0001 created none of its "
+                "tables, so nothing is dropped"
+            )
+            return
+        for table in TABLES:  # built by our 0001 before the ledger existed
+            op.drop_table(table)
+        return
+    done = adoption.entries(bind, revision)
+    for table in TABLES:
+        if table in adoption.names(done, adoption.CREATED, "table"):
+            op.drop_table(table)
+    adoption.log_kept(revision, [e for e in done if e.action == adoption.ADOPTED])
+    adoption.forget(bind, revision)
+    adoption.drop_ledger_if_empty(bind)

@@ -17,10 +17,15 @@ SQLite: ``ALTER TABLE ... ADD COLUMN`` accepts an inline ``REFERENCES`` and ``CH
 clause, so no table rebuild is needed (batch mode is only used for the downgrade,
 because SQLite cannot drop a column that a constraint mentions).
 
-Adoption: a database that predates Alembic may already have some or all of the five
-columns. Online, only what is missing is added. On SQLite a constraint cannot be
-added to a column that already exists without rebuilding the table; that case is
-logged as a warning and the constraint is left out.
+Adoption: a database built by cowrieprocessor's schema code already has the five
+columns, a country CHECK and the ``source_ip`` FK, under its own names. Online, what
+exists is recognised by definition (:mod:`cowrieprocessor.db.adoption`), checked for
+usable types, reused and recorded in the ledger as adopted; only what is missing is
+added, and recorded as created. The downgrade drops only what the ledger says this
+revision created. A legacy ``snapshot_ip_types text[]`` column (left by upstream's
+code before its own fix script) is left alone beside the new ``snapshot_ip_type``.
+On SQLite a constraint cannot be added to a column that already exists without
+rebuilding the table; that case is logged as a warning and the constraint is left out.
 """
 
 import logging
@@ -29,6 +34,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from cowrieprocessor.db import adoption
+from cowrieprocessor.db.adoption import ADOPTED, CK_NAME, CREATED, FK_NAME
 from cowrieprocessor.db.ddl import run_pg_ddl
 
 revision: str = "0002_snapshot_columns"
@@ -39,8 +46,6 @@ depends_on: str | Sequence[str] | None = None
 log = logging.getLogger("cowrieprocessor.migrations.0002")
 
 TABLE = "session_summaries"
-FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
-CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 COLUMNS = {
     "source_ip": "VARCHAR(45)",
     "snapshot_asn": "INTEGER",
@@ -52,65 +57,124 @@ SQLITE_TYPES = {**COLUMNS, "enrichment_at": "DATETIME"}
 PG_FK = f"CONSTRAINT {FK_NAME} FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
 PG_CK = f"CONSTRAINT {CK_NAME} CHECK (snapshot_country ~ '^[A-Z]{{2}}$')"
 SQLITE_INLINE = {
-    "source_ip": f"CONSTRAINT {FK_NAME} REFERENCES ip_inventory (ip_address)",
-    "snapshot_country": f"CONSTRAINT {CK_NAME} CHECK (snapshot_country GLOB '[A-Z][A-Z]')",
+    "source_ip": (FK_NAME, f"CONSTRAINT {FK_NAME} REFERENCES ip_inventory (ip_address)"),
+    "snapshot_country": (
+        CK_NAME,
+        f"CONSTRAINT {CK_NAME} CHECK (snapshot_country GLOB '[A-Z][A-Z]')",
+    ),
 }
 
 
-def _existing() -> tuple[set[str], set[str]]:
-    """Columns and constraint names already on the table (empty in offline mode)."""
-    if op.get_context().as_sql:
-        return set(), set()
-    inspector = sa.inspect(op.get_bind())
-    columns = {c["name"] for c in inspector.get_columns(TABLE)}
-    constraints = {fk["name"] for fk in inspector.get_foreign_keys(TABLE) if fk["name"]}
-    constraints |= {ck["name"] for ck in inspector.get_check_constraints(TABLE) if ck["name"]}
-    for fk in inspector.get_foreign_keys(TABLE):
-        if fk["constrained_columns"] == ["source_ip"]:
-            constraints.add(FK_NAME)  # SQLite may not report the name of an inline FK
-    return columns, constraints
-
-
 def upgrade() -> None:
-    """Add the snapshot columns and their constraints, without a long lock."""
-    columns, constraints = _existing()
-    missing = [name for name in COLUMNS if name not in columns]
-    if op.get_context().dialect.name == "postgresql":
-        actions = [f"ADD COLUMN IF NOT EXISTS {name} {COLUMNS[name]}" for name in missing]
-        if FK_NAME not in constraints:
-            actions.append(f"ADD {PG_FK} NOT VALID")
-        if CK_NAME not in constraints:
-            actions.append(f"ADD {PG_CK} NOT VALID")
-        if actions:
-            run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(actions))
+    """Add the snapshot columns and their constraints that are missing, without a long lock."""
+    if op.get_context().as_sql:  # offline: no catalog to read, render the fresh path
+        _add_pg(list(COLUMNS), fk=None, ck=None)
         return
-
+    bind = op.get_bind()
+    found = adoption.assess(bind)
+    adoption.require_adoptable(found)
+    missing = found.missing_snapshot_columns
+    fk = adoption.find_source_ip_fk(bind)
+    ck = adoption.find_country_check(bind)
+    if bind.dialect.name == "postgresql":
+        _add_pg(missing, fk=fk, ck=ck)
+    else:
+        _add_sqlite(missing, fk=fk, ck=ck)
     for name in COLUMNS:
-        inline = SQLITE_INLINE.get(name, "")
+        adoption.record(bind, revision, "column", name, CREATED if name in missing else ADOPTED)
+    for found_one, ours in ((fk, FK_NAME), (ck, CK_NAME)):
+        if found_one is not None:
+            adoption.record(bind, revision, "constraint", found_one.name, ADOPTED)
+        elif bind.dialect.name == "postgresql" or ours in _inline_added(missing):
+            adoption.record(bind, revision, "constraint", ours, CREATED)
+    adopted = [n for n in COLUMNS if n not in missing]
+    if adopted or fk or ck:
+        log.info(
+            "adopting column(s) %s; reusing %s; created %s",
+            ", ".join(adopted) or "none",
+            ", ".join(f"{k} {f.name}" for k, f in (("FK", fk), ("CHECK", ck)) if f) or "none",
+            ", ".join(missing) or "no column",
+        )
+    for legacy in found.legacy_columns:
+        log.warning(
+            "column %s.%s (from before cowrieprocessor's own fix) is left as it is; the "
+            "snapshot type is snapshot_ip_type. Drop it yourself once nothing reads it.",
+            TABLE,
+            legacy,
+        )
+
+
+def _add_pg(missing: list[str], *, fk: adoption.Found | None, ck: adoption.Found | None) -> None:
+    actions = [f"ADD COLUMN IF NOT EXISTS {name} {COLUMNS[name]}" for name in missing]
+    if fk is None:
+        actions.append(f"ADD {PG_FK} NOT VALID")
+    if ck is None:
+        actions.append(f"ADD {PG_CK} NOT VALID")
+    if actions:
+        run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(actions))
+
+
+def _inline_added(missing: list[str]) -> list[str]:
+    """SQLite: the constraints that come inline with a column being added."""
+    return [SQLITE_INLINE[name][0] for name in missing if name in SQLITE_INLINE]
+
+
+def _add_sqlite(
+    missing: list[str], *, fk: adoption.Found | None, ck: adoption.Found | None
+) -> None:
+    present = {FK_NAME: fk, CK_NAME: ck}
+    for name in COLUMNS:
+        constraint, inline = SQLITE_INLINE.get(name, ("", ""))
         if name in missing:
             op.execute(
                 f"ALTER TABLE {TABLE} ADD COLUMN {name} {SQLITE_TYPES[name]} {inline}".strip()
             )
-        elif inline and inline.split()[1] not in constraints:
+        elif constraint and present[constraint] is None:
             log.warning(
                 "SQLite: column %s.%s already exists without constraint %s; it is left "
                 "without it (adding it would rebuild the table)",
                 TABLE,
                 name,
-                inline.split()[1],
+                constraint,
             )
 
 
 def downgrade() -> None:
-    """Drop the snapshot columns and their constraints."""
+    """Drop what the upgrade created (columns, constraints); keep what it adopted."""
+    bind = None if op.get_context().as_sql else op.get_bind()
+    done = adoption.entries(bind, revision) if bind is not None else []
+    if bind is not None and not done and adoption.schema_code_version(bind) is not None:
+        log.warning(
+            "no ledger entries for 0002, and upstream's schema_state is present: this "
+            "database was adopted before the ledger existed; its five columns are kept, "
+            "only constraints under our names are dropped"
+        )
+        columns: list[str] = []
+        constraints = [CK_NAME, FK_NAME]
+    elif done:
+        columns = adoption.names(done, CREATED, "column")
+        constraints = adoption.names(done, CREATED, "constraint")
+    else:  # built by our 0002 before the ledger existed (or offline): everything
+        columns, constraints = list(COLUMNS), [CK_NAME, FK_NAME]
     if op.get_context().dialect.name == "postgresql":
-        drops = [f"DROP CONSTRAINT IF EXISTS {CK_NAME}", f"DROP CONSTRAINT IF EXISTS {FK_NAME}"]
-        drops += [f"DROP COLUMN IF EXISTS {name}" for name in COLUMNS]
-        run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(drops))
+        drops = [f"DROP CONSTRAINT IF EXISTS {name}" for name in constraints]
+        drops += [f"DROP COLUMN IF EXISTS {name}" for name in columns]
+        if drops:
+            run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(drops))
+    elif columns or CK_NAME in constraints:
+        _drop_sqlite(columns, drop_check=CK_NAME in constraints)
+    if bind is not None:
+        adoption.log_kept(revision, [e for e in done if e.action == ADOPTED])
+        adoption.forget(bind, revision)
+
+
+def _drop_sqlite(columns: list[str], *, drop_check: bool) -> None:
+    """SQLite cannot drop a column that a constraint mentions: rebuild the table."""
+    checks = {c["name"] for c in sa.inspect(op.get_bind()).get_check_constraints(TABLE)}
+    if not columns and not (drop_check and CK_NAME in checks):
         return
-    # SQLite cannot drop a column that a constraint mentions: rebuild the table.
     with op.batch_alter_table(TABLE, recreate="always") as batch:
-        if CK_NAME in _existing()[1]:
+        if drop_check and CK_NAME in checks:
             batch.drop_constraint(op.f(CK_NAME), type_="check")
-        for name in COLUMNS:
+        for name in columns:
             batch.drop_column(name)

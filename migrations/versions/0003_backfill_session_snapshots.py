@@ -14,16 +14,19 @@ NULLs.
 How: it walks ``session_id`` in ranges of ``batch_size`` keys, one set-based
 ``UPDATE ... FROM ip_inventory`` per range, each committed on its own (outside the
 migration's transaction, in ``autocommit_block()``) together with its progress
-record. Progress is logged every few seconds; an interrupted upgrade resumes where it
-stopped. The engine is :mod:`cowrieprocessor.backfill`, shared with ``cowrie-db
-backfill``; it carries its own SQL and never imports the ORM models.
+record and its rollback record (what it wrote, so that the downgrade NULLs exactly
+that: values the loader wrote, before or since, survive). Progress is logged every few
+seconds; an interrupted upgrade resumes where it stopped. The engine is
+:mod:`cowrieprocessor.backfill`, shared with ``cowrie-db backfill``; it carries its own
+SQL and never imports the ORM models.
 
 Knobs (``-x name=value`` or ``COWRIE_BACKFILL_<NAME>``): ``batch_size``,
 ``pause_ms``, ``lock_timeout``, ``statement_timeout``, ``max_retries``,
 ``status_file``. They are validated before anything is written.
 
 Offline (``--sql``): PostgreSQL gets a DO block running the same batches with a
-COMMIT after each; SQLite gets one statement over the whole table.
+COMMIT after each; SQLite gets one statement over the whole table. Both write the
+rollback record, and the offline downgrade undoes what it names.
 """
 
 import os
@@ -32,10 +35,11 @@ from collections.abc import Sequence
 from alembic import context, op
 
 from cowrieprocessor.backfill import (
+    BACKFILL_JOB,
     BackfillKnobs,
-    clear_snapshots,
     engine_for_bind,
     run_backfill,
+    undo_backfill,
 )
 from cowrieprocessor.backfill import sql as backfill_sql
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
@@ -57,10 +61,11 @@ def upgrade() -> None:
     if migration.as_sql:
         with migration.autocommit_block():
             if migration.dialect.name == "postgresql":
-                op.execute(backfill_sql.pg_offline_backfill(knobs.batch_size))
+                statements = backfill_sql.pg_offline_backfill(knobs.batch_size, BACKFILL_JOB)
             else:
-                for statement in backfill_sql.sqlite_offline_backfill():
-                    op.execute(statement)
+                statements = backfill_sql.sqlite_offline_backfill(BACKFILL_JOB)
+            for statement in statements:
+                op.execute(statement)
         return
     engine = engine_for_bind(op.get_bind(), knobs)
     try:
@@ -71,20 +76,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """NULL the five snapshot columns in every session, batch by batch."""
+    """NULL exactly the values the backfill wrote (its rollback record), batch by batch."""
     knobs = _knobs()
     migration = op.get_context()
     if migration.as_sql:
         with migration.autocommit_block():
-            if migration.dialect.name == "postgresql":
-                op.execute(backfill_sql.pg_offline_clear(knobs.batch_size))
-            else:
-                op.execute(backfill_sql.offline_clear_all())
+            op.execute(backfill_sql.offline_unwrite(migration.dialect.name))
+            op.execute(f"DROP TABLE IF EXISTS {backfill_sql.RECORD_TABLE}")
             op.execute(f"DROP TABLE IF EXISTS {PROGRESS_TABLE}")
         return
     engine = engine_for_bind(op.get_bind(), knobs)
     try:
         with migration.autocommit_block():
-            clear_snapshots(engine, knobs)
+            undo_backfill(engine, knobs)
     finally:
         engine.dispose()

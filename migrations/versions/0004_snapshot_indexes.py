@@ -25,6 +25,13 @@ which an index-only scan still visits the heap. Then the ``NOT VALID`` constrain
 adopted database's old data) leave that constraint unvalidated with a warning naming
 the count and a few session ids: a deploy must not fail on old data it did not write.
 
+Adoption: an index whose key columns are the ones needed, whatever its name (upstream's
+``idx_session_source_ip`` and the like), is reused and never duplicated; the ledger
+records it as adopted, and the downgrade drops only the indexes this revision created.
+Each created index is recorded (and committed) *before* its build starts, so a build
+that a crash interrupts is still known as ours. The constraints validated are the ones
+found by definition (ours, or the adopted CHECK and FK).
+
 One repair comes first: if a downgrade of 0003 was interrupted half way, the database
 is stamped at 0003 with some snapshots already cleared; they are refilled here (by the
 backfill engine) so that head always means "backfilled".
@@ -33,12 +40,15 @@ backfill engine) so that head always means "backfilled".
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import sqlalchemy as sa
 from alembic import context, op
 
 from cowrieprocessor.backfill import BackfillKnobs, engine_for_bind
 from cowrieprocessor.backfill.engine import refill_after_interrupted_clear
+from cowrieprocessor.db import adoption
+from cowrieprocessor.db.adoption import ADOPTED, CK_NAME, CREATED, FK_NAME, SNAPSHOT_INDEXES
 
 revision: str = "0004_snapshot_indexes"
 down_revision: str | Sequence[str] | None = "0003_backfill_session_snapshots"
@@ -48,57 +58,40 @@ depends_on: str | Sequence[str] | None = None
 log = logging.getLogger("cowrieprocessor.migrations.0004")
 
 TABLE = "session_summaries"
-INDEXES: dict[str, tuple[str, ...]] = {
-    "ix_session_summaries_source_ip": ("source_ip",),
-    "ix_session_summaries_snapshot_asn": ("snapshot_asn",),
-    "ix_session_summaries_snapshot_country": ("snapshot_country",),
-    "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
-    "ix_session_summaries_snapshot_country_snapshot_asn_session_id": (
-        "snapshot_country",
-        "snapshot_asn",
-        "session_id",
-    ),
-}
-# Each constraint of 0002 with the rows that would violate it.
-CONSTRAINTS: dict[str, str] = {
-    "fk_session_summaries_source_ip_ip_inventory": (
+INDEXES = SNAPSHOT_INDEXES
+# The covering index's name is ours alone (upstream has no such index).
+COVERING = "ix_session_summaries_snapshot_country_snapshot_asn_session_id"
+# Each constraint's kind with the rows that would violate it.
+VIOLATIONS: dict[str, str] = {
+    "FK": (
         "s.source_ip IS NOT NULL AND NOT EXISTS "
         "(SELECT 1 FROM ip_inventory i WHERE i.ip_address = s.source_ip)"
     ),
-    "ck_session_summaries_snapshot_country_iso2": (
-        "s.snapshot_country IS NOT NULL AND s.snapshot_country !~ '^[A-Z]{2}$'"
-    ),
+    "CHECK": "s.snapshot_country IS NOT NULL AND s.snapshot_country !~ '^[A-Z]{2}$'",
 }
+OUR_CONSTRAINTS = {"FK": FK_NAME, "CHECK": CK_NAME}
 EXAMPLES = 5
 
 
 def upgrade() -> None:
-    """Build the snapshot indexes, refresh the visibility map, validate constraints."""
+    """Build the missing snapshot indexes, refresh the visibility map, validate constraints."""
     migration = op.get_context()
     if not migration.as_sql:
-        _refill_if_a_downgrade_was_interrupted()
+        refill_if_interrupted()
     if migration.dialect.name != "postgresql":
-        for name, columns in INDEXES.items():
-            op.create_index(name, TABLE, list(columns), if_not_exists=True)
+        build_indexes(concurrently=False)
         op.execute(f"ANALYZE {TABLE}")
         return
-
     with migration.autocommit_block():
         op.execute("SET statement_timeout = 0")  # a server-wide limit must not cut a build
-        for name, columns in INDEXES.items():
-            if not migration.as_sql and _index_is_invalid(name):
-                log.warning("index %s is INVALID (an earlier build failed): rebuilding", name)
-                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            op.create_index(
-                name, TABLE, list(columns), postgresql_concurrently=True, if_not_exists=True
-            )
+        build_indexes(concurrently=True)
         op.execute(f"VACUUM (ANALYZE) {TABLE}")
-        for name, violation in CONSTRAINTS.items():
-            _validate(name, violation, offline=migration.as_sql)
+        for kind in VIOLATIONS:
+            validate_or_report(kind)
         op.execute("RESET statement_timeout")
 
 
-def _refill_if_a_downgrade_was_interrupted() -> None:
+def refill_if_interrupted() -> None:
     """A downgrade of 0003 killed half way leaves us at 0003 with snapshots partly
     cleared; the backfill engine refills them (and says so) before the indexes."""
     knobs = BackfillKnobs.from_sources(context.get_x_argument(as_dictionary=True), os.environ)
@@ -108,6 +101,33 @@ def _refill_if_a_downgrade_was_interrupted() -> None:
             refill_after_interrupted_clear(engine, knobs)
     finally:
         engine.dispose()
+
+
+def build_indexes(*, concurrently: bool) -> None:
+    """Each index of INDEXES unless an equivalent one exists (then it is adopted)."""
+    offline = op.get_context().as_sql
+    bind = None if offline else op.get_bind()
+    ours = [] if bind is None else adoption.names(adoption.entries(bind, revision), CREATED)
+    for name, columns in INDEXES.items():
+        if bind is not None:
+            existing = adoption.find_index(bind, columns)
+            if existing is not None:
+                if existing.name not in ours:
+                    adoption.record(bind, revision, "index", existing.name, ADOPTED)
+                    log.info("reusing index %s (%s)", existing.name, ", ".join(columns))
+                continue
+            if concurrently and _index_is_invalid(name):
+                log.warning("index %s is INVALID (an earlier build failed): rebuilding", name)
+                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            # recorded before the build: a build cut short is still ours to drop
+            adoption.record(bind, revision, "index", name, CREATED, ", ".join(columns))
+        op.create_index(
+            name,
+            TABLE,
+            list(columns),
+            postgresql_concurrently=concurrently,
+            if_not_exists=True,
+        )
 
 
 def _index_is_invalid(name: str) -> bool:
@@ -125,21 +145,22 @@ def _index_is_invalid(name: str) -> bool:
     return bool(row)
 
 
-def _validate(name: str, violation: str, *, offline: bool) -> None:
-    statement = f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {name}"
-    if offline:
-        op.execute(statement)
+def validate_or_report(kind: str) -> None:
+    """VALIDATE the constraint of ``kind`` (FK or CHECK) if it is NOT VALID, unless old
+    rows violate it: then it stays NOT VALID, with a warning naming a few of them."""
+    if op.get_context().as_sql:
+        op.execute(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {OUR_CONSTRAINTS[kind]}")
         return
     bind = op.get_bind()
-    validated = bind.execute(
-        sa.text("SELECT convalidated FROM pg_constraint WHERE conname = :name"),
-        {"name": name},
-    ).scalar()
-    if validated is None:
-        log.warning("constraint %s does not exist; nothing to validate", name)
+    finder = adoption.find_source_ip_fk if kind == "FK" else adoption.find_country_check
+    found = finder(bind)
+    if found is None:
+        log.warning("no %s constraint on %s; nothing to validate", kind, TABLE)
         return
-    if validated:
+    if found.valid:
         return
+    statement = f'ALTER TABLE {TABLE} VALIDATE CONSTRAINT "{found.name}"'
+    violation = VIOLATIONS[kind]
     bad = bind.execute(
         sa.text(f"SELECT count(*) FROM {TABLE} s WHERE {violation}")  # noqa: S608 - fixed SQL
     ).scalar_one()
@@ -158,23 +179,37 @@ def _validate(name: str, violation: str, *, offline: bool) -> None:
         log.warning(
             "constraint %s left NOT VALID: %d existing rows violate it (e.g. session_id %s); "
             "fix them, then run: %s",
-            name,
+            found.name,
             bad,
             ", ".join(map(repr, examples)),
             statement,
         )
         return
     op.execute(statement)
-    log.info("constraint %s validated", name)
+    log.info("constraint %s validated", found.name)
 
 
 def downgrade() -> None:
-    """Drop the snapshot indexes (constraints stay as they are; 0002 owns them)."""
+    """Drop the snapshot indexes this revision created; keep the ones it adopted."""
     migration = op.get_context()
-    if migration.dialect.name != "postgresql":
-        for name in INDEXES:
-            op.drop_index(name, table_name=TABLE, if_exists=True)
-        return
-    with migration.autocommit_block():
-        for name in INDEXES:
-            op.drop_index(name, table_name=TABLE, postgresql_concurrently=True, if_exists=True)
+    bind = None if migration.as_sql else op.get_bind()
+    done = adoption.entries(bind, revision) if bind is not None else []
+    if done:
+        drop = adoption.names(done, CREATED, "index")
+    elif bind is not None and adoption.schema_code_version(bind) is not None:
+        log.warning(
+            "no ledger entries for 0004 on a database adopted before the ledger existed: "
+            "dropping only the covering index, whose name is ours alone"
+        )
+        drop = [COVERING]
+    else:  # built by our 0004 before the ledger existed (or offline)
+        drop = list(INDEXES)
+    concurrently = migration.dialect.name == "postgresql"
+    with migration.autocommit_block() if concurrently else nullcontext():
+        for name in drop:
+            op.drop_index(
+                name, table_name=TABLE, postgresql_concurrently=concurrently, if_exists=True
+            )
+    if bind is not None:
+        adoption.log_kept(revision, [e for e in done if e.action == ADOPTED])
+        adoption.forget(bind, revision)

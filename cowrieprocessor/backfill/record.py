@@ -1,0 +1,89 @@
+"""The rollback record: what the backfill wrote, so that a downgrade undoes exactly that.
+
+Why: in the field, some sessions carry snapshot values from before the backfill (the
+loader writes them at the time of the attack), and the loader keeps writing after it.
+A downgrade that NULLed every snapshot would erase those, and the next upgrade would
+refill them from today's inventory: other values than before. So each batch records,
+in its own transaction and in the same statement as its UPDATE (PostgreSQL) or right
+after it under the same write lock (SQLite), the value it wrote into each column that
+was NULL. A crash can lose a batch, but never a batch's record without its writes.
+
+Shape: one row per batch in ``cowrie_backfill_writes`` (``sql.RECORD_TABLE``): the
+session ids and, per column, the value written or NULL; arrays on PostgreSQL, a JSON
+array of ``[session_id, ip, asn, country, type, enrichment_at]`` on SQLite. One row of
+a few thousand entries per batch costs a fraction of the batch (docs/performance.md).
+
+Undo (``alembic downgrade 0002_snapshot_columns``): each record row, oldest first, in
+one transaction: NULL each recorded value *while the column still holds it* (a value
+someone else wrote since differs and survives), delete the row, save progress. So an
+interrupted downgrade resumes where it stopped, and a value never recorded (written
+before the upgrade, or by the loader) is never touched.
+
+A database backfilled before this record existed has no record table: the downgrade
+says so and clears all five columns of every session, as the first release did.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from cowrieprocessor.backfill import sql
+
+RECORD_TABLE = sql.RECORD_TABLE
+
+
+def exists(conn: Connection) -> bool:
+    return sa.inspect(conn).has_table(RECORD_TABLE)
+
+
+def ensure_table(conn: Connection) -> None:
+    """Create the record table if missing (inside the caller's transaction)."""
+    ddl = sql.PG_RECORD_DDL if conn.dialect.name == "postgresql" else sql.SQLITE_RECORD_DDL
+    conn.execute(ddl)
+
+
+def drop_table(conn: Connection) -> None:
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {RECORD_TABLE}"))
+
+
+def pending(conn: Connection) -> tuple[int, int]:
+    """(record rows, recorded sessions) not yet undone; (0, 0) without a record table."""
+    if not exists(conn):
+        return 0, 0
+    rows, sessions = conn.execute(sql.COUNT_RECORDED).one()
+    return int(rows), int(sessions)
+
+
+def undo_next(conn: Connection) -> tuple[int, int] | None:
+    """Undo the oldest record row (in the caller's transaction).
+
+    Returns (entries in that row, values-bearing rows changed), or None when the
+    record is empty.
+    """
+    row = conn.execute(sql.OLDEST_RECORD).first()
+    if row is None:
+        return None
+    changed = conn.execute(sql.unwrite(conn.dialect.name), {"id": row.id}).rowcount
+    conn.execute(sql.DELETE_RECORD, {"id": row.id})
+    return int(row.n), int(changed)
+
+
+def forget_all(conn: Connection) -> None:
+    """Empty the record (after ``clear --all``: nothing it names is left to undo)."""
+    if exists(conn):
+        conn.execute(sql.DELETE_RECORDS)
+
+
+# A marker row: values were written before this record existed (see module doc).
+BEFORE_RECORD = "before-record"
+
+
+def mark_incomplete(conn: Connection) -> None:
+    marker = sql.PG_RECORD_MARKER if conn.dialect.name == "postgresql" else sql.SQLITE_RECORD_MARKER
+    conn.execute(marker, {"job": BEFORE_RECORD})
+
+
+def is_incomplete(conn: Connection) -> bool:
+    """Whether values were written before the record existed (so it cannot undo them)."""
+    return conn.execute(sql.RECORD_HAS_JOB, {"job": BEFORE_RECORD}).first() is not None
