@@ -377,3 +377,28 @@ def test_batch_failed_names_range_and_cause() -> None:
 
 def _unused() -> None:  # keep imports honest for linters
     _ = (os, add_asn)
+
+
+@pytest.mark.parametrize("then", ["nothing", "cowrie-db backfill"])
+def test_a_database_backfilled_before_the_record_existed_is_cleared_whole(
+    sqlite_url: str, then: str
+) -> None:
+    engine = seeded(sqlite_url, 120, 20)
+    with engine.begin() as conn:
+        add_session(conn, "legacy", snapshot_country="NL")
+    migrate(sqlite_url, "head")
+    with engine.begin() as conn:  # as the first release left it: no rollback record
+        conn.execute(sa.text(f"DROP TABLE {RECORD_TABLE}"))
+    if then != "nothing":  # a new run records from now on, but cannot vouch for the past
+        out = subprocess.run(
+            [str(ALEMBIC_BIN.parent / "cowrie-db"), "--db", sqlite_url, "backfill"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+    down = run_alembic(sqlite_url, "downgrade", "0002_snapshot_columns")
+    assert down.returncode == 0, down.stderr
+    assert "no complete rollback record" in down.stderr
+    assert all(snap == (None,) * 5 for snap in snapshots(engine).values())
+    engine.dispose()

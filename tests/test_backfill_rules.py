@@ -270,3 +270,53 @@ def test_malformed_json_text_does_not_abort_the_batch(sqlite_url: str) -> None:
     engine.dispose()
     assert got["before"][0] == got["zafter"][0] == "1.1.1.1"
     assert got["broken"][0] == "1.1.1.1"  # from the well-formed event
+
+
+def test_dshield_number_comes_after_metadata_and_before_raw_events(backfilled: Any) -> None:
+    def seed(conn: sa.Connection) -> None:
+        add_ip(conn, "1.1.1.1", asn=4134)
+        add_ip(conn, "2.2.2.2", asn=14061, country="US")
+        dshield = {"dshield": {"ip": {"number": " 2.2.2.2 "}}}
+        add_session(conn, "dshield_only", enrichment=dshield)
+        add_session(
+            conn, "both", enrichment={"session_metadata": {"source_ip": "1.1.1.1"}, **dshield}
+        )
+        add_session(conn, "over_events", enrichment=dshield)
+        add_event(conn, "over_events", "1.1.1.1")
+        add_session(conn, "number_not_a_string", enrichment={"dshield": {"ip": {"number": 7}}})
+        add_event(conn, "number_not_a_string", "1.1.1.1")
+
+    got = backfilled(seed)
+    assert got["dshield_only"][:2] == ("2.2.2.2", 14061)
+    assert got["both"][0] == "1.1.1.1"
+    assert got["over_events"][0] == "2.2.2.2"
+    assert got["number_not_a_string"][0] == "1.1.1.1"
+
+
+@pytest.mark.parametrize(
+    ("types", "expected"),
+    [
+        (["RESIDENTIAL", "VPN"], "VPN"),
+        (["MOBILE", "DATACENTER", "TOR"], "TOR"),
+        (["FOO", "RESIDENTIAL"], "RESIDENTIAL"),
+        (["FOO", "BAR"], "FOO"),
+        (["", 3, "PROXY"], "PROXY"),
+        ("DATACENTER", "DATACENTER"),
+        ([], None),
+        ("", None),
+        ({"not": "a list"}, None),
+    ],
+)
+def test_ip_type_falls_back_to_spur_types_by_the_loaders_priority(
+    backfilled: Any, types: Any, expected: Any
+) -> None:
+    def seed(conn: sa.Connection) -> None:
+        enrichment = {"maxmind": {"country": "CN"}, "spur": {"client": {"types": types}}}
+        add_ip(conn, "1.1.1.1", ip_types=[], enrichment=enrichment)
+        add_ip(conn, "2.2.2.2", ip_types=["MOBILE"], enrichment=enrichment)
+        add_session(conn, "spur", meta_ip="1.1.1.1")
+        add_session(conn, "ip_types_first", meta_ip="2.2.2.2")
+
+    got = backfilled(seed)
+    assert got["spur"][3] == expected
+    assert got["ip_types_first"][3] == "MOBILE"

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.settings import PROJECT_ROOT
 from tests.seed import at_0002, migrate, seed_random, snapshots
 
@@ -248,3 +249,28 @@ def test_demo_data_refuses_a_database_that_has_sessions(seeded_url: str) -> None
     assert out.returncode == 2
     assert "600" in out.stderr
     assert_no_password(out)
+
+
+def test_clear_all_asks_first_then_clears_every_value_and_the_record(seeded_url: str) -> None:
+    assert cowrie_db("--db", seeded_url, "backfill").returncode == 0
+    engine = sa.create_engine(seeded_url)
+    filled = snapshots(engine)
+    assert any(s[0] for s in filled.values())
+
+    vague = cowrie_db("--db", seeded_url, "clear")
+    assert vague.returncode == 2 and "--all" in vague.stderr
+    unconfirmed = cowrie_db("--db", seeded_url, "clear", "--all")  # stdin is not a terminal
+    assert unconfirmed.returncode == 2 and "add --yes" in unconfirmed.stderr
+    assert snapshots(engine) == filled
+
+    done = cowrie_db("--db", seeded_url, "clear", "--all", "--yes", "--batch-size", "50")
+    assert done.returncode == 0, done.stderr
+    assert "Cleared snapshot values in" in done.stdout
+    assert all(s == (None,) * 5 for s in snapshots(engine).values())
+    with engine.connect() as conn:
+        left = conn.execute(sa.text(f"SELECT count(*) FROM {RECORD_TABLE}")).scalar_one()
+    assert left == 0  # nothing the record names is left to undo
+    again = cowrie_db("--db", seeded_url, "backfill")
+    assert again.returncode == 0
+    assert snapshots(engine) == filled
+    engine.dispose()
