@@ -29,6 +29,7 @@ from cowrieprocessor.backfill import (
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.ephemeral_pg import find_bindir
 from cowrieprocessor.settings import PROJECT_ROOT
 from tests.helpers import ALEMBIC_BIN, run_alembic
 from tests.seed import add_asn, add_ip, add_session, at_0002, migrate, seed_random, snapshots
@@ -402,3 +403,60 @@ def test_a_database_backfilled_before_the_record_existed_is_cleared_whole(
     assert "no complete rollback record" in down.stderr
     assert all(snap == (None,) * 5 for snap in snapshots(engine).values())
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_offline_sql_run_by_psql_gives_the_same_data_and_its_downgrade_undoes_it(
+    pg_url: str, pg_server_url: str
+) -> None:
+    """What a DBA reviews is what runs: the --sql output through psql, against the online
+    upgrade of an identical database."""
+    psql = (find_bindir() / "pg_ctl").resolve().parent / "psql"  # psql ships with the server
+    assert psql.exists(), f"no psql beside the server binaries ({psql.parent})"
+    offline_url = sa.make_url(pg_url).set(database=sa.make_url(pg_url).database + "_offline")
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{offline_url.database}"'))
+    try:
+        online, offline = seeded(pg_url), seeded(offline_url.render_as_string(False))
+        with online.begin() as conn, offline.begin() as conn2:  # loader values before the deploy
+            for c in (conn, conn2):
+                c.execute(
+                    sa.text(
+                        "UPDATE session_summaries SET snapshot_asn = 7 WHERE ctid IN "
+                        "(SELECT ctid FROM session_summaries ORDER BY session_id LIMIT 5)"
+                    )
+                )
+        assert run_alembic(pg_url, "upgrade", "head").returncode == 0
+        before = snapshots(offline)
+
+        def psql_run(*alembic_args: str) -> None:
+            rendered = run_alembic(offline_url.render_as_string(False), *alembic_args, "--sql")
+            assert rendered.returncode == 0, rendered.stderr
+            out = subprocess.run(
+                [
+                    str(psql),
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-X",
+                    "-q",
+                    "-d",
+                    offline_url.render_as_string(False).replace("+psycopg2", ""),
+                ],
+                input=rendered.stdout,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert out.returncode == 0, out.stderr[-2000:]
+
+        psql_run("upgrade", "0002_snapshot_columns:head")
+        assert snapshots(offline) == snapshots(online)
+        psql_run("downgrade", "head:0002_snapshot_columns")
+        assert snapshots(offline) == before  # the loader's values survive, ours are gone
+        online.dispose()
+        offline.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{offline_url.database}" WITH (FORCE)'))
+        admin.dispose()

@@ -68,7 +68,8 @@ SQLITE_INLINE = {
 def upgrade() -> None:
     """Add the snapshot columns and their constraints that are missing, without a long lock."""
     if op.get_context().as_sql:  # offline: no catalog to read, render the fresh path
-        _add_pg(list(COLUMNS), fk=None, ck=None)
+        add = _add_pg if op.get_context().dialect.name == "postgresql" else _add_sqlite
+        add(list(COLUMNS), fk=None, ck=None)
         return
     bind = op.get_bind()
     found = adoption.assess(bind)
