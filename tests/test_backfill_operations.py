@@ -413,7 +413,7 @@ def test_offline_sql_run_by_psql_gives_the_same_data_and_its_downgrade_undoes_it
     upgrade of an identical database."""
     psql = (find_bindir() / "pg_ctl").resolve().parent / "psql"  # psql ships with the server
     assert psql.exists(), f"no psql beside the server binaries ({psql.parent})"
-    offline_url = sa.make_url(pg_url).set(database=sa.make_url(pg_url).database + "_offline")
+    offline_url = sa.make_url(pg_url).set(database=f"{sa.make_url(pg_url).database}_offline")
     admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{offline_url.database}"'))
