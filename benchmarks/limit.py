@@ -1,32 +1,41 @@
 """The limit: the same work done the fastest way the database allows, with no safety.
 
 One unbatched ``UPDATE ... FROM ip_inventory`` over the whole table, with the
-product's semantics (canonical IP from ``source_ip``, else the enrichment JSON, else
-the earliest ``raw_events`` row; only NULL columns filled; the same country and IP-type
-rules), then what revision 0004 does after the data is in, done the quick way:
+product's semantics (canonical IP from ``source_ip``, else
+``enrichment.session_metadata.source_ip``, else ``enrichment.dshield.ip.number``, else
+the earliest ``raw_events`` row; only NULL columns filled; the same country rule, and
+the IP type from ``ip_types`` else the inventory's ``spur.client.types`` by priority),
+then what revision 0004 does after the data is in, done the quick way:
 
 * PostgreSQL: plain ``CREATE INDEX`` (not ``CONCURRENTLY``) of those of 0004's indexes
-  whose key columns no index of the table has yet, ``VACUUM (ANALYZE)``, and
-  ``VALIDATE CONSTRAINT`` of every constraint of the table that is ``NOT VALID``;
+  for which no equivalent index exists yet, ``VACUUM (ANALYZE)``, and
+  ``VALIDATE CONSTRAINT`` of the country CHECK and the ``source_ip`` foreign key when
+  they are ``NOT VALID``;
 * SQLite: the same ``CREATE INDEX`` statements and ``ANALYZE``.
 
-Everything is read from the catalog once, before the clock starts, so the same code
-serves both shapes of database (benchmarks/run.py ``--shapes``): ours at
-``0002_snapshot_columns`` (``jsonb``, no snapshot index yet, the two constraints of 0002
-``NOT VALID``: all five indexes built, both constraints validated) and the field's,
-built by upstream's schema code (``json`` columns, read with ``json_typeof``; the
-snapshot indexes of the ``idx_`` family present, and maintained by the UPDATE as they
-are by the product's; nothing ``NOT VALID``).
+What the run will do is read from the catalog once, before the clock starts, by the
+product's own catalog readers (:func:`cowrieprocessor.backfill.shape.detect` for the
+JSON types, :mod:`cowrieprocessor.db.adoption` for equivalent indexes and constraints;
+they are not the SQL being measured), so the same code serves both shapes of database
+(benchmarks/run.py ``--shapes``): ours at ``0002_snapshot_columns`` (``jsonb``, no
+snapshot index yet, the two constraints of 0002 ``NOT VALID``: all five indexes built,
+both constraints validated) and the field's, built by upstream's schema code
+(``session_summaries.enrichment`` and ``raw_events.payload`` ``json``, read with
+``json_typeof``; the snapshot indexes of the ``idx_`` family present, and maintained by
+the UPDATE as they are by the product's; nothing ``NOT VALID``).
 
-No batches, no progress table, no retries, no lock or statement timeouts: one
-transaction holds a row lock on every session until it commits. That is what a
-production system cannot afford, and why it is only the yardstick.
+No batches, no progress table, no retries, no lock or statement timeouts, no rollback
+record: one transaction holds a row lock on every session until it commits. That is
+what a production system cannot afford, and why it is only the yardstick.
 
-The statement resolves the IP inside the join condition (one pass over the table, a
-hash join with ``ip_inventory`` on PostgreSQL). Against the product's own per-range
+The statement is written here on purpose, not taken from the product: the benchmark's
+"same data" digest then holds two independent spellings of the rules against each
+other. It resolves the IP inside the join condition (one pass over the table, a hash
+join with ``ip_inventory`` on PostgreSQL). Against the product's own per-range
 statement run without a range (``--statement product``), at 1.68M sessions on the
-benchmark machine: PostgreSQL 85-97 s against 119-150 s, SQLite 33 s against 33 s. It is
-the faster (or equal) of the two, so it is the limit.
+benchmark machine, before the dshield and spur rules: PostgreSQL 85-97 s against
+119-150 s, SQLite 33 s against 33 s. It is the faster (or equal) of the two, so it is
+the limit.
 
 Run on its own: ``python -m benchmarks.limit URL``; prints one JSON line of step times.
 """
@@ -34,8 +43,6 @@ Run on its own: ``python -m benchmarks.limit URL``; prints one JSON line of step
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import json
 import sys
 import time
@@ -43,24 +50,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cowrieprocessor.backfill import BACKFILL_JOB, shape
 from cowrieprocessor.backfill import sql as product_sql
+from cowrieprocessor.backfill.shape import JsonTypes
+from cowrieprocessor.db import adoption
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.settings import PROJECT_ROOT
 
+# Revision 0004's indexes: the limit builds exactly those that the product's index
+# revision would build, and validates what it validates.
+INDEXES: dict[str, tuple[str, ...]] = dict(adoption.SNAPSHOT_INDEXES)
 
-def _revision_0004() -> Any:
-    """Revision 0004's module: the limit builds exactly the indexes and validates exactly
-    the constraints that the product's index revision does."""
-    path = PROJECT_ROOT / "migrations" / "versions" / "0004_snapshot_indexes.py"
-    spec = importlib.util.spec_from_file_location("cowrie_revision_0004", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_0004 = _revision_0004()
-INDEXES: dict[str, tuple[str, ...]] = dict(_0004.INDEXES)
+# snapshot_ip_type's fallback: a list of spur types is ranked by this, then list order.
+# Spelled here again on purpose (see the module doc); the digest catches a divergence.
+SPUR_PRIORITY = ("VPN", "TOR", "PROXY", "DATACENTER", "RESIDENTIAL", "MOBILE")
+_RANK = "CASE {value} " + " ".join(f"WHEN '{t}' THEN {n}" for n, t in enumerate(SPUR_PRIORITY))
+_RANK += f" ELSE {len(SPUR_PRIORITY)} END"
 
 _SET = """
     source_ip = COALESCE(s.source_ip, i.ip_address),
@@ -78,15 +82,28 @@ _WOULD_CHANGE = """(
 PG_COUNTRY = (
     "(CASE WHEN i.geo_country ~ '^[A-Z]{2}$' AND i.geo_country <> 'XX' THEN i.geo_country END)"
 )
-PG_IP_TYPE = "NULLIF(i.ip_types[1], '')"
+# {typeof_*}: json_typeof or jsonb_typeof of the column at that path; {elements}: the
+# same for *_array_elements (spelled by shape.JsonColumn for the type the catalog reports).
+PG_IP_TYPE = """COALESCE(NULLIF(i.ip_types[1], ''),
+        CASE {typeof_types}
+            WHEN 'string' THEN NULLIF(i.enrichment -> 'spur' -> 'client' ->> 'types', '')
+            WHEN 'array' THEN (
+                SELECT t.v #>> '{{}}' FROM {elements} WITH ORDINALITY AS t(v, n)
+                WHERE {kind}_typeof(t.v) = 'string' AND t.v #>> '{{}}' <> ''
+                ORDER BY {rank}, t.n
+                LIMIT 1)
+        END)"""
 PG_IP = """COALESCE(
         s.source_ip,
-        CASE WHEN {enrichment_typeof}(s.enrichment -> 'session_metadata' -> 'source_ip') = 'string'
+        CASE WHEN {typeof_meta} = 'string'
              THEN NULLIF(lower(btrim(s.enrichment -> 'session_metadata' ->> 'source_ip')), '')
+        END,
+        CASE WHEN {typeof_dshield} = 'string'
+             THEN NULLIF(lower(btrim(s.enrichment -> 'dshield' -> 'ip' ->> 'number')), '')
         END,
         (SELECT lower(btrim(e.payload ->> 'src_ip')) FROM raw_events e
           WHERE e.session_id = s.session_id
-            AND {payload_typeof}(e.payload -> 'src_ip') = 'string'
+            AND {typeof_src} = 'string'
             AND btrim(e.payload ->> 'src_ip') <> ''
           ORDER BY e.event_timestamp ASC NULLS LAST, e.id
           LIMIT 1))"""
@@ -94,16 +111,32 @@ PG_IP = """COALESCE(
 SQLITE_COUNTRY = (
     "(CASE WHEN i.geo_country GLOB '[A-Z][A-Z]' AND i.geo_country <> 'XX' THEN i.geo_country END)"
 )
-SQLITE_IP_TYPE = """(CASE WHEN json_valid(i.ip_types) THEN
-        CASE WHEN json_type(i.ip_types, '$[0]') = 'text'
-             THEN NULLIF(json_extract(i.ip_types, '$[0]'), '') END END)"""
+SQLITE_IP_TYPE = """COALESCE(
+        CASE WHEN json_valid(i.ip_types) THEN
+            CASE WHEN json_type(i.ip_types, '$[0]') = 'text'
+                 THEN NULLIF(json_extract(i.ip_types, '$[0]'), '') END END,
+        CASE WHEN json_valid(i.enrichment) THEN
+            CASE json_type(i.enrichment, '$.spur.client.types')
+                WHEN 'text' THEN NULLIF(json_extract(i.enrichment, '$.spur.client.types'), '')
+                WHEN 'array' THEN (
+                    SELECT t.value FROM json_each(i.enrichment, '$.spur.client.types') AS t
+                    WHERE t.type = 'text' AND t.value <> ''
+                    ORDER BY {rank}, t.key
+                    LIMIT 1)
+            END
+        END)"""
 SQLITE_IP = """COALESCE(
         s.source_ip,
         CASE WHEN json_valid(s.enrichment) THEN
-            CASE WHEN json_type(s.enrichment, '$.session_metadata.source_ip') = 'text'
-                 THEN NULLIF(lower(trim(json_extract(s.enrichment,
-                                                     '$.session_metadata.source_ip'))), '')
-            END
+            COALESCE(
+                CASE WHEN json_type(s.enrichment, '$.session_metadata.source_ip') = 'text'
+                     THEN NULLIF(lower(trim(json_extract(s.enrichment,
+                                                         '$.session_metadata.source_ip'))), '')
+                END,
+                CASE WHEN json_type(s.enrichment, '$.dshield.ip.number') = 'text'
+                     THEN NULLIF(lower(trim(json_extract(s.enrichment,
+                                                         '$.dshield.ip.number'))), '')
+                END)
         END,
         (SELECT CASE WHEN json_valid(e.payload) THEN
                     CASE WHEN json_type(e.payload, '$.src_ip') = 'text'
@@ -116,21 +149,30 @@ SQLITE_IP = """COALESCE(
          LIMIT 1))"""
 
 
-def update_statement(dialect: str, json_kinds: dict[str, str] | None = None) -> str:
+def update_statement(dialect: str, json_types: JsonTypes = shape.JSONB) -> str:
     """The one statement: resolve the IP in the join condition, fill NULL columns.
 
-    ``json_kinds`` (PostgreSQL): ``json`` or ``jsonb`` for ``session_summaries.enrichment``
-    and ``raw_events.payload`` (default ``jsonb``), as :func:`json_kinds` reads them.
+    ``json_types`` (PostgreSQL): how the three JSON columns are stored, as
+    :func:`cowrieprocessor.backfill.shape.detect` reads them (default: all ``jsonb``).
     """
     if dialect == "postgresql":
-        kinds = json_kinds or {}
+        se, ev, inv = json_types.columns()
         ip = PG_IP.format(
-            enrichment_typeof=f"{kinds.get('enrichment', 'jsonb')}_typeof",
-            payload_typeof=f"{kinds.get('payload', 'jsonb')}_typeof",
+            typeof_meta=se.typeof("-> 'session_metadata' -> 'source_ip'"),
+            typeof_dshield=se.typeof("-> 'dshield' -> 'ip' -> 'number'"),
+            typeof_src=ev.typeof("-> 'src_ip'"),
         )
-        country, ip_type = PG_COUNTRY, PG_IP_TYPE
+        types = "-> 'spur' -> 'client' -> 'types'"
+        ip_type = PG_IP_TYPE.format(
+            typeof_types=inv.typeof(types),
+            elements=inv.elements(types),
+            kind=inv.kind,
+            rank=_RANK.format(value="t.v #>> '{}'"),
+        )
+        country = PG_COUNTRY
     else:
-        country, ip_type, ip = SQLITE_COUNTRY, SQLITE_IP_TYPE, SQLITE_IP
+        ip_type = SQLITE_IP_TYPE.format(rank=_RANK.format(value="t.value"))
+        country, ip = SQLITE_COUNTRY, SQLITE_IP
     fill = {"country": country, "ip_type": ip_type}
     return (  # fixed fragments of this file only; no value is ever formatted in
         f"UPDATE session_summaries AS s SET {_SET.format(**fill)}\n"  # noqa: S608
@@ -141,82 +183,38 @@ def update_statement(dialect: str, json_kinds: dict[str, str] | None = None) -> 
     )
 
 
-_PG_COLUMN_TYPE = sa.text(
-    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-    "WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped"
-)
-# The key columns of every plain (no predicate, no expression) btree index of the table.
-_PG_INDEX_KEYS = sa.text(
-    "SELECT ARRAY(SELECT a.attname FROM generate_subscripts(i.indkey, 1) AS k "
-    "             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k] "
-    "             WHERE k < i.indnkeyatts ORDER BY k) "
-    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-    "JOIN pg_am am ON am.oid = c.relam "
-    "WHERE i.indrelid = to_regclass('session_summaries') AND am.amname = 'btree' "
-    "AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL"
-)
-_SQLITE_INDEX_KEYS = sa.text(
-    "SELECT l.name, x.seqno, x.name FROM pragma_index_list('session_summaries') AS l, "
-    "pragma_index_info(l.name) AS x WHERE l.partial = 0 ORDER BY l.name, x.seqno"
-)
-_PG_NOT_VALID = sa.text(
-    "SELECT conname FROM pg_constraint "
-    "WHERE conrelid = to_regclass('session_summaries') AND NOT convalidated ORDER BY conname"
-)
-
-
-def json_kinds(conn: sa.Connection) -> dict[str, str]:
-    """``json`` or ``jsonb``: how the two JSON columns the statement reads are stored."""
-    kinds = {}
-    for key, (table, column) in {
-        "enrichment": ("session_summaries", "enrichment"),
-        "payload": ("raw_events", "payload"),
-    }.items():
-        kind = conn.execute(_PG_COLUMN_TYPE, {"table": table, "column": column}).scalar()
-        if kind not in ("json", "jsonb"):
-            raise RuntimeError(f"{table}.{column} is {kind!r}, not json or jsonb")
-        kinds[key] = str(kind)
-    return kinds
-
-
-def existing_index_keys(conn: sa.Connection, dialect: str) -> set[tuple[str, ...]]:
-    """The key columns, in order, of each index ``session_summaries`` has."""
-    if dialect == "postgresql":
-        return {tuple(row[0]) for row in conn.execute(_PG_INDEX_KEYS)}
-    keys: dict[str, list[str | None]] = {}
-    for name, _seqno, column in conn.execute(_SQLITE_INDEX_KEYS):
-        keys.setdefault(name, []).append(column)
-    return {tuple(c for c in cols if c) for cols in keys.values() if None not in cols}
-
-
-def plan(conn: sa.Connection, dialect: str) -> dict[str, Any]:
+def plan(conn: sa.Connection) -> dict[str, Any]:
     """What the run will do on this database, read from the catalog before the clock."""
-    present = existing_index_keys(conn, dialect)
+    json_types = shape.detect(conn)
+    present = {n: adoption.find_index(conn, c) for n, c in INDEXES.items()}
+    constraints = (
+        [adoption.find_source_ip_fk(conn), adoption.find_country_check(conn)]
+        if conn.dialect.name == "postgresql"
+        else []
+    )
     return {
-        "json_kinds": json_kinds(conn) if dialect == "postgresql" else {},
-        "indexes": {n: c for n, c in INDEXES.items() if tuple(c) not in present},
-        "indexes_present": [n for n, c in INDEXES.items() if tuple(c) in present],
-        "not_valid": (
-            [str(r[0]) for r in conn.execute(_PG_NOT_VALID)] if dialect == "postgresql" else []
+        "json_types": json_types,
+        "json_kinds": (
+            {
+                f"{table}.{column}": col.kind
+                for (table, column), col in zip(
+                    shape.JSON_COLUMNS, json_types.columns(), strict=True
+                )
+            }
+            if conn.dialect.name == "postgresql"
+            else {}
         ),
+        "indexes": {n: c for n, c in INDEXES.items() if present[n] is None},
+        "indexes_present": [n for n, found in present.items() if found is not None],
+        "not_valid": [c.name for c in constraints if c is not None and not c.valid],
     }
 
 
-def _product_statements(conn: sa.Connection, dialect: str) -> list[sa.TextClause]:
+def _product_statements(conn: sa.Connection, json_types: JsonTypes) -> list[sa.TextClause]:
     """The product's own per-range statement(s), with no range: the whole table."""
-    # the product's signatures are changing (JSON types, the rollback record): adapt
-    if dialect != "postgresql":
-        offline: Any = product_sql.sqlite_offline_backfill
-        job = ("snapshot_backfill",) if "job" in inspect.signature(offline).parameters else ()
-        return list(offline(*job))
-    pg_backfill: Any = product_sql.pg_backfill
-    params = inspect.signature(pg_backfill).parameters
-    if "json" not in params:
-        return [pg_backfill(False, False)]
-    from cowrieprocessor.backfill import shape  # the product's, new with the field shape
-
-    extra = {"record": False} if "record" in params else {}
-    return [pg_backfill(shape.detect(conn), False, False, **extra)]
+    if conn.dialect.name != "postgresql":
+        return product_sql.sqlite_offline_backfill(BACKFILL_JOB)
+    return [product_sql.pg_backfill(json_types, False, False, record=False)]
 
 
 def _quote(name: str) -> str:
@@ -229,11 +227,11 @@ def run(url: str, statement: str = "direct") -> dict[str, Any]:
     steps: dict[str, float] = {}
     rows = 0
     with engine.connect() as conn, conn.begin():
-        todo = plan(conn, dialect)
+        todo = plan(conn)
         statements = (
-            [sa.text(update_statement(dialect, todo["json_kinds"]))]
+            [sa.text(update_statement(dialect, todo["json_types"]))]
             if statement == "direct"
-            else _product_statements(conn, dialect)
+            else _product_statements(conn, todo["json_types"])
         )
     started = time.monotonic()
     try:

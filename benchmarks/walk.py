@@ -41,9 +41,8 @@ def run(url: str, *, record: bool) -> dict[str, Any]:
             walk_batches.append(report.seconds)
             walk_end = time.monotonic() - started
 
-    backfill: Any = run_backfill  # ``record`` is new: a clear TypeError until it lands
     try:
-        result = backfill(engine, knobs, record=record, on_batch=on_batch)
+        result = run_backfill(engine, knobs, record=record, on_batch=on_batch)
     finally:
         engine.dispose()
     seconds = time.monotonic() - started
