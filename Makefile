@@ -47,8 +47,11 @@ demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/cowrie-db verify
 
 # Benchmarks (not part of `make test`): docs/performance.md says what they measure.
+# Both shapes (ours, and the field's: json columns, upstream's indexes present during the
+# backfill), and what the rollback record costs the walk.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run --sessions 1680000 --ips 300000 --upstream-dialects postgresql
+	$(BIN)/python -m benchmarks.run --sessions 1680000 --ips 300000 --upstream-dialects postgresql \
+		--shapes current,field --record-cost
 
 bench-small: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sessions 100000 --ips 20000 --repeat 1

@@ -20,12 +20,14 @@ transaction open for the whole backfill.
 from __future__ import annotations
 
 import logging
+import os
 from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection, Engine, pool
 
+from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.db.adoption import LEDGER_TABLE
@@ -109,8 +111,14 @@ def run_migrations_online() -> None:
         return
     url = parse_url(database_url())
     log.info("Database: %s", mask_url(url))
+    # SQLite: the migration's own connection waits for the write lock as long as a batch
+    # does (the lock_timeout knob), so a locked database fails a deploy in bounded time.
+    knobs = BackfillKnobs.from_sources(context.get_x_argument(as_dictionary=True), os.environ)
     engine = create_engine_from_url(
-        url, application_name="cowrieprocessor-alembic", poolclass=pool.NullPool
+        url,
+        application_name="cowrieprocessor-alembic",
+        poolclass=pool.NullPool,
+        sqlite_busy_timeout_ms=knobs.lock_timeout,
     )
     try:
         with engine.connect() as connection:

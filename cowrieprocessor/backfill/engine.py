@@ -548,20 +548,22 @@ class RangeWalker:
                 self.sleep(self.knobs.pause_ms / 1000)
 
     def undo_recorded(self) -> None:
-        """Undo the rollback record, one record row (one original batch) per transaction."""
+        """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""
         self._start_phase(WALK)
         while True:
             if self.stop.is_set():
                 raise BackfillInterrupted("stopped between two batches; rerun to resume")
             started = time.monotonic()
 
-            def attempt(conn: Connection) -> tuple[int, int] | None:
+            size = self.sizer.size
+
+            def attempt(conn: Connection, size: int = size) -> tuple[int, int, int] | None:
                 with self.begin(conn):
-                    undone = record.undo_next(conn)
+                    undone = record.undo_next(conn, size)
                     if undone is not None:
                         self.state.batches += 1
-                        self.state.sessions_walked += undone[0]
-                        self.state.rows_updated += undone[1]
+                        self.state.sessions_walked += undone[1]
+                        self.state.rows_updated += undone[2]
                         progress.save(conn, self.state)
                 return undone
 
@@ -573,9 +575,12 @@ class RangeWalker:
                 raise
             if undone is None:
                 return
+            record_id, entries, changed = undone
             seconds = time.monotonic() - started
             self.batch_seconds.append(seconds)
-            self._report(WALK, None, "", BatchCounts(updated=undone[1]), seconds, undone[0])
+            self.sizer.observe(entries, seconds)
+            where = f"record {record_id}"
+            self._report(WALK, where, where, BatchCounts(updated=changed), seconds, entries)
             if self.knobs.pause_ms:
                 self.sleep(self.knobs.pause_ms / 1000)
 

@@ -13,11 +13,13 @@ session ids and, per column, the value written or NULL; arrays on PostgreSQL, a 
 array of ``[session_id, ip, asn, country, type, enrichment_at]`` on SQLite. One row of
 a few thousand entries per batch costs a fraction of the batch (docs/performance.md).
 
-Undo (``alembic downgrade 0002_snapshot_columns``): each record row, oldest first, in
-one transaction: NULL each recorded value *while the column still holds it* (a value
-someone else wrote since differs and survives), delete the row, save progress. So an
-interrupted downgrade resumes where it stopped, and a value never recorded (written
-before the upgrade, or by the loader) is never touched.
+Undo (``alembic downgrade 0002_snapshot_columns``): the record rows oldest first, in
+batches of at most the batch size (a slice of a row, or all of it), each in one
+transaction: NULL each recorded value *while the column still holds it* (a value
+someone else wrote since differs and survives), move the row's ``undone`` mark (or
+delete the row once all of it is undone), save progress. So an interrupted downgrade
+resumes where it stopped, and a value never recorded (written before the upgrade, or
+by the loader) is never touched.
 
 A database backfilled before this record existed has no record table: the downgrade
 says so and clears all five columns of every session, as the first release did.
@@ -55,18 +57,24 @@ def pending(conn: Connection) -> tuple[int, int]:
     return int(rows), int(sessions)
 
 
-def undo_next(conn: Connection) -> tuple[int, int] | None:
-    """Undo the oldest record row (in the caller's transaction).
+def undo_next(conn: Connection, limit: int) -> tuple[int, int, int] | None:
+    """Undo up to ``limit`` entries of the oldest record row (in the caller's transaction);
+    the row is deleted once all of it is undone.
 
-    Returns (entries in that row, values-bearing rows changed), or None when the
+    Returns (record row id, entries undone, session rows changed), or None when the
     record is empty.
     """
     row = conn.execute(sql.OLDEST_RECORD).first()
     if row is None:
         return None
-    changed = conn.execute(sql.unwrite(conn.dialect.name), {"id": row.id}).rowcount
-    conn.execute(sql.DELETE_RECORD, {"id": row.id})
-    return int(row.n), int(changed)
+    lo, hi = int(row.undone), min(int(row.n), int(row.undone) + max(limit, 1))
+    params = {"id": row.id, "lo": lo, "hi": hi}
+    changed = conn.execute(sql.unwrite(conn.dialect.name), params).rowcount
+    if hi >= row.n:
+        conn.execute(sql.DELETE_RECORD, {"id": row.id})
+    else:
+        conn.execute(sql.SET_UNDONE, {"id": row.id, "undone": hi})
+    return int(row.id), hi - lo, int(changed)
 
 
 def forget_all(conn: Connection) -> None:

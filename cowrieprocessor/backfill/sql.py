@@ -392,6 +392,7 @@ PG_RECORD_DDL = text(
     snapshot_countries text[] NOT NULL,
     snapshot_ip_types text[] NOT NULL,
     enrichment_ats timestamptz[] NOT NULL,
+    undone integer NOT NULL DEFAULT 0,
     written_at timestamptz NOT NULL DEFAULT now())"""
 )
 SQLITE_RECORD_DDL = text(
@@ -400,6 +401,7 @@ SQLITE_RECORD_DDL = text(
     job VARCHAR(64) NOT NULL,
     n INTEGER NOT NULL,
     rows TEXT NOT NULL,
+    undone INTEGER NOT NULL DEFAULT 0,
     written_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"""
 )
 
@@ -443,20 +445,40 @@ UNWRITE = """
 STILL_WRITTEN = """(s.source_ip = w.ip OR s.snapshot_asn = w.asn OR s.snapshot_country = w.country
        OR s.snapshot_ip_type = w.ip_type OR s.enrichment_at = w.at)"""
 
-_PG_RECORD_ROWS = f"""SELECT u.* FROM {RECORD_TABLE} r,
-         unnest(r.session_ids, r.source_ips, r.snapshot_asns, r.snapshot_countries,
-                r.snapshot_ip_types, r.enrichment_ats)
+# The entries lo+1..hi (1-based) of the record rows ``which``: a downgrade batch may be a
+# slice of one record row (batch_size), so the undo is as finely batched as asked.
+_PG_RECORD_ROWS = """SELECT u.* FROM {table} r,
+         unnest(r.session_ids[({lo} + 1):({hi})], r.source_ips[({lo} + 1):({hi})],
+                r.snapshot_asns[({lo} + 1):({hi})], r.snapshot_countries[({lo} + 1):({hi})],
+                r.snapshot_ip_types[({lo} + 1):({hi})], r.enrichment_ats[({lo} + 1):({hi})])
            AS u(session_id, ip, asn, country, ip_type, at)
-    WHERE {{which}}"""
+    WHERE {which}"""
 
-_SQLITE_RECORD_ROWS = f"""SELECT json_extract(j.value, '$[0]') AS session_id,
+_SQLITE_RECORD_ROWS = """SELECT json_extract(j.value, '$[0]') AS session_id,
            json_extract(j.value, '$[1]') AS ip, json_extract(j.value, '$[2]') AS asn,
            json_extract(j.value, '$[3]') AS country, json_extract(j.value, '$[4]') AS ip_type,
            json_extract(j.value, '$[5]') AS at
-    FROM {RECORD_TABLE} r, json_each(r.rows) AS j
-    WHERE {{which}}"""
+    FROM {table} r, json_each(r.rows) AS j
+    WHERE {which} AND j.key >= {lo} AND j.key < {hi}"""
 
-OLDEST_RECORD = text(f"SELECT id, n FROM {RECORD_TABLE} ORDER BY id LIMIT 1")
+
+def unwrite(
+    dialect: str, which: str = "r.id = :id", lo: str = ":lo", hi: str = ":hi"
+) -> TextClause:
+    """NULL what the record rows ``which`` (fixed SQL: one row by ``:id``, or offline
+    every row) say the backfill wrote in their entries ``lo`` to ``hi`` (fixed SQL or
+    bound parameters), where it is still there."""
+    template = _PG_RECORD_ROWS if dialect == "postgresql" else _SQLITE_RECORD_ROWS
+    rows = template.format(table=RECORD_TABLE, which=which, lo=lo, hi=hi)
+    return text(
+        f"""UPDATE session_summaries AS s SET {UNWRITE}
+FROM ({rows}) AS w
+WHERE s.session_id = w.session_id AND {STILL_WRITTEN}"""
+    )
+
+
+OLDEST_RECORD = text(f"SELECT id, n, undone FROM {RECORD_TABLE} ORDER BY id LIMIT 1")
+SET_UNDONE = text(f"UPDATE {RECORD_TABLE} SET undone = :undone WHERE id = :id")
 RECORD_HAS_JOB = text(f"SELECT 1 FROM {RECORD_TABLE} WHERE job = :job")
 PG_RECORD_MARKER = text(
     f"INSERT INTO {RECORD_TABLE} (job, n, session_ids, source_ips, snapshot_asns, "
@@ -467,17 +489,6 @@ SQLITE_RECORD_MARKER = text(f"INSERT INTO {RECORD_TABLE} (job, n, rows) VALUES (
 COUNT_RECORDED = text(f"SELECT count(*), coalesce(sum(n), 0) FROM {RECORD_TABLE}")
 DELETE_RECORD = text(f"DELETE FROM {RECORD_TABLE} WHERE id = :id")
 DELETE_RECORDS = text(f"DELETE FROM {RECORD_TABLE}")
-
-
-def unwrite(dialect: str, which: str = "r.id = :id") -> TextClause:
-    """NULL what the record rows ``which`` (fixed SQL: one row by ``:id``, or offline
-    every row) say the backfill wrote, where it is still there."""
-    rows = (_PG_RECORD_ROWS if dialect == "postgresql" else _SQLITE_RECORD_ROWS).format(which=which)
-    return text(
-        f"""UPDATE session_summaries AS s SET {UNWRITE}
-FROM ({rows}) AS w
-WHERE s.session_id = w.session_id AND {STILL_WRITTEN}"""
-    )
 
 
 # --- clearing everything (`cowrie-db clear --all`, and a downgrade without a record) ---
@@ -564,9 +575,9 @@ $cowrie$"""
 def offline_unwrite(dialect: str) -> TextClause:
     """Offline downgrade: undo what the record says, where it is still there."""
     if dialect == "postgresql":
-        statement = str(unwrite(dialect, "r.id = v_id"))
+        statement = str(unwrite(dialect, "r.id = v_id", "0", "r.n"))
         return text(_PG_OFFLINE_UNWRITE.format(table=RECORD_TABLE, statement=statement))
-    return unwrite(dialect, "TRUE")
+    return unwrite(dialect, "TRUE", "0", "r.n")
 
 
 def sqlite_offline_backfill(job: str) -> list[TextClause]:
