@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from benchmarks.datasets import alembic, clean_env
-from cowrieprocessor.backfill.engine import percentile
+from cowrieprocessor.backfill.progress import percentile
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.settings import PROJECT_ROOT
 

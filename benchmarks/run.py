@@ -26,7 +26,7 @@ stamp: the product adopts the database itself). Product and limit alternate
 alternate ``--walk-repeat`` times the same way, each pair in the other order than the
 last (ABBA), so a drift hits both alike. Medians are reported, every run is kept.
 PostgreSQL is a throwaway cluster
-(:class:`cowrieprocessor.ephemeral_pg.EphemeralPostgres`, fsync on) configured as a
+(:class:`cowrieprocessor.testing.ephemeral_pg.EphemeralPostgres`, fsync on) configured as a
 tuned production server for this machine (``--pg-stock`` for the stock settings), or an
 existing server (``--pg-url``, where we may create databases).
 
@@ -58,7 +58,7 @@ import sqlalchemy as sa
 from benchmarks import measure, report
 from benchmarks.datasets import FIELD_DIALECTS, SHAPES, PostgresData, SqliteData
 from cowrieprocessor.backfill.knobs import BackfillKnobs
-from cowrieprocessor.ephemeral_pg import EphemeralPostgres
+from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres
 from cowrieprocessor.settings import PROJECT_ROOT
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"

@@ -10,6 +10,9 @@
 The database is chosen as everywhere else (``--db``, then ``COWRIE_DB_URL``, then the
 embedded SQLite default) and is only ever printed masked. Exit status: 0 success,
 1 a check failed, 2 bad usage or an unusable database, 130 interrupted (Ctrl-C).
+
+Why one module of this size: each command is a parse-and-print function over
+:mod:`cowrieprocessor.report` and the backfill jobs; none holds logic of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -173,21 +175,18 @@ def _write_adoption(state: report.SchemaState, out: TextIO) -> None:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal: rows, rate, ETA."""
+    """A one-line progress bar on a terminal: the phase's rows, the rate, the job's ETA."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.started = time.monotonic()
         self.phase = ""
 
     def __call__(self, r: BatchReport) -> None:
         if r.phase != self.phase:
             if self.phase:
                 self.stream.write("\n")
-            self.phase, self.started = r.phase, time.monotonic()
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = r.done / elapsed
-        eta = (r.total - r.done) / rate if rate > 0 else None
+            self.phase = r.phase
+        rate, eta = r.progress.rate, r.progress.eta_seconds
         width = 30
         filled = int(width * r.done / r.total) if r.total else width
         self.stream.write(
@@ -384,7 +383,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                 "database": args.masked_url,
                 "revision": state.current,
                 "head": state.head,
-                "jobs": [asdict(j) for j in jobs],
+                "jobs": [j.as_dict() for j in jobs],
                 "status_file": status_file,
             },
             out,
@@ -397,8 +396,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     for j in jobs:
         flag = "  STALLED?" if j.stalled else ""
         out.write(
-            f"{j.job}: phase {j.phase}, {j.percent:.1f}% ({j.done:,}/{j.total:,} in this "
-            f"phase), {j.batches:,} batches, {j.rows_updated:,} rows updated\n"
+            f"{j.job}: phase {j.phase}, {j.percent:.1f}% of the job ({j.done:,}/{j.total:,} "
+            f"in this phase), {j.batch:,} batches, {j.rows_updated:,} rows updated\n"
             f"  rate {j.rate:,.0f} sessions/s, ETA {_fmt_seconds(j.eta_seconds)}, "
             f"last update {j.seconds_since_update:.0f} s ago{flag}\n"
         )

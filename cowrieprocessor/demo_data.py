@@ -124,6 +124,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
+from cowrieprocessor.errors import CowrieError
 
 __all__ = ["DemoDataError", "DemoResult", "DemoSpec", "generate"]
 
@@ -156,7 +157,7 @@ class DemoResult:
     seconds: float
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(CowrieError):
     """The database or the spec is unsuitable; the message says why and what to do."""
 
 

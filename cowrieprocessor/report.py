@@ -7,7 +7,7 @@ decides how to print it (text or ``--json``). Nothing here writes to the databas
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,13 +18,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from cowrieprocessor.backfill import progress, sql
-from cowrieprocessor.backfill.engine import (
-    BACKFILL_JOB,
-    CLEAR_ALL_JOB,
-    CLEAR_JOB,
-    dry_run_counts,
-)
+from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts
 from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.backfill.progress import Progress
 from cowrieprocessor.db import adoption
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 from cowrieprocessor.settings import PROJECT_ROOT
@@ -152,53 +148,30 @@ def sessions_with_snapshot_values(conn: Connection) -> int:
     return n
 
 
-@dataclass
-class JobStatus:
-    job: str
-    phase: str
-    done: int
-    total: int
-    percent: float
-    rate: float
-    eta_seconds: float | None
-    batches: int
-    rows_updated: int
-    started_at: str
-    updated_at: str
-    seconds_since_update: float
-    stalled: bool
-    finished_at: str | None
+@dataclass(frozen=True)
+class JobStatus(Progress):
+    """A job's progress as its row in the progress table tells it, read from anywhere."""
+
+    seconds_since_update: float = 0.0
+    stalled: bool = False
+    finished_at: str | None = None
 
 
 def job_status(conn: Connection) -> list[JobStatus]:
-    """The progress rows of the backfill and the clear job, with rate and ETA."""
+    """The progress rows of the backfill and the clear jobs, with rate and ETA."""
     result = []
     now = datetime.now(UTC)
-    for job, phases in ((BACKFILL_JOB, 2), (CLEAR_JOB, 1), (CLEAR_ALL_JOB, 1)):
+    for job, phases in JOB_PHASES.items():
         state = progress.load(conn, job)
         if state is None:
             continue
-        order = {progress.WALK: 0, progress.CATCHUP: 1, progress.DONE: phases}
-        total = state.sessions_total
-        processed = order.get(state.phase, 0) * total + state.sessions_walked
-        overall = phases * total
-        elapsed = max((state.updated_at - state.started_at).total_seconds(), 1e-9)
-        rate = processed / elapsed if state.phase != progress.DONE else overall / elapsed
-        eta = (overall - processed) / rate if rate > 0 and state.phase != progress.DONE else None
+        done = state.sessions_total if state.phase == progress.DONE else state.sessions_walked
+        elapsed = (state.updated_at - state.started_at).total_seconds()
+        found = Progress.of(state, phases, phase=state.phase, done=done, elapsed=elapsed)
         since = (now - state.updated_at).total_seconds()
         result.append(
             JobStatus(
-                job=job,
-                phase=state.phase,
-                done=total if state.phase == progress.DONE else state.sessions_walked,
-                total=total,
-                percent=round(100.0 * processed / overall, 2) if overall else 100.0,
-                rate=round(rate, 1),
-                eta_seconds=None if eta is None else round(eta, 1),
-                batches=state.batches,
-                rows_updated=state.rows_updated,
-                started_at=state.started_at.isoformat(),
-                updated_at=state.updated_at.isoformat(),
+                **{f.name: getattr(found, f.name) for f in fields(Progress)},
                 seconds_since_update=round(since, 1),
                 stalled=state.phase != progress.DONE and since > STALLED_AFTER_S,
                 finished_at=state.finished_at.isoformat() if state.finished_at else None,

@@ -2,8 +2,7 @@
 
 The URL comes from the first of these that is set:
 
-1. an explicit value (``--db URL`` on the command line, ``-x db=URL`` for Alembic,
-   or ``DatabaseSettings(url=...)`` in code);
+1. an explicit value (``--db URL`` on the command line, ``-x db=URL`` for Alembic);
 2. the ``COWRIE_DB_URL`` environment variable;
 3. the embedded default: a SQLite file at ``var/cowrie.sqlite`` inside the project
    (its folder is created on demand), or ``$COWRIE_DATA_DIR/cowrie.sqlite`` when
@@ -18,11 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from cowrieprocessor.errors import CowrieError
 
 ENV_URL = "COWRIE_DB_URL"
 ENV_DATA_DIR = "COWRIE_DATA_DIR"
@@ -30,7 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_NAME = "cowrie.sqlite"
 
 
-class SettingsError(ValueError):
+class SettingsError(CowrieError, ValueError):
     """A database setting is unusable; the message names the setting and the problem."""
 
 
@@ -81,23 +81,3 @@ def mask_url(url: str | URL) -> str:
 def mask_secrets(text: str) -> str:
     """Hide any ``scheme://user:password@`` password that appears inside free text."""
     return _PASSWORD_IN_TEXT.sub(r"\g<head>***@", text)
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    """Where the database is. ``url=None`` means: resolve it in the documented order."""
-
-    url: str | None = None
-    application_name: str = "cowrieprocessor"
-    sqlite_busy_timeout_ms: int = 30_000
-
-    @property
-    def resolved_url(self) -> str:
-        return resolve_database_url(self.url)
-
-    @property
-    def masked_url(self) -> str:
-        return mask_url(self.resolved_url)
-
-    def __repr__(self) -> str:  # never show a password in a traceback or a log line
-        return f"DatabaseSettings(url={self.masked_url!r})"

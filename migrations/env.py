@@ -30,8 +30,8 @@ from sqlalchemy import Connection, Engine, pool
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
-from cowrieprocessor.db.adoption import LEDGER_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.db.models import Base
 from cowrieprocessor.settings import mask_url, parse_url, resolve_database_url
 

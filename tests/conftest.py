@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.ephemeral_pg import EphemeralPostgres, PostgresUnavailable
+from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, PostgresUnavailable
 
 DIALECTS = [
     pytest.param("sqlite", id="sqlite"),

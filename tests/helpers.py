@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
 
@@ -47,3 +49,16 @@ def run_alembic(
         timeout=timeout,
         check=False,
     )
+
+
+FIGURES_ENV = "COWRIE_RELIABILITY_FIGURES"
+
+
+def record(test: str, **figures: Any) -> None:
+    """Publish one test's measured figures: printed, and appended to $COWRIE_RELIABILITY_FIGURES."""
+    line = json.dumps({"test": test, **figures}, sort_keys=True, default=str)
+    print(line)
+    path = os.environ.get(FIGURES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")

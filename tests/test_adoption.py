@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
 from tests.helpers import run_alembic
 from tests.seed import add_asn, add_ip, add_session, migrate, snapshots
@@ -103,8 +104,8 @@ def test_adoption_when_the_snapshot_columns_already_exist(db_url: str, with_colu
                 ).all()
             )
         fk, ck = (
-            "fk_session_summaries_source_ip_ip_inventory",
-            "ck_session_summaries_snapshot_country_iso2",
+            FK_NAME,
+            CK_NAME,
         )
         if with_columns == 5:
             assert state == {fk: False, ck: False}

@@ -8,7 +8,6 @@ another transaction, a slow trigger, a terminated backend).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -22,17 +21,18 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import (
     BackfillError,
     BackfillKnobs,
-    BatchFailed,
     BatchReport,
     run_backfill,
 )
+from cowrieprocessor.backfill.errors import Transient, classify
+from cowrieprocessor.backfill.lock import ADVISORY_LOCK_KEY
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.ephemeral_pg import find_bindir
+from cowrieprocessor.testing.ephemeral_pg import find_bindir
 from cowrieprocessor.settings import PROJECT_ROOT
 from tests.helpers import ALEMBIC_BIN, run_alembic
-from tests.seed import add_asn, add_ip, add_session, at_0002, migrate, seed_random, snapshots
+from tests.seed import add_ip, add_session, at_0002, migrate, seed_random, snapshots
 
 BACKFILL = "0003_backfill_session_snapshots"
 
@@ -181,7 +181,7 @@ def test_progress_is_logged_and_the_status_file_is_json(db_url: str, tmp_path: P
     log = out.stderr
     assert "400 sessions, 400 need snapshots, 60 IPs in inventory; batch_size=100" in log
     assert "snapshot_backfill walk: 400/400 sessions (100.0%)" in log
-    assert "Batches: 10, failed batches: 0" in log  # 4 ranges walked + 1 end, twice
+    assert "Batches: 10, retries: 0" in log  # 4 ranges walked + 1 end, twice
     assert "unmatched:" in log and "IP not in inventory:" in log
     data = json.loads(status.read_text())
     assert data["phase"] == "done"
@@ -329,7 +329,7 @@ def test_lost_connection_is_retried_and_the_run_completes(pg_url: str) -> None:
 def test_a_second_concurrent_backfill_is_refused(pg_url: str) -> None:
     engine = seeded(pg_url, 50, 10)
     holder = engine.connect()
-    holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": 0x636F_7772_6965})
+    holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
     holder.commit()
     try:
         with pytest.raises(BackfillError, match="another backfill or clear is running"):
@@ -366,18 +366,36 @@ def test_covering_index_serves_the_runbook_query_index_only(pg_url: str) -> None
     engine.dispose()
 
 
-def test_batch_failed_names_range_and_cause() -> None:
-    err = BatchFailed(
-        "snapshot_backfill walk batch 3, session_id range ('a', 'b'] failed "
-        "after 6 attempt(s): lock timeout: ...",
-        "lock timeout",
-    )
-    assert err.kind == "lock timeout"
-    assert "('a', 'b']" in str(err)
+class _DriverError(Exception):
+    """What psycopg2 raises: an exception carrying the SQLSTATE as ``pgcode``."""
+
+    def __init__(self, pgcode: str | None) -> None:
+        super().__init__(f"SQLSTATE {pgcode}")
+        self.pgcode = pgcode
 
 
-def _unused() -> None:  # keep imports honest for linters
-    _ = (os, add_asn)
+@pytest.mark.parametrize(
+    ("dialect", "pgcode", "message", "kind"),
+    [
+        ("postgresql", "57014", "", Transient.STATEMENT_TIMEOUT),
+        ("postgresql", "55P03", "", Transient.LOCK_TIMEOUT),
+        ("postgresql", "40P01", "", Transient.DEADLOCK),
+        ("postgresql", "08006", "", Transient.CONNECTION_LOST),
+        ("postgresql", "23505", "", None),  # a unique violation: retrying cannot help
+        ("sqlite", None, "database is locked", Transient.DATABASE_LOCKED),
+        ("sqlite", None, "no such column: x", None),
+    ],
+)
+def test_failures_are_classified_by_sqlstate_not_by_message(
+    dialect: str, pgcode: str | None, message: str, kind: Transient | None
+) -> None:
+    orig = _DriverError(pgcode) if dialect == "postgresql" else Exception(message)
+    error = sa.exc.ProgrammingError("UPDATE ...", {}, orig)
+    assert classify(error, dialect) is kind
+    assert classify(ValueError("statement timeout"), dialect) is None
+    if kind is not None:  # only a timeout splits a range; only a lost connection reconnects
+        assert kind.splits_the_range == (kind is Transient.STATEMENT_TIMEOUT)
+        assert kind.needs_a_new_connection == (kind is Transient.CONNECTION_LOST)
 
 
 @pytest.mark.parametrize("then", ["nothing", "cowrie-db backfill"])

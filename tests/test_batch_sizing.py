@@ -7,12 +7,12 @@ from collections import defaultdict
 import pytest
 
 from cowrieprocessor.backfill import BackfillKnobs, BatchReport, run_backfill
-from cowrieprocessor.backfill.engine import (
+from cowrieprocessor.backfill.progress import CATCHUP, WALK
+from cowrieprocessor.backfill.sizing import (
     ADAPTIVE_FIRST_BATCH,
     CATCHUP_REACH,
     BatchSizer,
 )
-from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from tests.seed import at_0002, seed_random
 
 

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
-from cowrieprocessor.db.adoption import LEDGER_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.settings import PROJECT_ROOT
 from cowrieprocessor.testing import field_schema
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots

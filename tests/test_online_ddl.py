@@ -8,6 +8,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
 from tests.helpers import run_alembic
 from tests.seed import migrate
@@ -65,8 +66,8 @@ def test_constraints_are_added_not_valid_then_validated_by_0004(pg_url: str) -> 
     )
     with engine.connect() as conn:
         assert set(conn.execute(query).all()) == {
-            ("fk_session_summaries_source_ip_ip_inventory", False),
-            ("ck_session_summaries_snapshot_country_iso2", False),
+            (FK_NAME, False),
+            (CK_NAME, False),
         }
     migrate(pg_url, "head")
     with engine.connect() as conn:

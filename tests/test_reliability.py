@@ -44,45 +44,23 @@ from sqlalchemy.exc import DBAPIError
 
 from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB, BackfillKnobs, KnobError
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.db import adoption
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.settings import PROJECT_ROOT
-from tests.helpers import ALEMBIC_BIN, run_alembic
+from tests.conftest import DIALECTS
+from tests.helpers import ALEMBIC_BIN, record, run_alembic
 from tests.seed import T0, asn_t, at_0002, ev_t, ip_t, migrate, seed_random, sess_t, snapshots
 
 BEFORE = "0002_snapshot_columns"
 BACKFILL = "0003_backfill_session_snapshots"
 HEAD = "0004_snapshot_indexes"
-SNAPSHOT_INDEXES = frozenset(
-    {
-        "ix_session_summaries_source_ip",
-        "ix_session_summaries_snapshot_asn",
-        "ix_session_summaries_snapshot_country",
-        "ix_session_summaries_snapshot_ip_type",
-        "ix_session_summaries_snapshot_country_snapshot_asn_session_id",
-    }
-)
+SNAPSHOT_INDEXES = frozenset(adoption.SNAPSHOT_INDEXES)
 NULLS = (None,) * 5
 RUN_TIMEOUT = 300.0
-FIGURES_ENV = "COWRIE_RELIABILITY_FIGURES"
 SEED = int(os.environ.get("COWRIE_RELIABILITY_SEED") or random.SystemRandom().randrange(10**9))
 PASSWORD = "p@ss:w/rd?#%&= x'\"1"  # every character a URL parser cares about
 
 Snaps = dict[str, tuple[Any, ...]]
-
-DIALECTS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-]
-
-
-def record(test: str, **figures: Any) -> None:
-    """Publish one test's measured figures: printed, and appended to $COWRIE_RELIABILITY_FIGURES."""
-    line = json.dumps({"test": test, **figures}, sort_keys=True, default=str)
-    print(line)
-    path = os.environ.get(FIGURES_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
 
 
 # --- data ----------------------------------------------------------------------------

@@ -1,21 +1,56 @@
-"""The snapshot backfill: one engine behind the Alembic revision and the CLI."""
+"""The snapshot backfill: one engine behind the Alembic revision and the CLI.
 
-from cowrieprocessor.backfill.engine import (
+It walks the table in key order, one range of rows at a time. For each range it
+runs one set-based statement (resolve the canonical IP, join ``ip_inventory``, update
+only the NULL snapshot columns of matched sessions) and saves its position in the
+progress table, in one short transaction of its own. So:
+
+* no row lock is held longer than one batch, and no table lock is taken;
+* an interrupted run resumes after the last committed range, and ends with the same
+  data as an uninterrupted one (the statement only fills NULLs from the inventory,
+  so running a range twice is harmless);
+* transient failures (lock timeout, deadlock, serialization failure, a lost
+  connection, SQLite's "database is locked") are retried with exponential backoff; a
+  range that hits ``statement_timeout`` is split in two; a failure that persists stops
+  the run with :class:`BatchFailed`, naming the range and the cause.
+
+After the walk, a catch-up pass walks the keys again: sessions that the loader
+inserted into ranges already walked get their snapshots too. It looks only at sessions
+without ``source_ip`` (every session the walk matched has one), so it reads the table
+but resolves and writes next to nothing. Every session that exists without a snapshot
+when the catch-up starts is covered; one inserted behind the catch-up itself is left to
+the loader (or the next run). A run whose progress row says ``done`` is finished; the
+next run starts a fresh walk (it changes only what still needs changing).
+
+Each batch also writes the rollback record (:mod:`.record`), in its own transaction,
+so that the downgrade undoes exactly what the backfill wrote. Range sizes are in
+:mod:`.sizing`, key orders in :mod:`.keys`.
+
+Where each idea lives (docs/architecture.md has the picture):
+
+* :mod:`.knobs` the knobs (names, defaults, ranges, help: one table);
+* :mod:`.sql` every statement, both dialects; :mod:`.shape` the JSON column types;
+* :mod:`.keys` the key orders and ranges; :mod:`.sizing` how big the next range is;
+* :mod:`.errors` what can fail, and which failures are transient;
+* :mod:`.walker` the range walker (transactions, retries, splits, the advisory lock);
+* :mod:`.progress` the progress table, the status file, rates and ETAs;
+* :mod:`.record` the rollback record; :mod:`.jobs` backfill, clear and undo;
+* :mod:`.alembic_ops` what a revision needs (the batch engine, the knobs).
+"""
+
+from cowrieprocessor.backfill.errors import BackfillError, BackfillInterrupted, BatchFailed
+from cowrieprocessor.backfill.jobs import (
     BACKFILL_JOB,
     CLEAR_ALL_JOB,
     CLEAR_JOB,
-    BackfillError,
-    BackfillInterrupted,
     BackfillResult,
-    BatchFailed,
-    BatchReport,
     ClearResult,
     clear_snapshots,
-    engine_for_bind,
     run_backfill,
     undo_backfill,
 )
 from cowrieprocessor.backfill.knobs import BackfillKnobs, KnobError
+from cowrieprocessor.backfill.walker import BatchReport
 
 __all__ = [
     "BACKFILL_JOB",
@@ -30,7 +65,6 @@ __all__ = [
     "ClearResult",
     "KnobError",
     "clear_snapshots",
-    "engine_for_bind",
     "run_backfill",
     "undo_backfill",
 ]

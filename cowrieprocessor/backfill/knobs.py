@@ -23,13 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from cowrieprocessor.errors import CowrieError
+
 ENV_PREFIX = "COWRIE_BACKFILL_"
 DEFAULT_BATCH_TIME_MS = 250
 # -x keys that belong to others (env.py reads `db`), not to the backfill.
 FOREIGN_X_KEYS = frozenset({"db"})
 
 
-class KnobError(ValueError):
+class KnobError(CowrieError, ValueError):
     """A knob has a bad value; the message names the knob and the allowed range."""
 
 
@@ -133,17 +135,18 @@ INT_KNOBS: tuple[IntKnob, ...] = (
     ),
 )
 KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file"})
+DEFAULTS = {k.name: k.default for k in INT_KNOBS}  # from the table above, never re-typed
 
 
 @dataclass(frozen=True)
 class BackfillKnobs:
-    batch_size: int = 20_000
-    batch_time: int = DEFAULT_BATCH_TIME_MS
-    pause_ms: int = 0
-    lock_timeout: int = 2_000
-    statement_timeout: int = 60_000
-    max_retries: int = 5
-    log_interval: int = 5_000
+    batch_size: int = DEFAULTS["batch_size"]
+    batch_time: int = DEFAULTS["batch_time"]
+    pause_ms: int = DEFAULTS["pause_ms"]
+    lock_timeout: int = DEFAULTS["lock_timeout"]
+    statement_timeout: int = DEFAULTS["statement_timeout"]
+    max_retries: int = DEFAULTS["max_retries"]
+    log_interval: int = DEFAULTS["log_interval"]
     status_file: Path | None = None
 
     @property

@@ -11,9 +11,10 @@ never holds credentials.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,28 +119,96 @@ def drop_table(conn: Connection) -> None:
     progress_table.drop(conn, checkfirst=True)
 
 
+def rate_and_eta(done: float, elapsed: float, remaining: float) -> tuple[float, float | None]:
+    """Sessions per second (``done`` in ``elapsed`` seconds) and the seconds the
+    ``remaining`` sessions take at that rate (None while nothing is done)."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return rate, (remaining / rate if rate > 0 else None)
+
+
 @dataclass(frozen=True)
-class Snapshot:
-    """What a status file and ``cowrie-db status`` show."""
+class Progress:
+    """Where a job stands: the status file, ``cowrie-db status`` and the progress lines.
+
+    ``percent`` is always of the whole job (each phase weighs the same: every phase
+    walks every session), ``phase_percent`` of the current phase; ``eta_seconds`` is to
+    the end of the whole job, at ``rate`` sessions per second.
+    """
 
     job: str
     phase: str
+    phases: tuple[str, ...]  # the job's phases, in order (DONE is after the last)
     batch: int
-    done: int
-    total: int
-    percent: float
+    done: int  # sessions of the current phase
+    total: int  # sessions in one phase
+    rows_updated: int
     rate: float
     eta_seconds: float | None
     started_at: str
     updated_at: str
-    rows_updated: int
     dry_run: bool = False
 
+    @property
+    def processed(self) -> int:
+        """Sessions walked over the whole job so far."""
+        if self.phase not in self.phases:  # DONE: every phase walked
+            return self.total * len(self.phases)
+        return self.phases.index(self.phase) * self.total + self.done
+
+    @property
+    def percent(self) -> float:
+        whole = self.total * len(self.phases)
+        return round(100.0 * self.processed / whole, 2) if whole else 100.0
+
+    @property
+    def phase_percent(self) -> float:
+        return round(100.0 * self.done / self.total, 2) if self.total else 100.0
+
+    @classmethod
+    def of(
+        cls,
+        state: JobState,
+        phases: tuple[str, ...],
+        *,
+        phase: str,
+        done: int,
+        elapsed: float,
+        walked: int | None = None,
+        dry_run: bool = False,
+    ) -> Progress:
+        """The progress of ``state`` in ``phase``, ``done`` of its sessions walked; the
+        rate is ``walked`` sessions (default: all the job has walked) in ``elapsed`` s."""
+        made = cls(
+            job=state.job,
+            phase=phase,
+            phases=phases,
+            batch=state.batches,
+            done=done,
+            total=state.sessions_total,
+            rows_updated=state.rows_updated,
+            rate=0.0,
+            eta_seconds=None,
+            started_at=state.started_at.isoformat(),
+            updated_at=state.updated_at.isoformat(),
+            dry_run=dry_run,
+        )
+        remaining = made.total * len(phases) - made.processed
+        walked = made.processed if walked is None else walked
+        rate, eta = rate_and_eta(walked, elapsed, remaining)
+        return replace(
+            made, rate=round(rate, 1), eta_seconds=None if eta is None else round(eta, 1)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(percent=self.percent, phase_percent=self.phase_percent)
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True)
 
 
-def write_status_file(path: Path, snapshot: Snapshot) -> None:
+def write_status_file(path: Path, snapshot: Progress) -> None:
     """Replace ``path`` atomically, so a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -149,3 +218,12 @@ def write_status_file(path: Path, snapshot: Snapshot) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values`` (0.0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]

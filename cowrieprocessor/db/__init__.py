@@ -1,9 +1,5 @@
-"""Database access: engine factory, session maker and ORM models."""
+"""Database access: the engine factory, the ORM models, adoption of existing schemas."""
 
-from cowrieprocessor.db.engine import (
-    create_engine_from_settings,
-    create_engine_from_url,
-    create_session_maker,
-)
+from cowrieprocessor.db.engine import create_engine_from_url
 
-__all__ = ["create_engine_from_settings", "create_engine_from_url", "create_session_maker"]
+__all__ = ["create_engine_from_url"]

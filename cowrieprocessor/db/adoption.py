@@ -14,21 +14,14 @@ columns, under other names than ours. This module lets the revisions:
   ``snapshot_country`` to two capital letters, an FK from ``source_ip`` to
   ``ip_inventory(ip_address)``, a plain b-tree index whose key columns are exactly the
   ones needed, whatever they are called, are reused and never duplicated;
-* **keep a ledger** (``cowrie_schema_ledger``) of what each revision *created* and what
-  it *adopted*, written in the same transaction as the DDL (or, for a build that
-  cannot run in a transaction, committed before it starts), so that a downgrade drops
-  exactly what its upgrade created and nothing else, and says what it keeps.
-
-A database without a ledger was upgraded before the ledger existed: downgrades then
-fall back to dropping by name, except on a database that has upstream's
-``schema_state`` (adopted by ``stamp``), where nothing adopted is ever dropped.
+* and the revisions record what they created and what they adopted in the ledger
+  (:mod:`cowrieprocessor.db.ledger`).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -37,11 +30,7 @@ from sqlalchemy.dialects import postgresql
 
 from cowrieprocessor.errors import IncompatibleSchema
 
-log = logging.getLogger("cowrieprocessor.migrations.adoption")
-
-LEDGER_TABLE = "cowrie_schema_ledger"
 SCHEMA_STATE_TABLE = "schema_state"  # upstream's own version table
-CREATED, ADOPTED = "created", "adopted"
 BASELINE_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_events")
 
 # Our names for what 0002 and 0004 create when no equivalent exists.
@@ -227,22 +216,16 @@ def _check_column(
 
 
 def _plan_constraints(conn: Connection, found: Assessment) -> None:
-    if "snapshot_country" in found.snapshot_columns:
-        check = find_country_check(conn)
-        if check:
-            found.reuse.append(f"CHECK {check.name}{'' if check.valid else ' (NOT VALID)'}")
-        else:
-            found.create.append(f"CHECK {CK_NAME}")
-    if "source_ip" in found.snapshot_columns:
-        fk = find_source_ip_fk(conn)
-        if fk:
-            found.reuse.append(f"FK {fk.name}{'' if fk.valid else ' (NOT VALID)'}")
-        else:
-            found.create.append(f"FK {FK_NAME}")
-    elif "source_ip" in found.missing_snapshot_columns:
-        found.create.append(f"FK {FK_NAME}")
-    if "snapshot_country" in found.missing_snapshot_columns:
-        found.create.append(f"CHECK {CK_NAME}")
+    constraints = (
+        ("CHECK", "snapshot_country", find_country_check, CK_NAME),
+        ("FK", "source_ip", find_source_ip_fk, FK_NAME),
+    )
+    for kind, column, finder, ours in constraints:
+        hit = finder(conn) if column in found.snapshot_columns else None
+        if hit is not None:
+            found.reuse.append(f"{kind} {hit.name}{'' if hit.valid else ' (NOT VALID)'}")
+        elif column in found.snapshot_columns or column in found.missing_snapshot_columns:
+            found.create.append(f"{kind} {ours}")
     present = set(found.snapshot_columns) | {"session_id"}
     for name, columns in SNAPSHOT_INDEXES.items():
         index = find_index(conn, columns) if present >= set(columns) else None
@@ -382,92 +365,3 @@ def find_index(conn: Connection, columns: Sequence[str]) -> Found | None:
         return None
     ours = [name for name in candidates if name in SNAPSHOT_INDEXES]
     return Found((ours or candidates)[0])
-
-
-# --- the ledger ------------------------------------------------------------------------
-
-_metadata = sa.MetaData()
-ledger_table = sa.Table(
-    LEDGER_TABLE,
-    _metadata,
-    sa.Column("revision", sa.String(64), primary_key=True),
-    sa.Column("kind", sa.String(16), primary_key=True),
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("action", sa.String(16), nullable=False),
-    sa.Column("detail", sa.Text),
-    sa.Column(
-        "recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Entry:
-    revision: str
-    kind: str
-    name: str
-    action: str
-    detail: str | None
-
-
-def ledger_exists(conn: Connection) -> bool:
-    return sa.inspect(conn).has_table(LEDGER_TABLE)
-
-
-def record(
-    conn: Connection,
-    revision: str,
-    kind: str,
-    name: str,
-    action: str,
-    detail: str | None = None,
-) -> None:
-    """Write one ledger entry (in the caller's transaction, beside the DDL it describes)."""
-    ledger_table.create(conn, checkfirst=True)
-    key = (
-        (ledger_table.c.revision == revision)
-        & (ledger_table.c.kind == kind)
-        & (ledger_table.c.name == name)
-    )
-    conn.execute(ledger_table.delete().where(key))
-    conn.execute(
-        ledger_table.insert().values(
-            revision=revision, kind=kind, name=name, action=action, detail=detail
-        )
-    )
-
-
-def entries(conn: Connection, revision: str) -> list[Entry]:
-    if not ledger_exists(conn):
-        return []
-    rows = conn.execute(
-        sa.select(ledger_table).where(ledger_table.c.revision == revision)
-    ).mappings()
-    return [Entry(r["revision"], r["kind"], r["name"], r["action"], r["detail"]) for r in rows]
-
-
-def forget(conn: Connection, revision: str) -> None:
-    """Delete a revision's entries (its downgrade has undone them)."""
-    if ledger_exists(conn):
-        conn.execute(ledger_table.delete().where(ledger_table.c.revision == revision))
-
-
-def drop_ledger_if_empty(conn: Connection) -> None:
-    if (
-        ledger_exists(conn)
-        and conn.execute(sa.select(sa.func.count()).select_from(ledger_table)).scalar_one() == 0
-    ):
-        ledger_table.drop(conn)
-
-
-def names(items: Iterable[Entry], action: str, kind: str | None = None) -> list[str]:
-    return [e.name for e in items if e.action == action and (kind is None or e.kind == kind)]
-
-
-def log_kept(revision: str, kept: Sequence[Entry]) -> None:
-    if kept:
-        log.info(
-            "%s downgrade keeps what it adopted (it existed before): %s",
-            revision,
-            ", ".join(f"{e.kind} {e.name}" for e in kept),
-        )

@@ -17,7 +17,14 @@ from alembic import op
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from cowrieprocessor.errors import CowrieError
+
 log = logging.getLogger("cowrieprocessor.migrations.ddl")
+
+
+class DdlLockTimeout(CowrieError):
+    """A DDL statement could not take its lock in time, after every attempt."""
+
 
 LOCK_NOT_AVAILABLE = "55P03"
 DEFAULT_DDL_LOCK_TIMEOUT_MS = 3_000
@@ -52,7 +59,7 @@ def run_pg_ddl(
             code = getattr(exc.orig, "pgcode", None)
             if code != LOCK_NOT_AVAILABLE or attempt == attempts:
                 if code == LOCK_NOT_AVAILABLE:
-                    raise RuntimeError(
+                    raise DdlLockTimeout(
                         f"could not take the lock for DDL within {lock_timeout_ms} ms after "
                         f"{attempts} attempts; a long transaction is holding it "
                         "(see pg_stat_activity) - rerun `alembic upgrade head` when it ends"

@@ -20,9 +20,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session, sessionmaker
 
-from cowrieprocessor.settings import DatabaseSettings, SettingsError, parse_url
+from cowrieprocessor.settings import SettingsError, parse_url
 
 _SQLITE_BEGIN_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
 
@@ -64,21 +63,6 @@ def create_engine_from_url(
     raise SettingsError(
         f"unsupported database backend {backend!r}: use postgresql:// (13+) or sqlite:///"
     )
-
-
-def create_engine_from_settings(settings: DatabaseSettings, **kwargs: Any) -> Engine:
-    """Create an engine from :class:`DatabaseSettings` (URL resolved in the documented order)."""
-    return create_engine_from_url(
-        settings.resolved_url,
-        application_name=settings.application_name,
-        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-        **kwargs,
-    )
-
-
-def create_session_maker(engine: Engine) -> sessionmaker[Session]:
-    """A session factory bound to ``engine`` (objects stay usable after commit)."""
-    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> None:

@@ -33,14 +33,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
+
 Snapshot = tuple[Any, Any, Any, Any, Any]
-SNAPSHOT_COLUMNS = (
-    "source_ip",
-    "snapshot_asn",
-    "snapshot_country",
-    "snapshot_ip_type",
-    "enrichment_at",
-)
 TYPE_PRIORITY = ("VPN", "TOR", "PROXY", "DATACENTER", "RESIDENTIAL", "MOBILE")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 

@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from cowrieprocessor.db import adoption
+from cowrieprocessor.db import adoption, ledger
+from cowrieprocessor.errors import IncompatibleSchema
 
 revision: str = "0001_baseline"
 down_revision: str | Sequence[str] | None = None
@@ -73,19 +74,19 @@ def upgrade() -> None:
     """Create the pre-snapshot schema, or adopt the one that is there."""
     dialect = op.get_context().dialect.name
     if dialect not in GEO_COUNTRY_SQL:
-        raise RuntimeError(f"unsupported dialect {dialect!r}: use PostgreSQL 13+ or SQLite")
+        raise IncompatibleSchema(f"unsupported dialect {dialect!r}: use PostgreSQL 13+ or SQLite")
     if not op.get_context().as_sql:
         found = adoption.assess(op.get_bind())
         if not found.empty:
             adoption.require_adoptable(found)
             for table in found.tables:
-                adoption.record(op.get_bind(), revision, "table", table, adoption.ADOPTED)
+                ledger.record(op.get_bind(), revision, "table", table, ledger.ADOPTED)
             log.info("%s", found.summary())
             return
     _create(dialect)
     if not op.get_context().as_sql:
         for table in TABLES:
-            adoption.record(op.get_bind(), revision, "table", table, adoption.CREATED)
+            ledger.record(op.get_bind(), revision, "table", table, ledger.CREATED)
 
 
 def _create(dialect: str) -> None:
@@ -197,7 +198,7 @@ def _create(dialect: str) -> None:
 def downgrade() -> None:
     """Drop the tables this revision created (children first); never adopted ones."""
     bind = None if op.get_context().as_sql else op.get_bind()
-    if bind is None or not adoption.ledger_exists(bind):
+    if bind is None or not ledger.ledger_exists(bind):
         if bind is not None and adoption.schema_code_version(bind) is not None:
             log.warning(
                 "no ledger, and upstream's schema_state is present: this database was "
@@ -208,10 +209,10 @@ def downgrade() -> None:
         for table in TABLES:  # built by our 0001 before the ledger existed
             op.drop_table(table)
         return
-    done = adoption.entries(bind, revision)
+    done = ledger.entries(bind, revision)
     for table in TABLES:
-        if table in adoption.names(done, adoption.CREATED, "table"):
+        if table in ledger.names(done, ledger.CREATED, "table"):
             op.drop_table(table)
-    adoption.log_kept(revision, [e for e in done if e.action == adoption.ADOPTED])
-    adoption.forget(bind, revision)
-    adoption.drop_ledger_if_empty(bind)
+    ledger.log_kept(revision, [e for e in done if e.action == ledger.ADOPTED])
+    ledger.forget(bind, revision)
+    ledger.drop_ledger_if_empty(bind)

@@ -34,9 +34,10 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from cowrieprocessor.db import adoption
-from cowrieprocessor.db.adoption import ADOPTED, CK_NAME, CREATED, FK_NAME
+from cowrieprocessor.db import adoption, ledger
+from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.ddl import run_pg_ddl
+from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
 revision: str = "0002_snapshot_columns"
 down_revision: str | Sequence[str] | None = "0001_baseline"
@@ -82,12 +83,12 @@ def upgrade() -> None:
     else:
         _add_sqlite(missing, fk=fk, ck=ck)
     for name in COLUMNS:
-        adoption.record(bind, revision, "column", name, CREATED if name in missing else ADOPTED)
+        ledger.record(bind, revision, "column", name, CREATED if name in missing else ADOPTED)
     for found_one, ours in ((fk, FK_NAME), (ck, CK_NAME)):
         if found_one is not None:
-            adoption.record(bind, revision, "constraint", found_one.name, ADOPTED)
+            ledger.record(bind, revision, "constraint", found_one.name, ADOPTED)
         elif bind.dialect.name == "postgresql" or ours in _inline_added(missing):
-            adoption.record(bind, revision, "constraint", ours, CREATED)
+            ledger.record(bind, revision, "constraint", ours, CREATED)
     adopted = [n for n in COLUMNS if n not in missing]
     if adopted or fk or ck:
         log.info(
@@ -143,7 +144,7 @@ def _add_sqlite(
 def downgrade() -> None:
     """Drop what the upgrade created (columns, constraints); keep what it adopted."""
     bind = None if op.get_context().as_sql else op.get_bind()
-    done = adoption.entries(bind, revision) if bind is not None else []
+    done = ledger.entries(bind, revision) if bind is not None else []
     if bind is not None and not done and adoption.schema_code_version(bind) is not None:
         log.warning(
             "no ledger entries for 0002, and upstream's schema_state is present: this "
@@ -153,8 +154,8 @@ def downgrade() -> None:
         columns: list[str] = []
         constraints = [CK_NAME, FK_NAME]
     elif done:
-        columns = adoption.names(done, CREATED, "column")
-        constraints = adoption.names(done, CREATED, "constraint")
+        columns = ledger.names(done, CREATED, "column")
+        constraints = ledger.names(done, CREATED, "constraint")
     else:  # built by our 0002 before the ledger existed (or offline): everything
         columns, constraints = list(COLUMNS), [CK_NAME, FK_NAME]
     if op.get_context().dialect.name == "postgresql":
@@ -165,8 +166,8 @@ def downgrade() -> None:
     elif columns or CK_NAME in constraints:
         _drop_sqlite(columns, drop_check=CK_NAME in constraints)
     if bind is not None:
-        adoption.log_kept(revision, [e for e in done if e.action == ADOPTED])
-        adoption.forget(bind, revision)
+        ledger.log_kept(revision, [e for e in done if e.action == ADOPTED])
+        ledger.forget(bind, revision)
 
 
 def _drop_sqlite(columns: list[str], *, drop_check: bool) -> None:

@@ -29,20 +29,14 @@ COMMIT after each; SQLite gets one statement over the whole table. Both write th
 rollback record, and the offline downgrade undoes what it names.
 """
 
-import os
 from collections.abc import Sequence
 
-from alembic import context, op
+from alembic import op
+from sqlalchemy import TextClause
 
-from cowrieprocessor.backfill import (
-    BACKFILL_JOB,
-    BackfillKnobs,
-    engine_for_bind,
-    run_backfill,
-    undo_backfill,
-)
+from cowrieprocessor.backfill import BACKFILL_JOB, run_backfill, undo_backfill
 from cowrieprocessor.backfill import sql as backfill_sql
-from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
 
 revision: str = "0003_backfill_session_snapshots"
 down_revision: str | Sequence[str] | None = "0002_snapshot_columns"
@@ -50,44 +44,29 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _knobs() -> BackfillKnobs:
-    return BackfillKnobs.from_sources(context.get_x_argument(as_dictionary=True), os.environ)
-
-
 def upgrade() -> None:
     """Fill the NULL snapshot columns of every matched session, batch by batch."""
-    knobs = _knobs()  # a bad knob fails here, before any write
-    migration = op.get_context()
-    if migration.as_sql:
-        with migration.autocommit_block():
-            if migration.dialect.name == "postgresql":
-                statements = backfill_sql.pg_offline_backfill(knobs.batch_size, BACKFILL_JOB)
-            else:
-                statements = backfill_sql.sqlite_offline_backfill(BACKFILL_JOB)
-            for statement in statements:
-                op.execute(statement)
+    knobs = migration_knobs()  # a bad knob fails here, before any write
+    if op.get_context().as_sql:
+        dialect = op.get_context().dialect.name
+        _emit(backfill_sql.offline_backfill(dialect, knobs.batch_size, BACKFILL_JOB))
         return
-    engine = engine_for_bind(op.get_bind(), knobs)
-    try:
-        with migration.autocommit_block():
-            run_backfill(engine, knobs)
-    finally:
-        engine.dispose()
+    with batch_engine(knobs) as engine:
+        run_backfill(engine, knobs)
 
 
 def downgrade() -> None:
     """NULL exactly the values the backfill wrote (its rollback record), batch by batch."""
-    knobs = _knobs()
-    migration = op.get_context()
-    if migration.as_sql:
-        with migration.autocommit_block():
-            op.execute(backfill_sql.offline_unwrite(migration.dialect.name))
-            op.execute(f"DROP TABLE IF EXISTS {backfill_sql.RECORD_TABLE}")
-            op.execute(f"DROP TABLE IF EXISTS {PROGRESS_TABLE}")
+    knobs = migration_knobs()
+    if op.get_context().as_sql:
+        _emit(backfill_sql.offline_undo(op.get_context().dialect.name))
         return
-    engine = engine_for_bind(op.get_bind(), knobs)
-    try:
-        with migration.autocommit_block():
-            undo_backfill(engine, knobs)
-    finally:
-        engine.dispose()
+    with batch_engine(knobs) as engine:
+        undo_backfill(engine, knobs)
+
+
+def _emit(statements: list[TextClause]) -> None:
+    """Offline: the statements for a DBA to review, outside the migration's transaction."""
+    with op.get_context().autocommit_block():
+        for statement in statements:
+            op.execute(statement)

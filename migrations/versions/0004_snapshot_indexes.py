@@ -38,17 +38,17 @@ backfill engine) so that head always means "backfilled".
 """
 
 import logging
-import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 
-from cowrieprocessor.backfill import BackfillKnobs, engine_for_bind
-from cowrieprocessor.backfill.engine import refill_after_interrupted_clear
-from cowrieprocessor.db import adoption
-from cowrieprocessor.db.adoption import ADOPTED, CK_NAME, CREATED, FK_NAME, SNAPSHOT_INDEXES
+from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
+from cowrieprocessor.backfill.jobs import refill_after_interrupted_clear
+from cowrieprocessor.db import adoption, ledger
+from cowrieprocessor.db.adoption import CK_NAME, FK_NAME, SNAPSHOT_INDEXES
+from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
 revision: str = "0004_snapshot_indexes"
 down_revision: str | Sequence[str] | None = "0003_backfill_session_snapshots"
@@ -94,33 +94,29 @@ def upgrade() -> None:
 def refill_if_interrupted() -> None:
     """A downgrade of 0003 killed half way leaves us at 0003 with snapshots partly
     cleared; the backfill engine refills them (and says so) before the indexes."""
-    knobs = BackfillKnobs.from_sources(context.get_x_argument(as_dictionary=True), os.environ)
-    engine = engine_for_bind(op.get_bind(), knobs)
-    try:
-        with op.get_context().autocommit_block():
-            refill_after_interrupted_clear(engine, knobs)
-    finally:
-        engine.dispose()
+    knobs = migration_knobs()
+    with batch_engine(knobs) as engine:
+        refill_after_interrupted_clear(engine, knobs)
 
 
 def build_indexes(*, concurrently: bool) -> None:
     """Each index of INDEXES unless an equivalent one exists (then it is adopted)."""
     offline = op.get_context().as_sql
     bind = None if offline else op.get_bind()
-    ours = [] if bind is None else adoption.names(adoption.entries(bind, revision), CREATED)
+    ours = [] if bind is None else ledger.names(ledger.entries(bind, revision), CREATED)
     for name, columns in INDEXES.items():
         if bind is not None:
             existing = adoption.find_index(bind, columns)
             if existing is not None:
                 if existing.name not in ours:
-                    adoption.record(bind, revision, "index", existing.name, ADOPTED)
+                    ledger.record(bind, revision, "index", existing.name, ADOPTED)
                     log.info("reusing index %s (%s)", existing.name, ", ".join(columns))
                 continue
             if concurrently and _index_is_invalid(name):
                 log.warning("index %s is INVALID (an earlier build failed): rebuilding", name)
                 op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             # recorded before the build: a build cut short is still ours to drop
-            adoption.record(bind, revision, "index", name, CREATED, ", ".join(columns))
+            ledger.record(bind, revision, "index", name, CREATED, ", ".join(columns))
         op.create_index(
             name,
             TABLE,
@@ -193,9 +189,9 @@ def downgrade() -> None:
     """Drop the snapshot indexes this revision created; keep the ones it adopted."""
     migration = op.get_context()
     bind = None if migration.as_sql else op.get_bind()
-    done = adoption.entries(bind, revision) if bind is not None else []
+    done = ledger.entries(bind, revision) if bind is not None else []
     if done:
-        drop = adoption.names(done, CREATED, "index")
+        drop = ledger.names(done, CREATED, "index")
     elif bind is not None and adoption.schema_code_version(bind) is not None:
         log.warning(
             "no ledger entries for 0004 on a database adopted before the ledger existed: "
@@ -211,5 +207,5 @@ def downgrade() -> None:
                 name, table_name=TABLE, postgresql_concurrently=concurrently, if_exists=True
             )
     if bind is not None:
-        adoption.log_kept(revision, [e for e in done if e.action == ADOPTED])
-        adoption.forget(bind, revision)
+        ledger.log_kept(revision, [e for e in done if e.action == ADOPTED])
+        ledger.forget(bind, revision)

@@ -1,0 +1,416 @@
+"""The jobs: backfill, clear everything, undo the backfill; their results and summary.
+
+Each job is a :class:`~.walker.RangeWalker` given one statement per range (or, for the
+undo, the rollback record). See the package docstring for what the backfill does and
+in which order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine
+
+from cowrieprocessor.backfill import progress, record, shape, sql
+from cowrieprocessor.backfill.keys import SESSION_ID_ORDER, Range
+from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
+from cowrieprocessor.backfill.shape import JsonTypes
+from cowrieprocessor.backfill.sizing import describe_sizing
+from cowrieprocessor.backfill.walker import BatchCounts, BatchReport, RangeWalker, RunRange
+
+log = logging.getLogger("cowrieprocessor.backfill")
+
+BACKFILL_JOB = "snapshot_backfill"
+CLEAR_JOB = "snapshot_clear"  # the downgrade of 0003
+CLEAR_ALL_JOB = "snapshot_clear_all"  # cowrie-db clear --all
+# Each job's phases, in order: the catch-up pass re-walks what the walk may have missed.
+JOB_PHASES: dict[str, tuple[str, ...]] = {
+    BACKFILL_JOB: (WALK, CATCHUP),
+    CLEAR_JOB: (WALK,),
+    CLEAR_ALL_JOB: (WALK,),
+}
+
+
+@dataclass
+class BackfillResult:
+    job: str
+    dry_run: bool
+    sessions_total: int
+    needing_at_start: int
+    inventory_size: int
+    rows_updated: int
+    matched: int
+    unmatched_no_ip: int
+    unmatched_not_in_inventory: int
+    batches: int
+    retries: int
+    splits: int
+    seconds: float
+    resumed: bool
+    batch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.sessions_total / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- the two jobs ---------------------------------------------------------------------
+
+
+def _backfill_range(dialect: str, dry_run: bool, json: JsonTypes, record: bool) -> RunRange:
+    """The statement(s) of one backfill range, rendered for this database's JSON types."""
+    sources = range(1, len(sql.IP_SOURCES) + 1)
+    job = {"job": BACKFILL_JOB}
+
+    def run_pg(conn: Connection, r: Range) -> BatchCounts:
+        if dry_run:
+            row = conn.execute(sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs), r.params).one()
+            by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+        else:
+            stmt = sql.pg_backfill(json, r.has_lo, r.has_hi, r.needs, record=record)
+            row = conn.execute(stmt, {**r.params, **job} if record else r.params).one()
+            by_source = ()
+        return BatchCounts(
+            int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated), by_source
+        )
+
+    def run_sqlite(conn: Connection, r: Range) -> BatchCounts:
+        conn.execute(sql.SQLITE_BATCH_TABLE)
+        conn.execute(sql.SQLITE_BATCH_CLEAR)
+        conn.execute(sql.sqlite_resolve(r.has_lo, r.has_hi, r.order.column, r.needs), r.params)
+        row = conn.execute(sql.SQLITE_COUNTS).one()
+        if dry_run:
+            updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
+        else:
+            updated = conn.execute(sql.SQLITE_UPDATE).rowcount
+            if record and updated:
+                conn.execute(sql.SQLITE_RECORD, job)
+        conn.execute(sql.SQLITE_BATCH_CLEAR)
+        by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+        return BatchCounts(
+            int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source
+        )
+
+    return run_pg if dialect == "postgresql" else run_sqlite
+
+
+def dry_run_counts(conn: Connection, hi: str | None = None) -> BatchCounts:
+    """The backfill's counts over ``session_id`` range (start, ``hi``] (the whole table
+    when ``hi`` is None), written nowhere: what ``check`` and ``verify`` report."""
+    json = shape.detect(conn)
+    run = _backfill_range(conn.dialect.name, True, json, False)
+    return run(conn, Range(WALK, SESSION_ID_ORDER, None, hi))
+
+
+def _clear_range(conn: Connection, r: Range) -> BatchCounts:
+    updated = conn.execute(
+        sql.clear_snapshots(r.has_lo, r.has_hi, r.order.column), r.params
+    ).rowcount
+    return BatchCounts(updated=updated)
+
+
+def _counts(conn: Connection) -> tuple[int, int, int]:
+    total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
+    needy = int(conn.execute(sql.COUNT_NEEDY).scalar_one())
+    inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
+    conn.commit()
+    return total, needy, inventory
+
+
+def _json_types(conn: Connection) -> JsonTypes:
+    found = shape.detect(conn)
+    conn.rollback()
+    return found
+
+
+def _ensure_record(conn: Connection) -> None:
+    """Create the rollback record; a database backfilled before it existed (a progress
+    row of the backfill, no record) gets a marker row that makes a downgrade clear all."""
+    with conn.begin():
+        if record.exists(conn):
+            return
+        backfilled_before = progress.load(conn, BACKFILL_JOB) is not None
+        record.ensure_table(conn)
+        if backfilled_before:
+            record.mark_incomplete(conn)
+
+
+def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> bool:
+    """Load or start the job's state. Returns True when resuming an unfinished run."""
+
+    def setup(conn: Connection) -> JobState | None:
+        with conn.begin():
+            progress.ensure_table(conn)
+            if fresh_job_to_delete:
+                progress.delete(conn, fresh_job_to_delete)
+            return progress.load(conn, walker.job)
+
+    if walker.dry_run:
+
+        def peek(conn: Connection) -> JobState | None:
+            state = progress.load(conn, walker.job)
+            conn.commit()
+            return state
+
+        saved = walker.retrying("reading the progress table", peek)
+    else:
+        saved = walker.retrying("preparing the progress table", setup)
+    if saved is not None and saved.phase != DONE and not walker.dry_run:
+        walker.state = saved
+        return True
+    walker.state = JobState(job=walker.job)
+    return False
+
+
+def run_backfill(
+    engine: Engine,
+    knobs: BackfillKnobs,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    record: bool = True,
+) -> BackfillResult:
+    """Fill the five snapshot columns of every session that lacks them. See module doc.
+
+    ``record=False`` leaves out the rollback record (:mod:`.record`); only the
+    benchmarks use it, to measure what the record costs.
+    Raises :class:`BatchFailed` (a range failed for good), :class:`BackfillInterrupted`
+    (``stop`` was set), :class:`~cowrieprocessor.errors.IncompatibleSchema` (a JSON
+    column of a type the backfill cannot read).
+    """
+    # A dry run walks once: without writes, a catch-up pass would only count twice.
+    phases = (WALK,) if dry_run else JOB_PHASES[BACKFILL_JOB]
+    walker = RangeWalker(
+        engine,
+        knobs,
+        job=BACKFILL_JOB,
+        phases=phases,
+        dry_run=dry_run,
+        stop=stop,
+        on_batch=on_batch,
+    )
+    started = time.monotonic()
+    try:
+        json = walker.retrying("reading the JSON columns' types", _json_types)
+        if record and not dry_run:
+            walker.retrying("preparing the rollback record", _ensure_record)
+        resumed = _prepare(walker)
+        total, needy, inventory = walker.retrying("counting sessions", _counts)
+        walker.state.sessions_total = total
+        log.info(
+            "%sbackfill: %d sessions, %d need snapshots, %d IPs in inventory; %s%s",
+            "DRY RUN (no changes) - " if dry_run else "",
+            total,
+            needy,
+            inventory,
+            describe_sizing(knobs, walker.fresh_order),
+            f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
+        )
+        if walker.dialect == "postgresql":
+            log.info("JSON columns: %s", json.describe())
+        run_range = _backfill_range(walker.dialect, dry_run, json, record)
+        for phase in phases:
+            if walker.state.phase == phase:
+                walker.walk(phase, run_range)
+        if knobs.status_file is not None:
+            progress.write_status_file(knobs.status_file, walker.progress(DONE))
+    finally:
+        walker.close()
+    s = walker.state
+    result = BackfillResult(
+        job=BACKFILL_JOB,
+        dry_run=dry_run,
+        sessions_total=total,
+        needing_at_start=needy,
+        inventory_size=inventory,
+        rows_updated=s.rows_updated,
+        matched=s.matched,
+        unmatched_no_ip=s.unmatched_no_ip,
+        unmatched_not_in_inventory=s.unmatched_not_in_inventory,
+        batches=s.batches,
+        retries=s.retries,
+        splits=s.splits,
+        seconds=time.monotonic() - started,
+        resumed=resumed,
+        batch_seconds=walker.batch_seconds,
+    )
+    log_summary(result)
+    return result
+
+
+def log_summary(r: BackfillResult) -> None:
+    verb = "would update" if r.dry_run else "updated"
+    log.info("=" * 60)
+    log.info(
+        "Backfill %s: %s %d sessions of %d",
+        "dry run complete" if r.dry_run else "complete",
+        verb,
+        r.rows_updated,
+        r.sessions_total,
+    )
+    if not r.dry_run:
+        log.info(
+            "Matched in inventory: %d; unmatched: %d (no canonical IP: %d, IP not in "
+            "inventory: %d)",
+            r.matched,
+            r.unmatched_no_ip + r.unmatched_not_in_inventory,
+            r.unmatched_no_ip,
+            r.unmatched_not_in_inventory,
+        )
+    log.info("Batches: %d, retries: %d, ranges split: %d", r.batches, r.retries, r.splits)
+    log.info(
+        "Batch time: p50 %.3f s, p95 %.3f s, max %.3f s",
+        percentile(r.batch_seconds, 0.5),
+        percentile(r.batch_seconds, 0.95),
+        max(r.batch_seconds, default=0.0),
+    )
+    log.info("Total time: %.1f s, average rate: %.0f sessions/s", r.seconds, r.rate)
+    log.info("=" * 60)
+
+
+@dataclass
+class ClearResult:
+    rows_cleared: int
+    batches: int
+    seconds: float
+
+
+def clear_snapshots(
+    engine: Engine,
+    knobs: BackfillKnobs,
+    *,
+    stop: threading.Event | None = None,
+    job: str = CLEAR_ALL_JOB,
+    drop_progress_table: bool = False,
+) -> ClearResult:
+    """NULL the five snapshot columns of every session, whoever wrote them, batch by batch.
+
+    ``cowrie-db clear --all`` (the runbook's "data corruption" case), and the downgrade
+    of a database backfilled before the rollback record existed. The backfill's progress
+    row is deleted first, so a later backfill starts afresh even if this is interrupted;
+    the clear's own row lets a rerun resume. At the end the rollback record is emptied:
+    nothing it names is left. Raises like :func:`run_backfill`.
+    """
+    walker = RangeWalker(engine, knobs, job=job, stop=stop)
+    started = time.monotonic()
+    try:
+        resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
+        total, _needy, _inv = walker.retrying("counting sessions", _counts)
+        walker.state.sessions_total = total
+        log.info(
+            "clearing all snapshot values: %d sessions; %s%s",
+            total,
+            describe_sizing(knobs, walker.fresh_order),
+            f"; resuming after {walker.state.last_key!r}" if resumed else "",
+        )
+        if walker.state.phase == WALK:
+            walker.walk(WALK, _clear_range)
+        walker.retrying("emptying the rollback record", _forget_record)
+        if drop_progress_table:
+            walker.retrying("dropping the progress table", _drop_progress)
+    finally:
+        walker.close()
+    return _log_cleared(walker, started)
+
+
+def undo_backfill(
+    engine: Engine, knobs: BackfillKnobs, *, stop: threading.Event | None = None
+) -> ClearResult:
+    """The downgrade of 0003: NULL exactly the values the backfill wrote (:mod:`.record`).
+
+    Values that were there before the upgrade, or that the loader wrote since, survive.
+    A database backfilled before the record existed is cleared whole, with a warning.
+    The progress and record tables are dropped at the end. Resumable; raises like
+    :func:`run_backfill`.
+    """
+    with engine.connect() as conn:
+        exact = record.exists(conn) and not record.is_incomplete(conn)
+        conn.rollback()
+    if not exact:
+        log.warning(
+            "no complete rollback record (this database was backfilled before the record "
+            "existed): the downgrade cannot tell the backfill's values from others and "
+            "clears all five snapshot columns in every session, as before"
+        )
+        return clear_snapshots(engine, knobs, stop=stop, job=CLEAR_JOB, drop_progress_table=True)
+    walker = RangeWalker(engine, knobs, job=CLEAR_JOB, stop=stop)
+    started = time.monotonic()
+    try:
+        resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
+        rows, sessions = walker.retrying("reading the rollback record", _pending_record)
+        walker.state.sessions_total = walker.state.sessions_walked + sessions
+        log.info(
+            "undoing the backfill: %d recorded sessions in %d batches%s",
+            sessions,
+            rows,
+            " (resuming)" if resumed else "",
+        )
+        walker.undo_recorded()
+        walker.retrying("dropping the progress and record tables", _drop_progress)
+    finally:
+        walker.close()
+    return _log_cleared(walker, started)
+
+
+def _log_cleared(walker: RangeWalker, started: float) -> ClearResult:
+    seconds = time.monotonic() - started
+    log.info(
+        "Cleared snapshot values in %d rows, %d batches, %.1f s",
+        walker.state.rows_updated,
+        walker.state.batches,
+        seconds,
+    )
+    return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
+
+
+def _pending_record(conn: Connection) -> tuple[int, int]:
+    found = record.pending(conn)
+    conn.rollback()
+    return found
+
+
+def _forget_record(conn: Connection) -> None:
+    with conn.begin():
+        record.forget_all(conn)
+
+
+def refill_after_interrupted_clear(engine: Engine, knobs: BackfillKnobs) -> bool:
+    """Finish the job of an upgrade whose way back was interrupted half way.
+
+    A downgrade of 0003 that stops part way (Ctrl-C, ``kill -9``) leaves the database
+    stamped at 0003 with some ranges cleared and the clear job's progress row behind.
+    ``alembic upgrade head`` then runs only 0004; without this, head would be reached
+    with those snapshots missing. The clear row is deleted only after the refill has
+    finished, so a refill that is itself interrupted is resumed by the next upgrade.
+    Returns True when it refilled.
+    """
+
+    def unfinished_clear(conn: Connection) -> JobState | None:
+        state = progress.load(conn, CLEAR_JOB)
+        conn.rollback()
+        return state
+
+    with engine.connect() as conn:
+        if unfinished_clear(conn) is None:
+            return False
+    log.warning(
+        "an interrupted downgrade left snapshot columns partly cleared: refilling them "
+        "before going on (to finish the downgrade instead, run `alembic downgrade "
+        "0002_snapshot_columns`)"
+    )
+    run_backfill(engine, knobs)
+    with engine.begin() as conn:
+        progress.delete(conn, CLEAR_JOB)
+    return True
+
+
+def _drop_progress(conn: Connection) -> None:
+    with conn.begin():
+        progress.drop_table(conn)
+        record.drop_table(conn)

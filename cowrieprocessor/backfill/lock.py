@@ -1,0 +1,56 @@
+"""One backfill or clear at a time on a PostgreSQL database: a session advisory lock.
+
+The walker takes it on each connection it opens and releases it when it closes the
+connection (a session lock outlives a transaction, and pooled sessions live on; a dead
+session holds none). A second job is refused, told the first one's pid and name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from cowrieprocessor.backfill.errors import BackfillError
+
+ADVISORY_LOCK_KEY = 0x636F_7772_6965  # "cowrie"
+ADVISORY_LOCK_WAIT_S = 5.0  # a backend that just lost its client may hold it a moment
+
+_TRY = sa.text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")
+_HOLDER = sa.text(
+    "SELECT a.pid, a.application_name FROM pg_locks l "
+    "JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.objid = (:key & 4294967295)"
+)
+
+
+def take(conn: Connection, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Take the lock on ``conn``'s session, or raise :class:`BackfillError` naming its holder.
+
+    A backend that was just terminated (our own, after a lost connection) can hold the
+    lock for a moment while it exits: it is allowed a few seconds.
+    """
+    deadline = time.monotonic() + ADVISORY_LOCK_WAIT_S
+    while True:
+        got = conn.execute(_TRY, {"key": ADVISORY_LOCK_KEY}).scalar()
+        conn.commit()
+        if got or time.monotonic() >= deadline:
+            break
+        sleep(0.2)
+    if not got:
+        holder = conn.execute(_HOLDER, {"key": ADVISORY_LOCK_KEY}).first()
+        conn.commit()
+        who = f" (pid {holder[0]}, {holder[1]!r})" if holder else ""
+        raise BackfillError(
+            f"another backfill or clear is running on this database{who}; "
+            "wait for it to finish (cowrie-db status) or stop it first"
+        )
+
+
+def release(conn: Connection) -> None:
+    conn.execute(_UNLOCK, {"key": ADVISORY_LOCK_KEY})
+    conn.commit()

@@ -1,0 +1,476 @@
+"""The range walker: one committed transaction per range of keys, with its progress.
+
+It walks ``session_summaries`` in key order (:mod:`.keys`), one range at a time, sized
+by :mod:`.sizing`. For each range it runs the job's statement and saves its position
+in the progress table in the same short transaction. So no row lock is held longer
+than one batch, no table lock is taken, and an interrupted run resumes after the last
+committed range. Transient failures (:mod:`.errors`) are retried with exponential
+backoff; a range that hits ``statement_timeout`` is split in two; a failure that
+persists stops the run with :class:`~.errors.BatchFailed`, naming the range and the
+cause. On PostgreSQL an advisory lock (:mod:`.lock`) lets one job run at a time.
+
+Why one module of this size: the walker is one class whose methods share the walk's
+state (position, sizer, connection, counters); everything that does not need that
+state (key orders, sizing, failure kinds, the lock, the progress model) has a module of
+its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from cowrieprocessor.backfill import lock, progress, record, sql
+from cowrieprocessor.backfill.errors import (
+    BackfillInterrupted,
+    BatchFailed,
+    classify,
+)
+from cowrieprocessor.backfill.keys import (
+    ROWID_ORDER,
+    SESSION_ID_ORDER,
+    KeyOrder,
+    PositionLost,
+    Range,
+)
+from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, Progress
+from cowrieprocessor.backfill.sizing import BatchSizer
+from cowrieprocessor.settings import mask_secrets
+
+log = logging.getLogger("cowrieprocessor.backfill")
+
+
+@dataclass
+class BatchCounts:
+    candidates: int = 0
+    no_ip: int = 0
+    matched: int = 0
+    updated: int = 0
+    # sessions whose IP came from each of sql.IP_SOURCES (dry runs only)
+    by_source: tuple[int, ...] = ()
+
+    @property
+    def not_in_inventory(self) -> int:
+        return self.candidates - self.no_ip - self.matched
+
+
+@dataclass
+class BatchReport:
+    """Handed to ``on_batch`` after each committed (or, in a dry run, counted) range."""
+
+    job: str
+    phase: str
+    batch: int
+    lo: str | None
+    hi: str | None
+    counts: BatchCounts
+    seconds: float
+    progress: Progress
+
+    @property
+    def done(self) -> int:
+        return self.progress.done
+
+    @property
+    def total(self) -> int:
+        return self.progress.total
+
+
+RunRange = Callable[[Connection, Range], BatchCounts]
+
+
+class RangeWalker:
+    """Walks the key space of ``session_summaries`` and runs one statement per range."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        knobs: BackfillKnobs,
+        *,
+        job: str,
+        phases: tuple[str, ...] = (WALK,),
+        dry_run: bool = False,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.engine = engine
+        self.knobs = knobs
+        self.job = job
+        self.phases = phases
+        self.dry_run = dry_run
+        self.stop = stop or threading.Event()
+        self.on_batch = on_batch
+        self.sleep = sleep
+        self.dialect = engine.dialect.name
+        self.conn: Connection | None = None
+        self.state = JobState(job=job)
+        self.batch_seconds: list[float] = []
+        self.sizer = BatchSizer(knobs)
+        # Adaptive batches on SQLite walk the physical order (see the module docstring).
+        self.fresh_order: KeyOrder = (
+            ROWID_ORDER if self.dialect == "sqlite" and knobs.adaptive else SESSION_ID_ORDER
+        )
+        self.order: KeyOrder = self.fresh_order
+        self._phase_total = 0
+        self._phase_started = time.monotonic()
+        self._phase_done_at_start = 0
+        self._last_log = 0.0
+
+    # -- connections ---------------------------------------------------------------
+
+    def connection(self) -> Connection:
+        if self.conn is None or self.conn.closed or self.conn.invalidated:
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = self.engine.connect()
+            if self.dialect == "postgresql":
+                lock.take(self.conn, self.sleep)
+        return self.conn
+
+    def close(self) -> None:
+        """Release the advisory lock (it is per session, and pooled sessions live on)."""
+        if self.conn is None:
+            return
+        try:
+            if self.dialect == "postgresql" and not self.conn.invalidated:
+                if self.conn.in_transaction():
+                    self.conn.rollback()
+                lock.release(self.conn)
+        except DBAPIError:
+            pass  # a dead session holds no lock
+        finally:
+            self.conn.close()
+            self.conn = None
+
+    def begin(self, conn: Connection) -> Any:
+        """A batch transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE)."""
+        if self.dialect == "sqlite" and not self.dry_run:
+            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        return conn.begin()
+
+    # -- retries -------------------------------------------------------------------
+
+    def retrying(
+        self, what: str, fn: Callable[[Connection], Any], *, split_on_timeout: bool = False
+    ) -> Any:
+        """Run ``fn`` (one transaction's worth of work), retrying transient failures.
+
+        With ``split_on_timeout``, a statement timeout is raised at once (as BatchFailed
+        with that kind) so that the caller can split the range instead.
+        """
+        attempt = 0
+        while True:
+            conn = self.connection()
+            try:
+                return fn(conn)
+            except DBAPIError as exc:
+                if conn.in_transaction():
+                    conn.rollback()
+                kind = classify(exc, self.dialect)
+                split = split_on_timeout and kind is not None and kind.splits_the_range
+                if kind is None or split or attempt >= self.knobs.max_retries:
+                    cause = kind or type(exc.orig).__name__
+                    detail = mask_secrets((str(exc.orig).strip().splitlines() or [""])[0])
+                    raise BatchFailed(
+                        f"{what} failed after {attempt + 1} attempt(s): {cause}: {detail}",
+                        kind,
+                    ) from exc
+                attempt += 1
+                self.state.retries += 1
+                delay = min(0.2 * 2 ** (attempt - 1), 10.0) * (0.5 + random.random() / 2)
+                log.warning(
+                    "%s: %s, retry %d/%d in %.1f s",
+                    what,
+                    kind,
+                    attempt,
+                    self.knobs.max_retries,
+                    delay,
+                )
+                if kind.needs_a_new_connection:
+                    self.close()
+                self.sleep(delay)
+
+    # -- walking -------------------------------------------------------------------
+
+    def bound_after(self, lo: str | None, offset: int) -> str | None:
+        """The key ``offset`` places after ``lo`` (None: fewer keys remain)."""
+        order = self.order
+
+        def find(conn: Connection) -> str | None:
+            value = order.bound_after(conn, lo, offset)
+            conn.commit()
+            return value
+
+        what = f"finding the range after {order.show(lo) if lo is not None else 'the start'}"
+        return self.retrying(what, find)  # type: ignore[no-any-return]
+
+    def count_range(self, lo: str | None, hi: str | None) -> int:
+        order = self.order
+
+        def count(conn: Connection) -> int:
+            n = conn.execute(
+                sql.count_range(lo is not None, hi is not None, order.column),
+                order.params(lo, hi),
+            ).scalar_one()
+            conn.commit()
+            return int(n)
+
+        return self.retrying(f"counting {order.describe(lo, hi)}", count)  # type: ignore[no-any-return]
+
+    def walk(self, phase: str, run_range: RunRange) -> None:
+        """Walk every range of ``phase`` from the saved position to the end."""
+        self._start_phase(phase)
+        lo = self.state.last_key
+        if lo is None:
+            self.order = self.fresh_order
+        elif ROWID_ORDER.owns(lo) and self.dialect == "sqlite":
+            self.order = ROWID_ORDER  # resume in the order the phase was started in
+        else:
+            self.order = SESSION_ID_ORDER
+        while True:
+            if self.stop.is_set():
+                raise BackfillInterrupted(
+                    f"stopped after {self.order.describe(None, lo)}; rerun to resume"
+                )
+            size = self.sizer.size
+            hi = self.bound_after(lo, size - 1)
+            try:
+                self._process(phase, lo, hi, size if hi is not None else None, run_range)
+            except PositionLost:
+                log.warning(
+                    "%s %s: the rowid position %s no longer holds its session (the file "
+                    "was vacuumed?): restarting the %s in session_id order",
+                    self.job,
+                    phase,
+                    self.order.show(lo) if lo is not None else "(start)",
+                    phase,
+                )
+                self.order = SESSION_ID_ORDER
+                self.state.sessions_walked = 0
+                lo = None
+                continue
+            if hi is None:
+                return
+            lo = hi
+            if self.knobs.pause_ms:
+                self.sleep(self.knobs.pause_ms / 1000)
+
+    def undo_recorded(self) -> None:
+        """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""
+        self._start_phase(WALK)
+        while True:
+            if self.stop.is_set():
+                raise BackfillInterrupted("stopped between two batches; rerun to resume")
+            started = time.monotonic()
+
+            size = self.sizer.size
+
+            def attempt(conn: Connection, size: int = size) -> tuple[int, int, int] | None:
+                with self.begin(conn):
+                    undone = record.undo_next(conn, size)
+                    if undone is not None:
+                        self.state.batches += 1
+                        self.state.sessions_walked += undone[1]
+                        self.state.rows_updated += undone[2]
+                        progress.save(conn, self.state)
+                return undone
+
+            before = _copy_state(self.state)
+            try:
+                undone = self.retrying(f"{self.job} batch {self.state.batches + 1}", attempt)
+            except BaseException:
+                self.state = before
+                raise
+            if undone is None:
+                return
+            record_id, entries, changed = undone
+            seconds = time.monotonic() - started
+            self.batch_seconds.append(seconds)
+            self.sizer.observe(entries, seconds)
+            where = f"record {record_id}"
+            self._report(WALK, where, where, BatchCounts(updated=changed), seconds, entries)
+            if self.knobs.pause_ms:
+                self.sleep(self.knobs.pause_ms / 1000)
+
+    def _process(
+        self,
+        phase: str,
+        lo: str | None,
+        hi: str | None,
+        size: int | None,
+        run_range: RunRange,
+    ) -> None:
+        pending: list[tuple[str | None, str | None, int | None]] = [(lo, hi, size)]
+        while pending:
+            r_lo, r_hi, r_size = pending.pop(0)
+            try:
+                self._commit_range(phase, r_lo, r_hi, r_size, run_range)
+            except BatchFailed as exc:
+                if exc.kind is None or not exc.kind.splits_the_range:
+                    raise
+                if r_size is None:
+                    r_size = self.count_range(r_lo, r_hi)
+                if r_size <= 1:
+                    raise
+                self.sizer.timed_out(r_size)
+                half = r_size // 2
+                mid = self.bound_after(r_lo, half - 1)
+                if mid is None or mid == r_hi:
+                    raise
+                self.state.splits += 1
+                log.warning(
+                    "%s hit statement_timeout (%d ms): splitting it in two",
+                    self.order.describe(r_lo, r_hi),
+                    self.knobs.statement_timeout,
+                )
+                pending[0:0] = [(r_lo, mid, half), (mid, r_hi, r_size - half)]
+
+    def _commit_range(
+        self,
+        phase: str,
+        lo: str | None,
+        hi: str | None,
+        size: int | None,
+        run_range: RunRange,
+    ) -> None:
+        started = time.monotonic()
+        order = self.order
+        what = f"{self.job} {phase} batch {self.state.batches + 1}, {order.describe(lo, hi)}"
+        batch = Range(phase, order, lo, hi)
+
+        def attempt(conn: Connection) -> BatchCounts:
+            with self.begin(conn):
+                if not order.still_valid(conn, lo):
+                    raise PositionLost(what)
+                self._set_timeouts(conn)
+                counts = run_range(conn, batch)
+                if not self.dry_run:
+                    self._advance(phase, hi, size, counts)
+                    progress.save(conn, self.state)
+            return counts
+
+        before = _copy_state(self.state)
+        try:
+            counts = self.retrying(what, attempt, split_on_timeout=True)
+        except BaseException:
+            self.state = before  # the saved row was rolled back with the batch
+            raise
+        if self.dry_run:
+            self._advance(phase, hi, size, counts)
+        seconds = time.monotonic() - started
+        self.batch_seconds.append(seconds)
+        if size is not None:
+            self.sizer.observe(size, seconds)
+        self._report(phase, lo, hi, counts, seconds, size)
+
+    def _advance(self, phase: str, hi: str | None, size: int | None, c: BatchCounts) -> None:
+        s = self.state
+        s.batches += 1
+        s.rows_updated += c.updated
+        s.sessions_walked = s.sessions_walked + size if size is not None else self._phase_total
+        # The catch-up pass sees again every session still lacking a snapshot: sessions
+        # it matches are new ones, and its unmatched counts replace the walk's.
+        s.matched += c.matched if phase == WALK else c.updated
+        s.unmatched_no_ip += c.no_ip
+        s.unmatched_not_in_inventory += c.not_in_inventory
+        s.last_key = hi
+        if hi is None:  # the last range of the phase: move on, atomically with it
+            following = self.phases[self.phases.index(phase) + 1 :]
+            s.phase = following[0] if following else DONE
+            s.sessions_walked = 0
+            if s.phase == CATCHUP:
+                s.unmatched_no_ip = s.unmatched_not_in_inventory = 0
+            if s.phase == DONE:
+                s.finished_at = progress.utcnow()
+
+    def _set_timeouts(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(
+                sql.PG_SET_TIMEOUTS,
+                {
+                    "lock_timeout": str(self.knobs.lock_timeout),
+                    "statement_timeout": str(self.knobs.statement_timeout),
+                },
+            )
+
+    # -- reporting -----------------------------------------------------------------
+
+    def _start_phase(self, phase: str) -> None:
+        self.sizer.start_phase(phase)
+        self._phase_total = self.state.sessions_total
+        self._phase_started = time.monotonic()
+        self._phase_done_at_start = self.state.sessions_walked
+        self._last_log = time.monotonic()
+
+    def progress(self, phase: str, *, complete: bool = False) -> Progress:
+        """Where the job stands; ``complete`` once the phase's last range has committed."""
+        total = self._phase_total
+        done = total if complete or phase == DONE else min(self.state.sessions_walked, total)
+        return Progress.of(
+            self.state,
+            self.phases,
+            phase=phase,
+            done=done,
+            walked=done - self._phase_done_at_start,
+            elapsed=time.monotonic() - self._phase_started,
+            dry_run=self.dry_run,
+        )
+
+    def _report(
+        self,
+        phase: str,
+        lo: str | None,
+        hi: str | None,
+        counts: BatchCounts,
+        seconds: float,
+        size: int | None = None,
+    ) -> None:
+        snap = self.progress(phase, complete=hi is None)
+        if self.knobs.status_file is not None:
+            progress.write_status_file(self.knobs.status_file, snap)
+        if self.on_batch is not None:
+            self.on_batch(
+                BatchReport(
+                    self.job,
+                    phase,
+                    self.state.batches,
+                    lo,
+                    hi,
+                    counts,
+                    seconds,
+                    snap,
+                )
+            )
+        now = time.monotonic()
+        if now - self._last_log >= self.knobs.log_interval / 1000 or hi is None:
+            self._last_log = now
+            eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f} s"
+            log.info(
+                "%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated; "
+                "batch %d: %s in %.3f s",
+                self.job,
+                phase,
+                snap.done,
+                snap.total,
+                snap.phase_percent,
+                snap.rate,
+                eta,
+                self.state.rows_updated,
+                self.state.batches,
+                "the last range" if size is None else f"{size} rows",
+                seconds,
+            )
+
+
+def _copy_state(state: JobState) -> JobState:
+    return JobState(**state.as_row())

@@ -1,0 +1,113 @@
+"""The ledger: what each revision created, and what it adopted.
+
+``cowrie_schema_ledger`` has one row per object a revision touched: created (ours, to
+drop on the way down) or adopted (there before; never dropped). A revision writes its
+rows in the same transaction as its DDL, or, for a build that cannot run in a
+transaction (``CREATE INDEX CONCURRENTLY``), commits them before the build starts, so
+that a build a crash cut short is still known as ours. A downgrade drops exactly what
+its upgrade created, and says what it keeps.
+
+A database without a ledger was upgraded before the ledger existed: downgrades then
+fall back to dropping by name, except on a database that has upstream's
+``schema_state`` (adopted by ``stamp``), where nothing adopted is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+log = logging.getLogger("cowrieprocessor.migrations.ledger")
+
+LEDGER_TABLE = "cowrie_schema_ledger"
+CREATED, ADOPTED = "created", "adopted"
+
+_metadata = sa.MetaData()
+ledger_table = sa.Table(
+    LEDGER_TABLE,
+    _metadata,
+    sa.Column("revision", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column(
+        "recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    revision: str
+    kind: str
+    name: str
+    action: str
+    detail: str | None
+
+
+def ledger_exists(conn: Connection) -> bool:
+    return sa.inspect(conn).has_table(LEDGER_TABLE)
+
+
+def record(
+    conn: Connection,
+    revision: str,
+    kind: str,
+    name: str,
+    action: str,
+    detail: str | None = None,
+) -> None:
+    """Write one ledger entry (in the caller's transaction, beside the DDL it describes)."""
+    ledger_table.create(conn, checkfirst=True)
+    key = (
+        (ledger_table.c.revision == revision)
+        & (ledger_table.c.kind == kind)
+        & (ledger_table.c.name == name)
+    )
+    conn.execute(ledger_table.delete().where(key))
+    conn.execute(
+        ledger_table.insert().values(
+            revision=revision, kind=kind, name=name, action=action, detail=detail
+        )
+    )
+
+
+def entries(conn: Connection, revision: str) -> list[Entry]:
+    if not ledger_exists(conn):
+        return []
+    rows = conn.execute(
+        sa.select(ledger_table).where(ledger_table.c.revision == revision)
+    ).mappings()
+    return [Entry(r["revision"], r["kind"], r["name"], r["action"], r["detail"]) for r in rows]
+
+
+def forget(conn: Connection, revision: str) -> None:
+    """Delete a revision's entries (its downgrade has undone them)."""
+    if ledger_exists(conn):
+        conn.execute(ledger_table.delete().where(ledger_table.c.revision == revision))
+
+
+def drop_ledger_if_empty(conn: Connection) -> None:
+    if (
+        ledger_exists(conn)
+        and conn.execute(sa.select(sa.func.count()).select_from(ledger_table)).scalar_one() == 0
+    ):
+        ledger_table.drop(conn)
+
+
+def names(items: Iterable[Entry], action: str, kind: str | None = None) -> list[str]:
+    return [e.name for e in items if e.action == action and (kind is None or e.kind == kind)]
+
+
+def log_kept(revision: str, kept: Sequence[Entry]) -> None:
+    if kept:
+        log.info(
+            "%s downgrade keeps what it adopted (it existed before): %s",
+            revision,
+            ", ".join(f"{e.kind} {e.name}" for e in kept),
+        )
