@@ -58,8 +58,8 @@ import sqlalchemy as sa
 from benchmarks import measure, report
 from benchmarks.datasets import FIELD_DIALECTS, SHAPES, PostgresData, SqliteData
 from cowrieprocessor.backfill.knobs import BackfillKnobs
-from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres
 from cowrieprocessor.settings import PROJECT_ROOT
+from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 PRODUCTION = (1_680_000, 300_000)

@@ -29,8 +29,8 @@ from cowrieprocessor.backfill.lock import ADVISORY_LOCK_KEY
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.testing.ephemeral_pg import find_bindir
 from cowrieprocessor.settings import PROJECT_ROOT
+from cowrieprocessor.testing.ephemeral_pg import find_bindir
 from tests.helpers import ALEMBIC_BIN, run_alembic
 from tests.seed import add_ip, add_session, at_0002, migrate, seed_random, snapshots
 
