@@ -454,7 +454,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
-    from cowrieprocessor.demo_data import DemoDataError, DemoSpec, generate
+    from cowrieprocessor.testing.demo import DemoDataError, DemoSpec, generate
 
     engine = _engine(args)
     try:

@@ -19,11 +19,10 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from cowrieprocessor import demo_data
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
-from cowrieprocessor.demo_data import DemoDataError, DemoResult, DemoSpec, generate
 from cowrieprocessor.settings import PROJECT_ROOT
+from cowrieprocessor.testing.demo import DemoDataError, DemoResult, DemoSpec, generate, sink
 from tests.helpers import alembic_config
 
 SPEC = DemoSpec(sessions=2_000, ips=400, seed=7)
@@ -407,7 +406,7 @@ def test_a_failed_load_leaves_nothing_behind_on_postgresql(
     """The COPYs run on a thread of their own: a failure there still reaches the caller,
     and the one transaction of the run is rolled back."""
     engine = migrated(pg_url)
-    real = demo_data._copy_text
+    real = sink.copy_text
     calls = 0
 
     def corrupt_the_fourth(rows: Any, columns: int) -> bytes:
@@ -416,7 +415,7 @@ def test_a_failed_load_leaves_nothing_behind_on_postgresql(
         data = real(rows, columns)
         return data.replace(b"\t", b"\tone-column-too-many\t", 1) if calls == 4 else data
 
-    monkeypatch.setattr(demo_data, "_copy_text", corrupt_the_fourth)
+    monkeypatch.setattr(sink, "copy_text", corrupt_the_fourth)
     try:
         with pytest.raises(Exception, match="extra data after last expected column"):
             generate(engine, SPEC, chunk_size=500)
