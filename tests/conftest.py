@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite file and a real, throwaway PostgreSQL server.
+"""Shared fixtures: throwaway databases (:mod:`tests.databases`) on SQLite and on a real
+PostgreSQL server.
 
 PostgreSQL comes from ``TEST_POSTGRES_URL`` (an existing server where we may create
 databases) or is started here by :class:`EphemeralPostgres` once per test session.
@@ -10,7 +11,6 @@ production dialect was tested.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +19,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, PostgresUnavailable
-
-DIALECTS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-]
+from tests.databases import DIALECTS, Databases
 
 
 @pytest.fixture(scope="session")
@@ -47,24 +43,31 @@ def pg_server_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_url(pg_server_url: str) -> Iterator[str]:
-    """A fresh, empty database on the test server, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server_url).set(database=name)
+def pg_databases(pg_server_url: str, tmp_path: Path) -> Iterator[Databases]:
+    """Throwaway databases on the test server, all dropped after the test."""
+    dbs = Databases("postgresql", tmp_path, pg_server_url)
     try:
-        yield url.render_as_string(hide_password=False)
+        yield dbs
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        dbs.close()
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cowrie.sqlite'}"
+def sqlite_databases(tmp_path: Path) -> Databases:
+    """Throwaway SQLite files in the test's temporary folder."""
+    return Databases("sqlite", tmp_path)
+
+
+@pytest.fixture
+def pg_url(pg_databases: Databases) -> str:
+    """A fresh, empty database on the test server, dropped afterwards."""
+    return pg_databases.new()
+
+
+@pytest.fixture
+def sqlite_url(sqlite_databases: Databases) -> str:
+    """A fresh, empty SQLite file."""
+    return sqlite_databases.new()
 
 
 @pytest.fixture(params=DIALECTS)
@@ -73,6 +76,15 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def databases(request: pytest.FixtureRequest, db_url: str) -> Databases:
+    """More throwaway databases on the dialect of ``db_url`` (dropped with it)."""
+    dialect = sa.make_url(db_url).get_backend_name()
+    dbs = request.getfixturevalue(f"{dialect}_databases")
+    assert isinstance(dbs, Databases)
+    return dbs
 
 
 @pytest.fixture

@@ -1,21 +1,34 @@
-"""Helpers to drive the real Alembic, in-process or as the `alembic` command."""
+"""The project's commands as the tests run them: Alembic in-process or as the real
+``alembic`` command (run to the end, or as a child process to watch and ``kill -9``),
+and ``cowrie-db``.
+
+Every child process gets the environment of the test run without ``COWRIE_DB_URL``: the
+database is always named on the command line, never picked up from the operator's shell.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
+import sqlalchemy as sa
 from alembic.config import Config
+from sqlalchemy.exc import DBAPIError
 
+from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.settings import PROJECT_ROOT
 
 ALEMBIC_BIN = Path(sys.executable).parent / "alembic"
+COWRIE_DB = Path(sys.executable).parent / "cowrie-db"
+RUN_TIMEOUT = 300.0
+POLL_S = 0.005
 
 
 def alembic_config(url: str, **x: str) -> Config:
@@ -27,38 +40,170 @@ def alembic_config(url: str, **x: str) -> Config:
     return cfg
 
 
+def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test run's environment without ``COWRIE_DB_URL``, plus ``env``."""
+    full = {k: v for k, v in os.environ.items() if k != "COWRIE_DB_URL"}
+    full.update(env or {})
+    return full
+
+
+def alembic_argv(url: str, *args: str, x: Mapping[str, str] | None = None) -> list[str]:
+    """``alembic -c alembic.ini -x db=URL [-x knob=value ...] ARGS``."""
+    x_opts = ["-x", f"db={url}"]
+    for key, value in (x or {}).items():
+        x_opts += ["-x", f"{key}={value}"]
+    return [str(ALEMBIC_BIN), "-c", str(PROJECT_ROOT / "alembic.ini"), *x_opts, *args]
+
+
 def run_alembic(
     url: str,
     *args: str,
     env: Mapping[str, str] | None = None,
     x: Mapping[str, str] | None = None,
-    timeout: float = 300,
+    timeout: float = RUN_TIMEOUT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``alembic`` command against ``url`` (passed as ``-x db=URL``)."""
-    x_opts: list[str] = ["-x", f"db={url}"]
-    for key, value in (x or {}).items():
-        x_opts += ["-x", f"{key}={value}"]
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("COWRIE_DB_URL", None)
+    """Run the real ``alembic`` command against ``url`` to its end; stdout and stderr apart."""
     return subprocess.run(
-        [str(ALEMBIC_BIN), "-c", str(PROJECT_ROOT / "alembic.ini"), *x_opts, *args],
+        alembic_argv(url, *args, x=x),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        env=full_env,
+        env=child_env(env),
         timeout=timeout,
         check=False,
     )
 
 
-FIGURES_ENV = "COWRIE_RELIABILITY_FIGURES"
+def cowrie_db(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run the real ``cowrie-db`` command to its end; stdout and stderr apart."""
+    return subprocess.run(
+        [str(COWRIE_DB), *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=PROJECT_ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
-def record(test: str, **figures: Any) -> None:
-    """Publish one test's measured figures: printed, and appended to $COWRIE_RELIABILITY_FIGURES."""
-    line = json.dumps({"test": test, **figures}, sort_keys=True, default=str)
-    print(line)
-    path = os.environ.get(FIGURES_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+def progress_state(engine: sa.Engine, job: str) -> tuple[str, str | None, int]:
+    """(phase or 'no-row' or 'no-table', last_key, batches committed) of ``job``."""
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(PROGRESS_TABLE):
+                return "no-table", None, 0
+            row = conn.execute(
+                sa.text(f"SELECT phase, last_key, batches FROM {PROGRESS_TABLE} WHERE job = :j"),
+                {"j": job},
+            ).first()
+    except DBAPIError:  # the table went away between the two statements
+        return "no-table", None, 0
+    if row is None:
+        return "no-row", None, 0
+    return str(row[0]), row[1], int(row[2])
+
+
+def batches_committed(engine: sa.Engine, job: str) -> int:
+    """How many batches ``job`` has committed (0 before its progress row exists)."""
+    return progress_state(engine, job)[2]
+
+
+class Alembic:
+    """``alembic -x db=URL ...`` as a child process, its output (stdout and stderr, merged)
+    read line by line as it comes: to watch a run, time it, and ``kill -9`` it."""
+
+    def __init__(
+        self,
+        url: str,
+        *args: str,
+        x: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            alembic_argv(url, *args, x=x),
+            cwd=PROJECT_ROOT,
+            env=child_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=preexec_fn,  # resource limits and capabilities of the child only
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float = RUN_TIMEOUT) -> int:
+        """Its exit status (``-9`` once killed); fails, killing it, after ``timeout`` s."""
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"alembic still running after {timeout} s:\n{self.output}"
+            ) from None
+        self._reader.join(timeout=30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return rc
+
+    def kill(self) -> None:
+        """``kill -9`` (our own child, by its pid), and wait for it."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.wait(30)
+
+    def wait_for_batches(
+        self, engine: sa.Engine, job: str, batches: int, timeout: float = RUN_TIMEOUT
+    ) -> bool:
+        """Wait until ``job`` has committed ``batches`` batches (True), or the command has
+        ended before that (False); fails after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while batches_committed(engine, job) < batches:
+            if not self.running():
+                return False
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(
+                    f"{job}: fewer than {batches} batches after {timeout} s:\n{self.output}"
+                )
+            time.sleep(POLL_S)
+        return True
+
+    def kill_after(
+        self,
+        engine: sa.Engine,
+        job: str,
+        batches: int,
+        delay: float = 0.0,
+        timeout: float = RUN_TIMEOUT,
+    ) -> bool:
+        """``kill -9`` the command ``delay`` seconds after ``job`` has committed ``batches``
+        batches. True when it died of the kill; False when it ended by itself first (it
+        has then been waited for: :meth:`wait` gives its status)."""
+        if self.wait_for_batches(engine, job, batches, timeout):
+            try:
+                self.proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return self.proc.returncode == -signal.SIGKILL
+        self.wait()
+        return False
+
+    @property
+    def output(self) -> str:
+        return "\n".join(line for _t, line in self.lines)
+
+    def times_of(self, text: str) -> list[float]:
+        """When each output line containing ``text`` was read."""
+        return [t for t, line in self.lines if text in line]

@@ -1,4 +1,5 @@
-"""Small, explicit test data, inserted with SQLAlchemy Core (no ORM sessions)."""
+"""Small, explicit test data, inserted with SQLAlchemy Core (no ORM sessions), and what
+the tests read back: the five snapshot columns of every session, the revision."""
 
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ from typing import Any, cast
 import sqlalchemy as sa
 from alembic import command
 
+from cowrieprocessor.db.adoption import SNAPSHOT_INDEXES
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.db.models import ASNInventory, IPInventory, RawEvent, SessionSummary
+from cowrieprocessor.db.models import (
+    SNAPSHOT_COLUMNS,
+    ASNInventory,
+    IPInventory,
+    RawEvent,
+    SessionSummary,
+)
 from tests.helpers import alembic_config
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
-SNAPSHOT = ("source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type", "enrichment_at")
+# 0004's covering index: the one snapshot index with more than one key column.
+COVERING_INDEX = next(name for name, cols in SNAPSHOT_INDEXES.items() if len(cols) > 1)
 
 asn_t = cast(sa.Table, ASNInventory.__table__)
 ip_t = cast(sa.Table, IPInventory.__table__)
@@ -116,11 +125,17 @@ def snapshots(engine: sa.Engine) -> dict[str, tuple[Any, ...]]:
     """session_id -> the five snapshot columns, for comparing whole tables."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(sess_t.c.session_id, *(sess_t.c[c] for c in SNAPSHOT)).order_by(
+            sa.select(sess_t.c.session_id, *(sess_t.c[c] for c in SNAPSHOT_COLUMNS)).order_by(
                 sess_t.c.session_id
             )
         ).all()
     return {r[0]: tuple(_norm(v) for v in r[1:]) for r in rows}
+
+
+def version(engine: sa.Engine) -> str:
+    """The revision that ``alembic_version`` names."""
+    with engine.connect() as conn:
+        return str(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar())
 
 
 def _norm(value: Any) -> Any:

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.backfill import (
+    BACKFILL_JOB,
     BackfillError,
     BackfillKnobs,
     BatchReport,
@@ -29,10 +29,19 @@ from cowrieprocessor.backfill.lock import ADVISORY_LOCK_KEY
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.settings import PROJECT_ROOT
 from cowrieprocessor.testing.ephemeral_pg import find_bindir
-from tests.helpers import ALEMBIC_BIN, run_alembic
-from tests.seed import add_ip, add_session, at_0002, migrate, seed_random, snapshots
+from tests.databases import Databases
+from tests.helpers import Alembic, cowrie_db, run_alembic
+from tests.seed import (
+    COVERING_INDEX,
+    add_ip,
+    add_session,
+    at_0002,
+    migrate,
+    seed_random,
+    snapshots,
+    version,
+)
 
 BACKFILL = "0003_backfill_session_snapshots"
 
@@ -44,15 +53,10 @@ def seeded(url: str, sessions: int = 400, ips: int = 60) -> sa.Engine:
     return engine
 
 
-def version(engine: sa.Engine) -> str:
-    with engine.connect() as conn:
-        return str(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar())
-
-
 @pytest.fixture
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[object, ...]]]:
+def reference(sqlite_databases: Databases) -> Iterator[dict[str, tuple[object, ...]]]:
     """The snapshots of an uninterrupted run over the same seeded data."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('reference') / 'ref.sqlite'}"
+    url = sqlite_databases.new()
     engine = seeded(url, 3000, 300)
     migrate(url, BACKFILL)
     yield snapshots(engine)
@@ -74,37 +78,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
     db_url: str, reference: dict[str, tuple[object, ...]]
 ) -> None:
     engine = seeded(db_url, 3000, 300)
-    cmd = [
-        str(ALEMBIC_BIN),
-        "-c",
-        str(PROJECT_ROOT / "alembic.ini"),
-        "-x",
-        f"db={db_url}",
-        "-x",
-        "batch_size=50",
-        "-x",
-        "pause_ms=20",
-        "upgrade",
-        "head",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 60
-    batches = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        with engine.connect() as conn:
-            if sa.inspect(conn).has_table(PROGRESS_TABLE):
-                batches = (
-                    conn.execute(sa.text(f"SELECT max(batches) FROM {PROGRESS_TABLE}")).scalar()
-                    or 0
-                )
-        if batches >= 15:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the upgrade finished before it could be killed"
+    run = Alembic(db_url, "upgrade", "head", x={"batch_size": "50", "pause_ms": "20"})
+    killed = run.kill_after(engine, BACKFILL_JOB, 15, timeout=60)
+    assert killed, "the upgrade finished before it could be killed"
+    assert run.proc.returncode == -signal.SIGKILL
     assert version(engine) == "0002_snapshot_columns"
     partial = snapshots(engine)
     assert partial != reference  # it really stopped half way
@@ -180,7 +157,7 @@ def test_progress_is_logged_and_the_status_file_is_json(db_url: str, tmp_path: P
     assert out.returncode == 0, out.stderr
     log = out.stderr
     assert "400 sessions, 400 need snapshots, 60 IPs in inventory; batch_size=100" in log
-    assert "snapshot_backfill walk: 400/400 sessions (100.0%)" in log
+    assert f"{BACKFILL_JOB} walk: 400/400 sessions (100.0%)" in log
     assert "Batches: 10, retries: 0" in log  # 4 ranges walked + 1 end, twice
     assert "unmatched:" in log and "IP not in inventory:" in log
     data = json.loads(status.read_text())
@@ -360,7 +337,7 @@ def test_covering_index_serves_the_runbook_query_index_only(pg_url: str) -> None
                 )
             ).scalars()
         )
-    assert "Index Only Scan using ix_session_summaries_snapshot_country_snapshot_asn" in plan
+    assert f"Index Only Scan using {COVERING_INDEX}" in plan
     assert "Heap Fetches: 0" in plan
     assert "rows=200" in plan
     engine.dispose()
@@ -409,12 +386,7 @@ def test_a_database_backfilled_before_the_record_existed_is_cleared_whole(
     with engine.begin() as conn:  # as the first release left it: no rollback record
         conn.execute(sa.text(f"DROP TABLE {RECORD_TABLE}"))
     if then != "nothing":  # a new run records from now on, but cannot vouch for the past
-        out = subprocess.run(
-            [str(ALEMBIC_BIN.parent / "cowrie-db"), "--db", sqlite_url, "backfill"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        out = cowrie_db("--db", sqlite_url, "backfill")
         assert out.returncode == 0, out.stderr
     down = run_alembic(sqlite_url, "downgrade", "0002_snapshot_columns")
     assert down.returncode == 0, down.stderr
@@ -425,56 +397,48 @@ def test_a_database_backfilled_before_the_record_existed_is_cleared_whole(
 
 @pytest.mark.postgres
 def test_offline_sql_run_by_psql_gives_the_same_data_and_its_downgrade_undoes_it(
-    pg_url: str, pg_server_url: str
+    pg_url: str, pg_databases: Databases
 ) -> None:
     """What a DBA reviews is what runs: the --sql output through psql, against the online
     upgrade of an identical database."""
     psql = (find_bindir() / "pg_ctl").resolve().parent / "psql"  # psql ships with the server
     assert psql.exists(), f"no psql beside the server binaries ({psql.parent})"
-    offline_url = sa.make_url(pg_url).set(database=f"{sa.make_url(pg_url).database}_offline")
-    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{offline_url.database}"'))
-    try:
-        online, offline = seeded(pg_url), seeded(offline_url.render_as_string(False))
-        with online.begin() as conn, offline.begin() as conn2:  # loader values before the deploy
-            for c in (conn, conn2):
-                c.execute(
-                    sa.text(
-                        "UPDATE session_summaries SET snapshot_asn = 7 WHERE ctid IN "
-                        "(SELECT ctid FROM session_summaries ORDER BY session_id LIMIT 5)"
-                    )
+    offline_url = pg_databases.new()  # dropped with pg_url after the test
+    online, offline = seeded(pg_url), seeded(offline_url)
+    with online.begin() as conn, offline.begin() as conn2:  # loader values before the deploy
+        for c in (conn, conn2):
+            c.execute(
+                sa.text(
+                    "UPDATE session_summaries SET snapshot_asn = 7 WHERE ctid IN "
+                    "(SELECT ctid FROM session_summaries ORDER BY session_id LIMIT 5)"
                 )
-        assert run_alembic(pg_url, "upgrade", "head").returncode == 0
-        before = snapshots(offline)
-
-        def psql_run(*alembic_args: str) -> None:
-            rendered = run_alembic(offline_url.render_as_string(False), *alembic_args, "--sql")
-            assert rendered.returncode == 0, rendered.stderr
-            out = subprocess.run(
-                [
-                    str(psql),
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-X",
-                    "-q",
-                    "-d",
-                    offline_url.render_as_string(False).replace("+psycopg2", ""),
-                ],
-                input=rendered.stdout,
-                capture_output=True,
-                text=True,
-                check=False,
             )
-            assert out.returncode == 0, out.stderr[-2000:]
+    assert run_alembic(pg_url, "upgrade", "head").returncode == 0
+    before = snapshots(offline)
 
-        psql_run("upgrade", "0002_snapshot_columns:head")
-        assert snapshots(offline) == snapshots(online)
-        psql_run("downgrade", "head:0002_snapshot_columns")
-        assert snapshots(offline) == before  # the loader's values survive, ours are gone
-        online.dispose()
-        offline.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{offline_url.database}" WITH (FORCE)'))
-        admin.dispose()
+    def psql_run(*alembic_args: str) -> None:
+        rendered = run_alembic(offline_url, *alembic_args, "--sql")
+        assert rendered.returncode == 0, rendered.stderr
+        out = subprocess.run(
+            [
+                str(psql),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-X",
+                "-q",
+                "-d",
+                offline_url.replace("+psycopg2", ""),
+            ],
+            input=rendered.stdout,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+
+    psql_run("upgrade", "0002_snapshot_columns:head")
+    assert snapshots(offline) == snapshots(online)
+    psql_run("downgrade", "head:0002_snapshot_columns")
+    assert snapshots(offline) == before  # the loader's values survive, ours are gone
+    online.dispose()
+    offline.dispose()

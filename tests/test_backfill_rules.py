@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.helpers import run_alembic
 from tests.seed import (
     T0,
     add_asn,
@@ -204,8 +205,7 @@ def test_empty_string_and_odd_session_ids_are_backfilled(db_url: str) -> None:
         add_ip(conn, "1.1.1.1")
         for sid in odd_ids:
             add_session(conn, sid, meta_ip="1.1.1.1")
-    migrate_with = __import__("tests.helpers", fromlist=["run_alembic"]).run_alembic
-    out = migrate_with(db_url, "upgrade", BACKFILL, x={"batch_size": "2"})
+    out = run_alembic(db_url, "upgrade", BACKFILL, x={"batch_size": "2"})
     assert out.returncode == 0, out.stderr
     got = snapshots(engine)
     engine.dispose()

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,27 +14,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill import BACKFILL_JOB
+from cowrieprocessor.backfill.progress import DONE, PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.settings import PROJECT_ROOT
+from tests.helpers import COWRIE_DB, batches_committed, child_env, cowrie_db
 from tests.seed import at_0002, migrate, seed_random, snapshots
 
-COWRIE_DB = Path(sys.executable).parent / "cowrie-db"
 PASSWORD = "s3cr:t@p/w%d"
 PASSWORD_IN_URL = "s3cr%3At%40p%2Fw%25d"
-
-
-def cowrie_db(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "COWRIE_DB_URL"}
-    return subprocess.run(
-        [str(COWRIE_DB), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT_ROOT,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def with_password(url: str) -> str:
@@ -166,9 +152,7 @@ def test_backfill_then_verify_and_status(seeded_url: str) -> None:
     status = cowrie_db("--db", url, "status", "--json")
     assert status.returncode == 0, status.stderr
     jobs = json.loads(status.stdout)["jobs"]
-    assert [(j["job"], j["phase"], j["percent"]) for j in jobs] == [
-        ("snapshot_backfill", "done", 100.0)
-    ]
+    assert [(j["job"], j["phase"], j["percent"]) for j in jobs] == [(BACKFILL_JOB, DONE, 100.0)]
     assert_no_password(status)
 
 
@@ -193,8 +177,8 @@ def test_bad_flag_values_are_rejected_before_any_write(seeded_url: str) -> None:
 def test_status_file_and_status_dir(seeded_url: str, tmp_path: Path) -> None:
     out = cowrie_db("--db", seeded_url, "backfill", "--status-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    data: dict[str, Any] = json.loads((tmp_path / "snapshot_backfill.json").read_text())
-    assert data["phase"] == "done" and data["percent"] == 100.0
+    data: dict[str, Any] = json.loads((tmp_path / f"{BACKFILL_JOB}.json").read_text())
+    assert data["phase"] == DONE and data["percent"] == 100.0
     assert PASSWORD not in json.dumps(data)
     status = cowrie_db("--db", seeded_url, "status", "--status-file", str(tmp_path))
     assert status.returncode == 0
@@ -208,16 +192,11 @@ def test_ctrl_c_stops_after_the_batch_and_a_rerun_resumes(seeded_url: str) -> No
         stderr=subprocess.PIPE,
         text=True,
         cwd=PROJECT_ROOT,
+        env=child_env(),
     )
     engine = sa.create_engine(seeded_url)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            if (
-                sa.inspect(conn).has_table(PROGRESS_TABLE)
-                and conn.execute(sa.text(f"SELECT batches FROM {PROGRESS_TABLE}")).scalar()
-            ):
-                break
+    while time.monotonic() < deadline and not batches_committed(engine, BACKFILL_JOB):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
@@ -237,9 +216,10 @@ def run_is_complete(engine: sa.Engine) -> bool:
     with engine.connect() as conn:
         return (
             conn.execute(
-                sa.text(f"SELECT phase FROM {PROGRESS_TABLE} WHERE job = 'snapshot_backfill'")
+                sa.text(f"SELECT phase FROM {PROGRESS_TABLE} WHERE job = :job"),
+                {"job": BACKFILL_JOB},
             ).scalar()
-            == "done"
+            == DONE
         )
 
 

@@ -7,9 +7,6 @@ kill -9 at random moments of the upgrade and the downgrade."""
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +17,17 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.db.adoption import SNAPSHOT_INDEXES
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE
-from cowrieprocessor.settings import PROJECT_ROOT
 from cowrieprocessor.testing import field_schema
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from tests.helpers import ALEMBIC_BIN, run_alembic
-from tests.test_cli import cowrie_db
+from tests.helpers import Alembic, cowrie_db, run_alembic
+from tests.seed import COVERING_INDEX
 
 pytestmark = pytest.mark.postgres
 
-COVERING = "ix_session_summaries_snapshot_country_snapshot_asn_session_id"
+IP_TYPE_INDEX = next(n for n, cols in SNAPSHOT_INDEXES.items() if cols == ("snapshot_ip_type",))
 OUR_TABLES = {PROGRESS_TABLE, RECORD_TABLE, LEDGER_TABLE, "alembic_version"}
 
 
@@ -172,7 +169,7 @@ def test_the_operators_whole_path_adopts_and_rolls_back_exactly(field: Field) ->
     assert "snapshot_country_iso" in check.stdout and "fk_session_source_ip" in check.stdout
     reuses = next(line for line in check.stdout.splitlines() if line.startswith("Reuses:"))
     assert "_source_ip (source_ip)" in reuses and "_snapshot_asn (snapshot_asn)" in reuses
-    assert f"index {COVERING}" in check.stdout
+    assert f"index {COVERING_INDEX}" in check.stdout
     assert "IP resolved from:" in check.stdout and "dshield" in check.stdout
 
     dry = cowrie_db("--db", field.url, "backfill", "--dry-run")
@@ -191,10 +188,8 @@ def test_the_operators_whole_path_adopts_and_rolls_back_exactly(field: Field) ->
     # nothing equivalent to what existed was added: only the indexes the field lacked
     added = set(field.catalog()["indexes"]) - set(catalog_before["indexes"])
     added = {name for name in added if not name.startswith(tuple(OUR_TABLES))}
-    lacking = {COVERING} | (
-        {"ix_session_summaries_snapshot_ip_type"}
-        if "ix_session_summaries_snapshot_ip_type" not in catalog_before["indexes"]
-        else set()
+    lacking = {COVERING_INDEX} | (
+        {IP_TYPE_INDEX} if IP_TYPE_INDEX not in catalog_before["indexes"] else set()
     )
     assert added == lacking
     assert without_ours(field.catalog())["constraints"] == catalog_before["constraints"]
@@ -310,37 +305,7 @@ def test_a_sqlite_database_of_the_schema_code_is_refused_by_name(
 # --- kill -9 -----------------------------------------------------------------------------
 
 
-def _batches(engine: sa.Engine, job: str) -> int:
-    with engine.connect() as conn:
-        if not sa.inspect(conn).has_table(PROGRESS_TABLE):
-            return 0
-        n = conn.execute(
-            sa.text(f"SELECT batches FROM {PROGRESS_TABLE} WHERE job = :job"), {"job": job}
-        ).scalar()
-    return int(n or 0)
-
-
-def _kill_after(db: Field, args: list[str], job: str, batches: int) -> bool:
-    """Run alembic, SIGKILL it once ``job`` has committed ``batches`` batches. Returns
-    False when it finished before that."""
-    proc = subprocess.Popen(
-        [str(ALEMBIC_BIN), "-c", str(PROJECT_ROOT / "alembic.ini"), "-x", f"db={db.url}", *args],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _batches(db.engine, job) >= batches:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode == -signal.SIGKILL
+KILL_KNOBS = {"batch_size": "9", "pause_ms": "20"}
 
 
 def test_kill_9_during_upgrade_and_downgrade_then_rerun_gives_zero_differences(
@@ -352,15 +317,15 @@ def test_kill_9_during_upgrade_and_downgrade_then_rerun_gives_zero_differences(
         before, expected = db.snapshots(), db.expected()
         kills = 0
         for trial in range(3):
-            knobs = ["-x", "batch_size=9", "-x", "pause_ms=20"]
-            if _kill_after(db, [*knobs, "upgrade", "head"], BACKFILL_JOB, rng.randint(2, 30)):
+            run = Alembic(db.url, "upgrade", "head", x=KILL_KNOBS)
+            if run.kill_after(db.engine, BACKFILL_JOB, rng.randint(2, 30)):
                 kills += 1
             up = run_alembic(db.url, "upgrade", "head")
             assert up.returncode == 0, up.stderr
             assert db.snapshots() == expected, f"trial {trial}: upgrade after kill -9"
 
-            down_args = [*knobs, "downgrade", "0002_snapshot_columns"]
-            if _kill_after(db, down_args, CLEAR_JOB, rng.randint(1, 20)):
+            run = Alembic(db.url, "downgrade", "0002_snapshot_columns", x=KILL_KNOBS)
+            if run.kill_after(db.engine, CLEAR_JOB, rng.randint(1, 20)):
                 kills += 1
                 partial = db.snapshots()
                 assert partial != expected and partial != before  # it stopped half way

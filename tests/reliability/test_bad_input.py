@@ -13,6 +13,9 @@ only by its exact text after trimming spaces and lower-casing; there is no addre
 normalisation, so ``::ffff:1.2.3.4`` does not match ``1.2.3.4``, an expanded IPv6 does
 not match its compressed form, an inventory address stored in upper case matches
 nothing, and a tab or newline around an address is not trimmed.
+
+Hostile knob values (SQL, shell, numbers in other notations, NUL) are refused by name,
+from ``-x`` and from the environment alike.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
-from tests.helpers import record, run_alembic
+from cowrieprocessor.backfill import BackfillKnobs, KnobError
+from tests.helpers import run_alembic
+from tests.reliability.figures import record
 from tests.seed import T0, add_asn, at_0002, ev_t, ip_t, sess_t, snapshots
 
 NO_IP = "no canonical IP"
@@ -306,3 +312,35 @@ def test_the_corpus_walked_one_session_per_range_gives_the_same_outcomes(sqlite_
     for case in cases:
         want = case.expect if isinstance(case.expect, tuple) else (None,) * 5
         assert got[case.session_id] == want, repr(case.session_id)
+
+
+# --- hostile knob values ------------------------------------------------------------
+
+
+HOSTILE = [
+    "1; DROP TABLE session_summaries",
+    "0) OR (1=1",
+    "10'--",
+    "$(touch /tmp/x)",
+    "1e9",
+    "-1",
+    "0x10",
+    "10 ms; SELECT pg_sleep(10)",
+    "NaN",
+    "\u0000",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=[f"v{n}" for n in range(len(HOSTILE))])
+@pytest.mark.parametrize("knob", ["batch_size", "lock_timeout", "statement_timeout", "pause_ms"])
+def test_hostile_knob_values_are_refused_by_name(knob: str, value: str) -> None:
+    for source in ({knob: value}, None):
+        env = {} if source else {f"COWRIE_BACKFILL_{knob.upper()}": value}
+        with pytest.raises(KnobError, match=knob):
+            BackfillKnobs.from_sources(source, env)
+
+
+def test_an_absurdly_long_number_is_refused_by_name() -> None:
+    with pytest.raises(KnobError, match="batch_size"):
+        BackfillKnobs.from_sources({"batch_size": "9" * 5000}, {})

@@ -1,0 +1,184 @@
+"""The reliability datasets: seeded databases at 0002 and their uninterrupted outcome.
+
+A :class:`Dataset` is a template database (seeded, never migrated itself) that each test
+copies, and the snapshots an uninterrupted run gives it: the reference every faulted run
+is compared with. Observed datasets also carry how many batches the uninterrupted
+upgrade and downgrade committed and when they ran: the kill trials aim at those.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB
+from cowrieprocessor.backfill.progress import CATCHUP, WALK
+from cowrieprocessor.db.engine import create_engine_from_url
+from tests.databases import Databases
+from tests.helpers import Alembic, progress_state
+from tests.reliability.outcomes import BEFORE, NULLS, Snaps
+from tests.seed import T0, asn_t, at_0002, ev_t, ip_t, migrate, sess_t, snapshots
+
+
+def bulk_seed(conn: sa.Connection, sessions: int, ips: int, seed: int = 11) -> None:
+    """The mix of :func:`tests.seed.seed_random` (metadata IPs, padded and upper-case ones,
+    raw-event-only sessions, unmatched IPs, IPv6), inserted in bulk: tens of thousands of
+    rows in a second or two instead of one round trip per row."""
+    rng = random.Random(seed)
+    asns = (4134, 4837, 14061, 16509)
+    conn.execute(
+        sa.insert(asn_t),
+        [
+            dict(
+                asn_number=a,
+                organization_name="AS",
+                organization_country="CN",
+                first_seen=T0,
+                last_seen=T0,
+            )
+            for a in asns
+        ],
+    )
+    inventory = [
+        f"10.{n // 65536}.{(n // 256) % 256}.{n % 256}" if n % 10 else f"2001:db8::{n:x}"
+        for n in range(ips)
+    ]
+    countries = ["CN", "US", "RU", "BR", "XX", "de", None]
+    ip_rows = []
+    for ip in inventory:
+        country = rng.choice(countries)
+        ip_rows.append(
+            dict(
+                ip_address=ip,
+                current_asn=rng.choice([*asns, None]),
+                first_seen=T0,
+                last_seen=T0,
+                enrichment={} if country is None else {"maxmind": {"country": country}},
+                enrichment_updated_at=T0 + timedelta(days=rng.randrange(300)),
+                ip_types=rng.choice([["VPN", "DATACENTER"], ["RESIDENTIAL"], []]),
+            )
+        )
+    conn.execute(sa.insert(ip_t), ip_rows)
+    session_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    for n in range(sessions):
+        sid = f"{rng.getrandbits(48):012x}"
+        roll = rng.random()
+        ip = rng.choice(inventory) if roll > 0.02 else f"192.0.2.{n % 250}"
+        if roll < 0.9:
+            meta = f" {ip.upper()} " if n % 7 == 0 else ip
+            enrichment: Any = {"session_metadata": {"source_ip": meta}}
+        else:  # known only from raw events: the earliest one carries the canonical IP
+            enrichment = {"session_metadata": {}}
+            for offset, event_ip in ((0, ip), (5, "203.0.113.9")):
+                event_rows.append(
+                    dict(
+                        source="/var/log/cowrie/cowrie.json",
+                        payload={
+                            "eventid": "cowrie.session.connect",
+                            "session": sid,
+                            "src_ip": event_ip,
+                        },
+                        session_id=sid,
+                        event_type="cowrie.session.connect",
+                        event_timestamp=T0 + timedelta(seconds=n + offset),
+                    )
+                )
+        session_rows.append(dict(session_id=sid, first_event_at=T0, enrichment=enrichment))
+    for chunk in range(0, len(session_rows), 5000):
+        conn.execute(sa.insert(sess_t), session_rows[chunk : chunk + 5000])
+    for chunk in range(0, len(event_rows), 5000):
+        conn.execute(sa.insert(ev_t), event_rows[chunk : chunk + 5000])
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An uninterrupted command: how many batches it committed, and between which
+    seconds after its start they were seen running."""
+
+    batches: int
+    first: float
+    last: float
+
+
+@dataclass
+class Dataset:
+    """A seeded database at 0002 (never migrated itself) and its uninterrupted outcome."""
+
+    dbs: Databases
+    template: str
+    sessions: int
+    knobs: dict[str, str]
+    reference: Snaps
+    up: Reference = field(default_factory=lambda: Reference(0, 0.0, 0.0))
+    down: Reference = field(default_factory=lambda: Reference(0, 0.0, 0.0))
+    rerun: str = ""  # observed datasets: the reference's copy, back at 0002, cleared
+
+    @property
+    def dialect(self) -> str:
+        return self.dbs.dialect
+
+    def clone(self) -> str:
+        return self.dbs.clone(self.template)
+
+
+def build_dataset(
+    dbs: Databases,
+    seeder: Callable[[sa.Connection], None],
+    knobs: Mapping[str, str],
+    *,
+    observe: bool,
+) -> Dataset:
+    """Seed a template, then run it uninterrupted (upgrade, then downgrade) on a copy.
+
+    With ``observe``, both go through the ``alembic`` command, timed and with their
+    batches counted: the kill trials draw their random moments from those.
+    """
+    template = dbs.new()
+    engine = at_0002(template)
+    with engine.begin() as conn:
+        seeder(conn)
+    with engine.connect() as conn:
+        sessions = int(conn.execute(sa.text("SELECT count(*) FROM session_summaries")).scalar_one())
+    engine.dispose()
+    ds = Dataset(dbs, template, sessions, dict(knobs), {})
+    url = ds.clone()
+    engine = create_engine_from_url(url)
+    if observe:
+        ds.up = observed_run(url, ["upgrade", "head"], knobs, BACKFILL_JOB)
+    else:
+        migrate(url, "head")
+    ds.reference = snapshots(engine)
+    matched = sum(1 for snap in ds.reference.values() if snap[0] is not None)
+    assert matched > 0.8 * sessions, "the reference run matched too few sessions"
+    if observe:
+        ds.down = observed_run(url, ["downgrade", BEFORE], knobs, CLEAR_JOB)
+        assert all(snap == NULLS for snap in snapshots(engine).values())
+        ds.rerun = url
+    engine.dispose()
+    return ds
+
+
+def observed_run(url: str, args: list[str], knobs: Mapping[str, str], job: str) -> Reference:
+    """Run to the end, counting the batches of ``job`` and timing when they ran."""
+    engine = create_engine_from_url(url)
+    run = Alembic(url, *args, x=knobs)
+    batches, seen = 0, []
+    while run.running():
+        at = time.monotonic() - run.started
+        phase, _key, done = progress_state(engine, job)
+        if phase in (WALK, CATCHUP):
+            seen.append(at)
+        batches = max(batches, done)
+        time.sleep(0.01)
+    rc = run.wait()
+    engine.dispose()
+    assert rc == 0, run.output
+    assert seen, f"no batch of {job} was ever seen running:\n{run.output}"
+    return Reference(batches, seen[0], seen[-1])

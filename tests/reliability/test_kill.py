@@ -1,0 +1,41 @@
+"""``kill -9`` of the ``alembic`` command at random moments: a rerun matches an
+uninterrupted run, row for row, after the upgrade and after the downgrade."""
+
+from __future__ import annotations
+
+import pytest
+
+from cowrieprocessor.backfill import CLEAR_JOB
+from cowrieprocessor.db.engine import create_engine_from_url
+from tests.helpers import Alembic, run_alembic
+from tests.reliability.datasets import Dataset
+from tests.reliability.kills import kill_trials
+from tests.reliability.outcomes import BACKFILL, BEFORE, differences
+from tests.seed import migrate, snapshots, version
+
+
+def test_kill_9_at_random_moments_then_rerun_matches_an_uninterrupted_run(mixed: Dataset) -> None:
+    kill_trials(mixed, trials=3, max_kills=1, test="kill-9 (default suite)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_kill_9_trials_at_scale(large: Dataset) -> None:
+    kill_trials(large, trials=10, max_kills=3, test="kill-9 (slow)")
+
+
+def test_upgrade_after_an_interrupted_downgrade_restores_every_snapshot(
+    sqlite_small: Dataset,
+) -> None:
+    url = sqlite_small.clone()
+    migrate(url, "head")
+    engine = create_engine_from_url(url)
+    run = Alembic(url, "downgrade", BEFORE, x={"batch_size": "100", "pause_ms": "20"})
+    assert run.kill_after(engine, CLEAR_JOB, 5)
+    assert version(engine) == BACKFILL  # the clear stopped half way: 0003 stays applied
+    out = run_alembic(url, "upgrade", "head")
+    assert out.returncode == 0, out.stderr
+    assert "an interrupted downgrade left snapshot columns partly cleared" in out.stderr
+    lost = differences(snapshots(engine), sqlite_small.reference)
+    engine.dispose()
+    assert not lost, f"{len(lost)} sessions at head without their snapshots"
