@@ -106,7 +106,7 @@ class Coverage:
 def coverage(conn: Connection) -> Coverage:
     """Whole-table counts, using the backfill's own resolution in a dry run (no writes)."""
     total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
-    needy = int(conn.execute(sql.COUNT_NEEDY).scalar_one())
+    needing = int(conn.execute(sql.COUNT_NEEDING).scalar_one())
     inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
     with_snapshot = int(
         conn.execute(
@@ -117,10 +117,10 @@ def coverage(conn: Connection) -> Coverage:
     conn.rollback()
     return Coverage(
         sessions=total,
-        needing_snapshots=needy,
+        needing_snapshots=needing,
         with_snapshot=with_snapshot,
         would_update=counts.updated,
-        reachable=total - needy + counts.matched,
+        reachable=total - needing + counts.matched,
         unmatched_no_ip=counts.no_ip,
         unmatched_not_in_inventory=counts.not_in_inventory,
         inventory_size=inventory,

@@ -11,7 +11,6 @@ from typing import Any, cast
 import sqlalchemy as sa
 from alembic import command
 
-from cowrieprocessor.db.adoption import SNAPSHOT_INDEXES
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.models import (
     SNAPSHOT_COLUMNS,
@@ -24,7 +23,7 @@ from tests.helpers import alembic_config
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 # 0004's covering index: the one snapshot index with more than one key column.
-COVERING_INDEX = next(name for name, cols in SNAPSHOT_INDEXES.items() if len(cols) > 1)
+
 
 asn_t = cast(sa.Table, ASNInventory.__table__)
 ip_t = cast(sa.Table, IPInventory.__table__)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
+from cowrieprocessor.db.adoption import CK_NAME, COVERING_INDEX, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
 from tests.helpers import run_alembic
-from tests.seed import COVERING_INDEX, add_asn, add_ip, add_session, migrate, snapshots
+from tests.seed import add_asn, add_ip, add_session, migrate, snapshots
 
 LEGACY_COLUMNS = {
     "postgresql": [

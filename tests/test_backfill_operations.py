@@ -28,12 +28,12 @@ from cowrieprocessor.backfill.errors import Transient, classify
 from cowrieprocessor.backfill.lock import ADVISORY_LOCK_KEY
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.db.adoption import COVERING_INDEX
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.ephemeral_pg import find_bindir
 from tests.databases import Databases
 from tests.helpers import Alembic, cowrie_db, run_alembic
 from tests.seed import (
-    COVERING_INDEX,
     add_ip,
     add_session,
     at_0002,

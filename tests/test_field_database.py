@@ -17,13 +17,12 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
-from cowrieprocessor.db.adoption import SNAPSHOT_INDEXES
+from cowrieprocessor.db.adoption import COVERING_INDEX, SNAPSHOT_INDEXES
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.testing import field_schema
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from tests.helpers import Alembic, cowrie_db, run_alembic
-from tests.seed import COVERING_INDEX
 
 pytestmark = pytest.mark.postgres
 

@@ -20,6 +20,9 @@ from cowrieprocessor.backfill.errors import BackfillError
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.db.engine import create_engine_from_url, is_sqlite_memory
 
+# How the batch connections show up in pg_stat_activity.
+BATCH_APPLICATION_NAME = "cowrie-backfill"
+
 
 def migration_knobs() -> BackfillKnobs:
     """The knobs of this ``alembic`` run: ``-x name=value``, then the environment.
@@ -54,7 +57,7 @@ def engine_for_bind(bind: Connection, knobs: BackfillKnobs) -> Engine:
         )
     return create_engine_from_url(
         url,
-        application_name="cowrie-backfill",
+        application_name=BATCH_APPLICATION_NAME,
         sqlite_busy_timeout_ms=knobs.lock_timeout,
         pool_size=1,
         max_overflow=1,

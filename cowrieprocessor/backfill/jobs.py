@@ -41,7 +41,7 @@ class BackfillResult:
     job: str
     dry_run: bool
     sessions_total: int
-    needing_at_start: int
+    needing_snapshots: int
     inventory_size: int
     rows_updated: int
     matched: int
@@ -116,10 +116,10 @@ def _clear_range(conn: Connection, r: Range) -> BatchCounts:
 
 def _counts(conn: Connection) -> tuple[int, int, int]:
     total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
-    needy = int(conn.execute(sql.COUNT_NEEDY).scalar_one())
+    needing = int(conn.execute(sql.COUNT_NEEDING).scalar_one())
     inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
     conn.commit()
-    return total, needy, inventory
+    return total, needing, inventory
 
 
 def _json_types(conn: Connection) -> JsonTypes:
@@ -201,13 +201,13 @@ def run_backfill(
         if record and not dry_run:
             walker.retrying("preparing the rollback record", _ensure_record)
         resumed = _prepare(walker)
-        total, needy, inventory = walker.retrying("counting sessions", _counts)
+        total, needing, inventory = walker.retrying("counting sessions", _counts)
         walker.state.sessions_total = total
         log.info(
             "%sbackfill: %d sessions, %d need snapshots, %d IPs in inventory; %s%s",
             "DRY RUN (no changes) - " if dry_run else "",
             total,
-            needy,
+            needing,
             inventory,
             describe_sizing(knobs, walker.fresh_order),
             f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
@@ -227,7 +227,7 @@ def run_backfill(
         job=BACKFILL_JOB,
         dry_run=dry_run,
         sessions_total=total,
-        needing_at_start=needy,
+        needing_snapshots=needing,
         inventory_size=inventory,
         rows_updated=s.rows_updated,
         matched=s.matched,
@@ -301,7 +301,7 @@ def clear_snapshots(
     started = time.monotonic()
     try:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
-        total, _needy, _inv = walker.retrying("counting sessions", _counts)
+        total, _needing, _inv = walker.retrying("counting sessions", _counts)
         walker.state.sessions_total = total
         log.info(
             "clearing all snapshot values: %d sessions; %s%s",

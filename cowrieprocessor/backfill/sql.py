@@ -399,6 +399,25 @@ PG_RECORD_DDL = text(
     undone integer NOT NULL DEFAULT 0,
     written_at timestamptz NOT NULL DEFAULT now())"""
 )
+RECORD_ARRAYS = (
+    "session_ids",
+    "source_ips",
+    "snapshot_asns",
+    "snapshot_countries",
+    "snapshot_ip_types",
+    "enrichment_ats",
+)
+PG_HAS_LZ4 = text(
+    "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+)
+PG_RECORD_LZ4 = text(
+    f"ALTER TABLE {RECORD_TABLE} "
+    + ", ".join(f"ALTER COLUMN {column} SET COMPRESSION lz4" for column in RECORD_ARRAYS)
+)
+PG_RECORD_UNCOMPRESSED = text(
+    f"ALTER TABLE {RECORD_TABLE} "
+    + ", ".join(f"ALTER COLUMN {column} SET STORAGE EXTERNAL" for column in RECORD_ARRAYS)
+)
 SQLITE_RECORD_DDL = text(
     f"""CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
     id INTEGER PRIMARY KEY,
@@ -511,7 +530,7 @@ WHERE {range_predicate(has_lo, has_hi, column)} AND {HAS_SNAPSHOT}"""
 # --- counts for the start of a run ----------------------------------------------------
 
 COUNT_SESSIONS = text(f"SELECT count(*) FROM {TABLE}")
-COUNT_NEEDY = text(f"SELECT count(*) FROM {TABLE} s WHERE {NEEDS_SNAPSHOT}")
+COUNT_NEEDING = text(f"SELECT count(*) FROM {TABLE} s WHERE {NEEDS_SNAPSHOT}")
 COUNT_INVENTORY = text("SELECT count(*) FROM ip_inventory")
 COUNT_WITH_VALUES = text(f"SELECT count(*) FROM {TABLE} s WHERE {HAS_SNAPSHOT}")
 

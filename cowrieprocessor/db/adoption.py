@@ -37,17 +37,15 @@ BASELINE_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_ev
 FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
 CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 # 0004: name -> key columns. The covering index serves the runbook's query
-# (snapshot_country, snapshot_asn) with an index-only scan on both dialects.
+# (snapshot_country, snapshot_asn) with an index-only scan on both dialects; its name
+# is ours alone (the field's schema code has no such index).
+COVERING_INDEX = "ix_session_summaries_snapshot_country_snapshot_asn_session_id"
 SNAPSHOT_INDEXES: dict[str, tuple[str, ...]] = {
     "ix_session_summaries_source_ip": ("source_ip",),
     "ix_session_summaries_snapshot_asn": ("snapshot_asn",),
     "ix_session_summaries_snapshot_country": ("snapshot_country",),
     "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
-    "ix_session_summaries_snapshot_country_snapshot_asn_session_id": (
-        "snapshot_country",
-        "snapshot_asn",
-        "session_id",
-    ),
+    COVERING_INDEX: ("snapshot_country", "snapshot_asn", "session_id"),
 }
 
 # --- column types ---------------------------------------------------------------------

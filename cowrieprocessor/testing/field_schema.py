@@ -23,6 +23,9 @@ Where the names come from (upstream, datagen24/cowrieprocessor at 57326ea):
   duplicates the model's ``uq_raw_events_source_offset`` constraint.
 
 Every statement here is a fixed string; values are bound parameters.
+
+Why one module of this size: most of it is upstream's catalog written down as DDL
+(data, not logic), kept in one place so that it can be read against upstream-schema.md.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from alembic import op
 from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
 from cowrieprocessor.backfill.jobs import refill_after_interrupted_clear
 from cowrieprocessor.db import adoption, ledger
-from cowrieprocessor.db.adoption import CK_NAME, FK_NAME, SNAPSHOT_INDEXES
+from cowrieprocessor.db.adoption import CK_NAME, COVERING_INDEX, FK_NAME, SNAPSHOT_INDEXES
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
 revision: str = "0004_snapshot_indexes"
@@ -59,8 +59,6 @@ log = logging.getLogger("cowrieprocessor.migrations.0004")
 
 TABLE = "session_summaries"
 INDEXES = SNAPSHOT_INDEXES
-# The covering index's name is ours alone (upstream has no such index).
-COVERING = "ix_session_summaries_snapshot_country_snapshot_asn_session_id"
 # Each constraint's kind with the rows that would violate it.
 VIOLATIONS: dict[str, str] = {
     "FK": (
@@ -197,7 +195,7 @@ def downgrade() -> None:
             "no ledger entries for 0004 on a database adopted before the ledger existed: "
             "dropping only the covering index, whose name is ours alone"
         )
-        drop = [COVERING]
+        drop = [COVERING_INDEX]
     else:  # built by our 0004 before the ledger existed (or offline)
         drop = list(INDEXES)
     concurrently = migration.dialect.name == "postgresql"

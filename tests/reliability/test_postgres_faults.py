@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BACKFILL_JOB
+from cowrieprocessor.backfill.alembic_ops import BATCH_APPLICATION_NAME
 from cowrieprocessor.backfill.progress import DONE
 from cowrieprocessor.db.engine import create_engine_from_url
 from tests.helpers import Alembic, progress_state, run_alembic
@@ -47,10 +48,11 @@ def test_backend_terminated_while_its_batch_statement_runs_is_retried(pg_small: 
             row = conn.execute(
                 sa.text(
                     "SELECT pid, extract(epoch FROM clock_timestamp() - query_start) "
-                    "FROM pg_stat_activity WHERE application_name = 'cowrie-backfill' "
+                    "FROM pg_stat_activity WHERE application_name = :app "
                     "AND wait_event = 'PgSleep' "  # in the trigger: inside the batch's UPDATE
                     "AND clock_timestamp() - query_start > interval '50 ms'"
-                )
+                ),
+                {"app": BATCH_APPLICATION_NAME},
             ).first()
             if row is not None and row[0] not in {pid for pid, _ in killed}:
                 assert conn.execute(
@@ -104,9 +106,10 @@ def test_row_lock_released_while_retries_remain_then_the_run_finishes(pg_small: 
                 sa.text(
                     "SELECT pid, query_start::text, "
                     "extract(epoch FROM clock_timestamp() - query_start) "
-                    "FROM pg_stat_activity WHERE application_name = 'cowrie-backfill' "
+                    "FROM pg_stat_activity WHERE application_name = :app "
                     "AND wait_event_type = 'Lock'"
-                )
+                ),
+                {"app": BATCH_APPLICATION_NAME},
             ).all()
             for pid, started, age in rows:
                 waits[(pid, started)] = max(waits.get((pid, started), 0.0), float(age))
