@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from cowrieprocessor.backfill import progress, sql
-from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts
+from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts, session_counts
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import Progress
 from cowrieprocessor.db import adoption
@@ -105,9 +105,7 @@ class Coverage:
 
 def coverage(conn: Connection) -> Coverage:
     """Whole-table counts, using the backfill's own resolution in a dry run (no writes)."""
-    total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
-    needing = int(conn.execute(sql.COUNT_NEEDING).scalar_one())
-    inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
+    total, needing, inventory = session_counts(conn)
     with_snapshot = int(
         conn.execute(
             sa.text("SELECT count(*) FROM session_summaries WHERE source_ip IS NOT NULL")

@@ -114,7 +114,8 @@ def _clear_range(conn: Connection, r: Range) -> BatchCounts:
     return BatchCounts(updated=updated)
 
 
-def _counts(conn: Connection) -> tuple[int, int, int]:
+def session_counts(conn: Connection) -> tuple[int, int, int]:
+    """Sessions, sessions needing snapshots, inventory IPs (ends the read transaction)."""
     total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
     needing = int(conn.execute(sql.COUNT_NEEDING).scalar_one())
     inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
@@ -201,7 +202,7 @@ def run_backfill(
         if record and not dry_run:
             walker.retrying("preparing the rollback record", _ensure_record)
         resumed = _prepare(walker)
-        total, needing, inventory = walker.retrying("counting sessions", _counts)
+        total, needing, inventory = walker.retrying("counting sessions", session_counts)
         walker.state.sessions_total = total
         log.info(
             "%sbackfill: %d sessions, %d need snapshots, %d IPs in inventory; %s%s",
@@ -301,7 +302,7 @@ def clear_snapshots(
     started = time.monotonic()
     try:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
-        total, _needing, _inv = walker.retrying("counting sessions", _counts)
+        total, _needing, _inv = walker.retrying("counting sessions", session_counts)
         walker.state.sessions_total = total
         log.info(
             "clearing all snapshot values: %d sessions; %s%s",

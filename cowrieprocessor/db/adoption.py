@@ -53,19 +53,20 @@ SNAPSHOT_INDEXES: dict[str, tuple[str, ...]] = {
 TEXT, INTEGER, TIMESTAMP, JSON, TEXT_LIST = "text", "integer", "timestamp", "json", "text list"
 
 
-def _kind(type_: sa.types.TypeEngine[object], dialect: str) -> str:
+def _kinds(type_: sa.types.TypeEngine[object], dialect: str) -> frozenset[str]:
+    """What a column of ``type_`` can serve as."""
     if isinstance(type_, postgresql.ARRAY):
-        return TEXT_LIST if isinstance(type_.item_type, sa.String) else "array"
+        return frozenset({TEXT_LIST if isinstance(type_.item_type, sa.String) else "array"})
     if isinstance(type_, sa.JSON):
-        return JSON if dialect == "postgresql" else TEXT_LIST + "|" + JSON
+        return frozenset({JSON} if dialect == "postgresql" else {TEXT_LIST, JSON})
     if isinstance(type_, sa.String):
         # SQLite stores JSON as text: a text column holds JSON (and JSON arrays) there
-        return TEXT if dialect == "postgresql" else "|".join((TEXT, JSON, TEXT_LIST))
+        return frozenset({TEXT} if dialect == "postgresql" else {TEXT, JSON, TEXT_LIST})
     if isinstance(type_, sa.Integer):
-        return INTEGER
+        return frozenset({INTEGER})
     if isinstance(type_, sa.DateTime):
-        return TIMESTAMP
-    return type(type_).__name__.lower()
+        return frozenset({TIMESTAMP})
+    return frozenset({type(type_).__name__.lower()})
 
 
 # What the backfill and our revisions read or write: (table, column) -> kind needed.
@@ -204,8 +205,7 @@ def _check_column(
     if column is None:
         found.problems.append(f"column {table}.{name} is missing")
         return False
-    actual = _kind(column["type"], found.dialect)
-    if kind not in actual.split("|"):
+    if kind not in _kinds(column["type"], found.dialect):
         found.problems.append(
             f"column {table}.{name} is {column['type']}, which cannot serve as {kind}"
         )

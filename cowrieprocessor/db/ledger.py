@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from cowrieprocessor.db import adoption
+
 log = logging.getLogger("cowrieprocessor.migrations.ledger")
 
 LEDGER_TABLE = "cowrie_schema_ledger"
@@ -104,10 +106,47 @@ def names(items: Iterable[Entry], action: str, kind: str | None = None) -> list[
     return [e.name for e in items if e.action == action and (kind is None or e.kind == kind)]
 
 
-def log_kept(revision: str, kept: Sequence[Entry]) -> None:
+def created(
+    conn: Connection | None,
+    revision: str,
+    kind: str,
+    *,
+    before_ledger: Sequence[str],
+    adopted_before_ledger: Sequence[str],
+) -> list[str]:
+    """The objects of ``kind`` that ``revision`` created: what its downgrade may drop.
+
+    From the ledger when the revision left entries there. A revision without entries
+    ran before the ledger existed (or ``conn`` is None: offline): it created
+    ``before_ledger``, unless the database has upstream's ``schema_state`` (it was
+    adopted by ``stamp``), where only ``adopted_before_ledger`` can be ours.
+    """
+    if conn is None:
+        return list(before_ledger)
+    done = entries(conn, revision)
+    if done:
+        return names(done, CREATED, kind)
+    if adoption.schema_code_version(conn) is None:
+        return list(before_ledger)
+    log.warning(
+        "%s left no ledger entries on a database adopted before the ledger existed: "
+        "of its %ss, only %s can be ours",
+        revision,
+        kind,
+        ", ".join(adopted_before_ledger) or "none",
+    )
+    return list(adopted_before_ledger)
+
+
+def finish_downgrade(conn: Connection | None, revision: str) -> None:
+    """Say what the downgrade kept (it was adopted) and forget the revision's entries."""
+    if conn is None:
+        return
+    kept = [e for e in entries(conn, revision) if e.action == ADOPTED]
     if kept:
         log.info(
             "%s downgrade keeps what it adopted (it existed before): %s",
             revision,
             ", ".join(f"{e.kind} {e.name}" for e in kept),
         )
+    forget(conn, revision)

@@ -198,21 +198,15 @@ def _create(dialect: str) -> None:
 def downgrade() -> None:
     """Drop the tables this revision created (children first); never adopted ones."""
     bind = None if op.get_context().as_sql else op.get_bind()
-    if bind is None or not ledger.ledger_exists(bind):
-        if bind is not None and adoption.schema_code_version(bind) is not None:
-            log.warning(
-                "no ledger, and upstream's schema_state is present: this database was "
-                "adopted (stamped) before the ledger existed; 0001 created none of its "
-                "tables, so nothing is dropped"
-            )
-            return
-        for table in TABLES:  # built by our 0001 before the ledger existed
-            op.drop_table(table)
-        return
-    done = ledger.entries(bind, revision)
+    if bind is not None and ledger.ledger_exists(bind):
+        ours = ledger.names(ledger.entries(bind, revision), ledger.CREATED, "table")
+    else:  # no ledger at all: the stamped-upstream rule of ledger.created applies
+        ours = ledger.created(
+            bind, revision, "table", before_ledger=TABLES, adopted_before_ledger=()
+        )
     for table in TABLES:
-        if table in ledger.names(done, ledger.CREATED, "table"):
+        if table in ours:
             op.drop_table(table)
-    ledger.log_kept(revision, [e for e in done if e.action == ledger.ADOPTED])
-    ledger.forget(bind, revision)
-    ledger.drop_ledger_if_empty(bind)
+    ledger.finish_downgrade(bind, revision)
+    if bind is not None:
+        ledger.drop_ledger_if_empty(bind)

@@ -144,20 +144,18 @@ def _add_sqlite(
 def downgrade() -> None:
     """Drop what the upgrade created (columns, constraints); keep what it adopted."""
     bind = None if op.get_context().as_sql else op.get_bind()
-    done = ledger.entries(bind, revision) if bind is not None else []
-    if bind is not None and not done and adoption.schema_code_version(bind) is not None:
-        log.warning(
-            "no ledger entries for 0002, and upstream's schema_state is present: this "
-            "database was adopted before the ledger existed; its five columns are kept, "
-            "only constraints under our names are dropped"
-        )
-        columns: list[str] = []
-        constraints = [CK_NAME, FK_NAME]
-    elif done:
-        columns = ledger.names(done, CREATED, "column")
-        constraints = ledger.names(done, CREATED, "constraint")
-    else:  # built by our 0002 before the ledger existed (or offline): everything
-        columns, constraints = list(COLUMNS), [CK_NAME, FK_NAME]
+    # adopted before the ledger existed: the columns were there, constraints under our
+    # names can only be ours
+    columns = ledger.created(
+        bind, revision, "column", before_ledger=list(COLUMNS), adopted_before_ledger=()
+    )
+    constraints = ledger.created(
+        bind,
+        revision,
+        "constraint",
+        before_ledger=[CK_NAME, FK_NAME],
+        adopted_before_ledger=[CK_NAME, FK_NAME],
+    )
     if op.get_context().dialect.name == "postgresql":
         drops = [f"DROP CONSTRAINT IF EXISTS {name}" for name in constraints]
         drops += [f"DROP COLUMN IF EXISTS {name}" for name in columns]
@@ -165,9 +163,7 @@ def downgrade() -> None:
             run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(drops))
     elif columns or CK_NAME in constraints:
         _drop_sqlite(columns, drop_check=CK_NAME in constraints)
-    if bind is not None:
-        ledger.log_kept(revision, [e for e in done if e.action == ADOPTED])
-        ledger.forget(bind, revision)
+    ledger.finish_downgrade(bind, revision)
 
 
 def _drop_sqlite(columns: list[str], *, drop_check: bool) -> None:

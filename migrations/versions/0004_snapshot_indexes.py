@@ -187,23 +187,14 @@ def downgrade() -> None:
     """Drop the snapshot indexes this revision created; keep the ones it adopted."""
     migration = op.get_context()
     bind = None if migration.as_sql else op.get_bind()
-    done = ledger.entries(bind, revision) if bind is not None else []
-    if done:
-        drop = ledger.names(done, CREATED, "index")
-    elif bind is not None and adoption.schema_code_version(bind) is not None:
-        log.warning(
-            "no ledger entries for 0004 on a database adopted before the ledger existed: "
-            "dropping only the covering index, whose name is ours alone"
-        )
-        drop = [COVERING_INDEX]
-    else:  # built by our 0004 before the ledger existed (or offline)
-        drop = list(INDEXES)
+    # adopted before the ledger existed: only the covering index's name is ours alone
+    drop = ledger.created(
+        bind, revision, "index", before_ledger=list(INDEXES), adopted_before_ledger=[COVERING_INDEX]
+    )
     concurrently = migration.dialect.name == "postgresql"
     with migration.autocommit_block() if concurrently else nullcontext():
         for name in drop:
             op.drop_index(
                 name, table_name=TABLE, postgresql_concurrently=concurrently, if_exists=True
             )
-    if bind is not None:
-        ledger.log_kept(revision, [e for e in done if e.action == ADOPTED])
-        ledger.forget(bind, revision)
+    ledger.finish_downgrade(bind, revision)
