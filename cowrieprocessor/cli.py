@@ -4,11 +4,14 @@
     cowrie-db backfill [--dry-run] [--batch-size N] ...       run the backfill engine
     cowrie-db clear --all [--yes]                             NULL every snapshot value
     cowrie-db status [--json]                                 progress, from anywhere
+    cowrie-db control pause|resume|stop                       steer the running job
+    cowrie-db control set batch_time=100ms max_replica_lag=64MB    ... its knobs
     cowrie-db verify [--min-coverage 95] [--json]             validation, as one command
     cowrie-db demo-data --sessions N --ips M [--seed S]       synthetic data at 0002
 
 The database is chosen as everywhere else (``--db``, then ``COWRIE_DB_URL``, then the
-embedded SQLite default) and is only ever printed masked. Exit status: 0 success,
+embedded SQLite default) and is only ever printed masked. ``--db`` and ``--verbose``
+may come before or after the command, as operators type them. Exit status: 0 success,
 1 a check failed, 2 bad usage or an unusable database, 130 interrupted (Ctrl-C).
 
 Why one module of this size: each command is a parse-and-print function over
@@ -20,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -35,17 +40,29 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cowrieprocessor import __version__, report
 from cowrieprocessor.backfill import (
+    BACKFILL_JOB,
     BackfillInterrupted,
     BackfillKnobs,
     BatchReport,
     KnobError,
     clear_snapshots,
+    control,
+    progress,
     run_backfill,
 )
+from cowrieprocessor.backfill.control import FINISHED
+from cowrieprocessor.backfill.governor import describe_waits
 from cowrieprocessor.backfill.knobs import INT_KNOBS
+from cowrieprocessor.backfill.progress import DONE
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.errors import CowrieError, IncompatibleSchema
-from cowrieprocessor.settings import SettingsError, mask_secrets, mask_url, resolve_database_url
+from cowrieprocessor.settings import (
+    ENV_URL,
+    SettingsError,
+    mask_secrets,
+    mask_url,
+    resolve_database_url,
+)
 
 log = logging.getLogger("cowrieprocessor.cli")
 
@@ -63,6 +80,18 @@ class CliError(Exception):
 def _engine(args: argparse.Namespace, **kwargs: Any) -> sa.Engine:
     url = resolve_database_url(args.db)
     args.masked_url = mask_url(url)
+    given = args.db or os.environ.get(ENV_URL)
+    parsed = sa.make_url(url)
+    if given and parsed.get_backend_name() == "sqlite" and parsed.database:
+        # A SQLite path the operator typed must exist: a typo must not create a database
+        # (and its folders) that then looks empty. The embedded default may not exist yet.
+        path = Path(parsed.database).expanduser()
+        plain_file = not parsed.database.startswith("file:") and parsed.database != ":memory:"
+        if plain_file and not path.exists():
+            raise CliError(
+                f"SQLite database {args.masked_url} does not exist (check the path; "
+                "`alembic upgrade head` creates a new one)"
+            )
     return create_engine_from_url(url, application_name="cowrie-db", **kwargs)
 
 
@@ -203,13 +232,17 @@ class ProgressBar:
 def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per knob, generated from the knob table (name, range, help, default)."""
     for knob in INT_KNOBS:
-        unit = " (ms, or with s / min)" if knob.unit == "ms" else ""
+        unit = {
+            "ms": " (ms, or with s / min)",
+            "bytes": " (bytes, or with kB, MB, GB)",
+            "bytes/s": " (e.g. 32MB/s)",
+        }.get(knob.unit, "")
         parser.add_argument(
             "--" + knob.name.replace("_", "-"),
             dest=knob.name,
             default=None,
-            metavar="MS" if knob.unit == "ms" else "N",
-            help=f"{knob.help}{unit}; default {knob.default}",
+            metavar={"ms": "MS", "bytes": "BYTES", "bytes/s": "BYTES/S"}.get(knob.unit, "N"),
+            help=f"{knob.help}{unit}; default {knob.show(knob.default)}",
         )
     parser.add_argument(
         "--status-dir", metavar="DIR", help=f"write {STATUS_FILE_NAME} there after each batch"
@@ -223,6 +256,17 @@ def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
         if not status_dir.is_dir():
             raise KnobError(f"--status-dir {args.status_dir!r} is not an existing folder")
         explicit["status_file"] = str(status_dir / STATUS_FILE_NAME)
+    checkpoint = getattr(args, "checkpoint_file", None)
+    if checkpoint is not None:
+        # The old script's checkpoint file: here the status file (the position is in the
+        # database). Its runbook names the same file as --status-dir's: one file, or say so.
+        chosen = explicit.get("status_file")
+        if chosen is not None and Path(str(chosen)).resolve() != Path(checkpoint).resolve():
+            raise KnobError(
+                f"--checkpoint-file {checkpoint!r} and --status-dir {args.status_dir!r} name "
+                f"two status files; give one (--status-dir DIR writes DIR/{STATUS_FILE_NAME})"
+            )
+        explicit["status_file"] = checkpoint
     return BackfillKnobs.from_sources(explicit)
 
 
@@ -285,6 +329,8 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
     try:
         with _ctrl_c_stops() as stop:
             _require_snapshot_columns(engine, args.masked_url)
+            if args.resume and not args.dry_run:
+                _say_what_resumes(engine, args.masked_url)
             result = run_backfill(engine, knobs, dry_run=args.dry_run, stop=stop, on_batch=on_batch)
     except (BackfillInterrupted, KeyboardInterrupt) as exc:
         if bar:
@@ -299,6 +345,22 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
         data.pop("batch_seconds")
         _print_json(data, out)
     return EXIT_OK
+
+
+def _say_what_resumes(engine: sa.Engine, masked: str) -> None:
+    """``--resume`` (the old script's flag): every run resumes; say from where."""
+    with _connect(engine, masked) as conn:
+        saved = progress.load(conn, BACKFILL_JOB)
+        conn.rollback()
+    if saved is None or saved.phase == DONE:
+        log.info("--resume: no interrupted backfill on this database; starting a new one")
+    else:
+        log.info(
+            "--resume: continuing the %s phase after batch %d (%d sessions walked)",
+            saved.phase,
+            saved.batches,
+            saved.sessions_walked,
+        )
 
 
 def _interrupted(exc: BaseException, resume: str, out: TextIO) -> int:
@@ -401,9 +463,94 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             f"  rate {j.rate:,.0f} sessions/s, ETA {_fmt_seconds(j.eta_seconds)}, "
             f"last update {j.seconds_since_update:.0f} s ago{flag}\n"
         )
+        out.write(f"  state: {_describe_state(j)}\n")
+        if j.running and j.knobs:
+            out.write("  knobs: " + ", ".join(f"{k}={v}" for k, v in j.knobs.items()) + "\n")
+        if j.waits:
+            out.write(f"  held back: {describe_waits(j.waits)}\n")
     if status_file is not None:
         out.write(f"Status file: {json.dumps(status_file, sort_keys=True)}\n")
     return EXIT_OK
+
+
+def _describe_state(j: report.JobStatus) -> str:
+    if j.running:
+        detail = f" ({j.run_detail})" if j.run_detail else ""
+        share = f", {100 * j.wait_share:.0f}% of the last 2 min waiting" if j.wait_share else ""
+        return f"{j.run_state}{detail}{share}"
+    if j.phase == DONE:
+        return "finished"
+    return (
+        "not running (stopped, or its process ended without finishing): rerun it to resume"
+        if j.run_state != FINISHED
+        else "not running"
+    )
+
+
+# --- control ---------------------------------------------------------------------------
+
+CONTROL_ACK_POLL_S = 0.25
+
+
+def cmd_control(args: argparse.Namespace, out: TextIO) -> int:
+    """Steer the running job from another terminal (:mod:`cowrieprocessor.backfill.control`)."""
+    settings: dict[str, str] = {}
+    if args.action == "set":
+        if not args.settings:
+            raise CliError("set what? e.g. `cowrie-db control set batch_time=100ms pause_ms=20`")
+        for item in args.settings:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise CliError(f"{item!r} is not name=value (e.g. batch_time=100ms)")
+            settings[name.strip().replace("-", "_")] = value.strip()
+        BackfillKnobs().with_overrides(settings, control.SET_SOURCE)  # bad input: exit 2
+    elif args.settings:
+        raise CliError(
+            f"`control {args.action}` takes no arguments (got {' '.join(args.settings)})"
+        )
+    engine = _engine(args)
+    try:
+        with _connect(engine, args.masked_url) as conn:
+            try:
+                job = control.request(conn, args.action, settings or None)
+            except control.NoJobRunning as exc:
+                out.write(f"{exc}.\n")
+                return EXIT_FAILED
+            out.write(f"{args.action}: sent to {job.describe()} on {args.masked_url}\n")
+            acked = _wait_for_ack(conn, args.action, job, args.timeout)
+    finally:
+        engine.dispose()
+    if acked is None:
+        out.write(
+            f"not acknowledged within {args.timeout:g} s (a long batch?); the command stays "
+            "asked for: `cowrie-db status` shows when it is taken\n"
+        )
+    else:
+        out.write(f"{acked}\n")
+    return EXIT_OK
+
+
+def _wait_for_ack(
+    conn: sa.Connection, action: str, sent: control.RunningJob, timeout: float
+) -> str | None:
+    """Wait until the engine shows it took the command; what it shows, or None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = control.running_job(conn)
+        if now is None or now.job != sent.job:
+            return "the job is no longer running"
+        if action == "pause" and now.run_state == control.PAUSED:
+            return "paused: no batch starts until `cowrie-db control resume`"
+        if action == "resume" and now.run_state != control.PAUSED:
+            return f"resumed: {now.run_state}"
+        if action == "stop" and now.run_state == control.STOPPING:
+            return "stopping after the current batch; rerun the same command to resume"
+        if action == "set" and int(now.info.get("control_seq_applied", 0)) > sent.control_seq:
+            knobs = now.info.get("knobs", {})
+            return "knobs in force: " + ", ".join(f"{k}={v}" for k, v in knobs.items())
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(CONTROL_ACK_POLL_S)
 
 
 # --- verify ----------------------------------------------------------------------------
@@ -484,30 +631,43 @@ def build_parser() -> argparse.ArgumentParser:
         "status and verification.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        help="database URL (default: $COWRIE_DB_URL, else the embedded SQLite)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="more detail and logs")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_global_options(parser, None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", help="pre-flight: connectivity, schema, counts, estimate")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A command that also takes the global options after its name."""
+        made = commands.add_parser(name, **kwargs)
+        _add_global_options(made, argparse.SUPPRESS)
+        return made
+
+    check = command("check", help="pre-flight: connectivity, schema, counts, estimate")
     check.add_argument(
         "--batch-size", type=int, default=None, help="batch size to sample for the time estimate"
     )
     check.set_defaults(func=cmd_check)
 
-    bf = sub.add_parser("backfill", help="run the snapshot backfill (same engine as 0003)")
+    bf = command("backfill", help="run the snapshot backfill (same engine as 0003)")
     bf.add_argument("--dry-run", action="store_true", help="write nothing; report per batch")
     _add_knob_flags(bf)
     bf.add_argument(
         "--progress", action="store_true", help="a progress bar on a terminal (log lines otherwise)"
     )
     bf.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    bf.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted backfill (it always does: the position is in the "
+        "database; kept for the old script's command lines)",
+    )
+    bf.add_argument(
+        "--checkpoint-file",
+        metavar="PATH",
+        help="the old script's checkpoint: here the status file, written after each batch "
+        "(the position itself is in the database)",
+    )
     bf.set_defaults(func=cmd_backfill)
 
-    cl = sub.add_parser(
+    cl = command(
         "clear",
         help="NULL every snapshot value, whoever wrote it (batched, resumable, confirmed)",
     )
@@ -516,23 +676,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_knob_flags(cl)
     cl.set_defaults(func=cmd_clear)
 
-    st = sub.add_parser("status", help="progress of a running or finished backfill")
+    st = command("status", help="progress of a running or finished backfill")
     st.add_argument("--json", action="store_true")
     st.add_argument("--status-file", metavar="PATH", help="also show this status file (or dir)")
     st.set_defaults(func=cmd_status)
 
-    ve = sub.add_parser("verify", help="validate the backfill (non-zero exit on failure)")
+    co = command(
+        "control",
+        help="steer the running backfill or clear: pause, resume, stop, set KNOB=VALUE ...",
+        description="Steer the job running on this database from another terminal, "
+        "through its progress row: it takes the command before its next batch.",
+    )
+    co.add_argument("action", choices=("pause", "resume", "stop", "set"))
+    co.add_argument(
+        "settings", nargs="*", metavar="KNOB=VALUE", help="for set: e.g. batch_time=100ms"
+    )
+    co.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the job to acknowledge (default 30)",
+    )
+    co.set_defaults(func=cmd_control)
+
+    ve = command("verify", help="validate the backfill (non-zero exit on failure)")
     ve.add_argument("--min-coverage", type=float, default=95.0, metavar="PERCENT")
     ve.add_argument("--json", action="store_true")
     ve.set_defaults(func=cmd_verify)
 
-    demo = sub.add_parser("demo-data", help="fill a database at 0002 with synthetic data")
+    demo = command("demo-data", help="fill a database at 0002 with synthetic data")
     demo.add_argument("--sessions", type=int, required=True)
     demo.add_argument("--ips", type=int, required=True)
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--force", action="store_true", help="add to a non-empty database")
     demo.set_defaults(func=cmd_demo_data)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--db`` and ``--verbose``: on the main parser, and (``default=SUPPRESS``, so that
+    they override only when given) on each command, after its name."""
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=default,
+        help="database URL (default: $COWRIE_DB_URL, else the embedded SQLite)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="more detail and logs"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -549,6 +742,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args, sys.stdout)
         return code
+    except control.NoJobRunning as exc:
+        sys.stderr.write(f"cowrie-db {args.command}: {exc}\n")
+        return EXIT_FAILED
     except (CliError, KnobError, SettingsError, CowrieError) as exc:
         sys.stderr.write(f"cowrie-db {args.command}: error: {mask_secrets(str(exc))}\n")
         usage = isinstance(exc, CliError | KnobError | SettingsError | IncompatibleSchema)

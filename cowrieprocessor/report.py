@@ -6,8 +6,9 @@ decides how to print it (text or ``--json``). Nothing here writes to the databas
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from cowrieprocessor.backfill import progress, sql
+from cowrieprocessor.backfill import control, progress, sql
 from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts, session_counts
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import Progress
@@ -148,35 +149,75 @@ def sessions_with_snapshot_values(conn: Connection) -> int:
 
 @dataclass(frozen=True)
 class JobStatus(Progress):
-    """A job's progress as its row in the progress table tells it, read from anywhere."""
+    """A job's progress as its row in the progress table tells it, read from anywhere.
+
+    ``running``: its engine runs now (:func:`control.running_job`); its ``run_state``
+    (running, throttled, paused, stopping; stopped or finished once it ended) and what
+    holds it back come from the engine's last heartbeat, as do the knobs in force."""
 
     seconds_since_update: float = 0.0
     stalled: bool = False
     finished_at: str | None = None
+    running: bool = False
+    seconds_since_heartbeat: float | None = None
 
 
 def job_status(conn: Connection) -> list[JobStatus]:
     """The progress rows of the backfill and the clear jobs, with rate and ETA."""
+    live = control.running_job(conn)
     result = []
     now = datetime.now(UTC)
     for job, phases in JOB_PHASES.items():
         state = progress.load(conn, job)
         if state is None:
             continue
+        run = _run_columns(conn, job)
+        info: dict[str, Any] = json.loads(run["run_info"]) if run.get("run_info") else {}
+        running = live is not None and live.job == job
         done = state.sessions_total if state.phase == progress.DONE else state.sessions_walked
         elapsed = (state.updated_at - state.started_at).total_seconds()
         found = Progress.of(state, phases, phase=state.phase, done=done, elapsed=elapsed)
+        if running and info.get("rate") is not None:  # the engine's own view, waits included
+            found = replace(
+                found,
+                rate=info["rate"],
+                eta_seconds=info.get("eta_seconds"),
+                wait_share=info.get("wait_share", 0.0),
+            )
         since = (now - state.updated_at).total_seconds()
+        beat = progress.as_utc(run.get("heartbeat_at"))
+        since_beat = (now - beat).total_seconds() if beat is not None else None
+        quiet = since if since_beat is None else since_beat
         result.append(
             JobStatus(
-                **{f.name: getattr(found, f.name) for f in fields(Progress)},
+                **{
+                    **{f.name: getattr(found, f.name) for f in fields(Progress)},
+                    "run_state": run.get("run_state") or "",
+                    "run_detail": info.get("detail", ""),
+                    "knobs": info.get("knobs", {}),
+                    "waits": info.get("waits", {}),
+                },
                 seconds_since_update=round(since, 1),
-                stalled=state.phase != progress.DONE and since > STALLED_AFTER_S,
+                stalled=state.phase != progress.DONE and running and quiet > STALLED_AFTER_S,
                 finished_at=state.finished_at.isoformat() if state.finished_at else None,
+                running=running,
+                seconds_since_heartbeat=None if since_beat is None else round(since_beat, 1),
             )
         )
     conn.rollback()
     return result
+
+
+def _run_columns(conn: Connection, job: str) -> dict[str, Any]:
+    """The engine's columns of ``job``'s row ({} in a table of an earlier release)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns(progress.PROGRESS_TABLE)}
+    names = [n for n in ("run_state", "run_info", "heartbeat_at") if n in have]
+    if not names:
+        return {}
+    t = progress.progress_table
+    row = conn.execute(sa.select(*(t.c[n] for n in names)).where(t.c.job == job)).mappings()
+    found = row.first()
+    return dict(found) if found is not None else {}
 
 
 @dataclass

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 
 from cowrieprocessor.backfill import progress, record, shape, sql
+from cowrieprocessor.backfill.governor import describe_waits
 from cowrieprocessor.backfill.keys import SESSION_ID_ORDER, Range
-from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
 from cowrieprocessor.backfill.shape import JsonTypes
 from cowrieprocessor.backfill.sizing import describe_sizing
@@ -53,6 +54,12 @@ class BackfillResult:
     seconds: float
     resumed: bool
     batch_seconds: list[float] = field(default_factory=list)
+    # times and seconds each signal held batches back: paused, replica_lag, wal_rate
+    waits: dict[str, dict[str, float]] = field(default_factory=dict)
+    # WAL written from the first batch to the end, and over how many seconds (PostgreSQL,
+    # when a health signal is on)
+    wal_bytes: int | None = None
+    wal_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -142,14 +149,25 @@ def _ensure_record(conn: Connection) -> None:
 
 
 def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> bool:
-    """Load or start the job's state. Returns True when resuming an unfinished run."""
+    """Load or start the job's state. Returns True when resuming an unfinished run.
+
+    The job's row is written at once (with the engine's state, any command an earlier
+    run left discarded): from here on ``status`` shows it and ``control`` can steer it.
+    """
+
+    def resumable(saved: JobState | None) -> bool:
+        return saved is not None and saved.phase != DONE
 
     def setup(conn: Connection) -> JobState | None:
-        with conn.begin():
+        with walker.begin(conn):
             progress.ensure_table(conn)
             if fresh_job_to_delete:
                 progress.delete(conn, fresh_job_to_delete)
-            return progress.load(conn, walker.job)
+            saved = progress.load(conn, walker.job)
+            walker.state = saved if resumable(saved) and saved else JobState(job=walker.job)
+            walker.governor.claim(conn, walker.job)
+            progress.save(conn, walker.state, walker.governor.run_columns())
+            return saved
 
     if walker.dry_run:
 
@@ -158,14 +176,11 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
             conn.commit()
             return state
 
-        saved = walker.retrying("reading the progress table", peek)
-    else:
-        saved = walker.retrying("preparing the progress table", setup)
-    if saved is not None and saved.phase != DONE and not walker.dry_run:
-        walker.state = saved
-        return True
-    walker.state = JobState(job=walker.job)
-    return False
+        walker.retrying("reading the progress table", peek)
+        walker.state = JobState(job=walker.job)
+        return False
+    saved = walker.retrying("preparing the progress table", setup)
+    return resumable(saved) and saved is not None and (saved.batches > 0 or saved.phase != WALK)
 
 
 def run_backfill(
@@ -240,7 +255,11 @@ def run_backfill(
         seconds=time.monotonic() - started,
         resumed=resumed,
         batch_seconds=walker.batch_seconds,
+        waits=walker.governor.waits,
     )
+    wal = walker.governor.wal_written()
+    if wal is not None:
+        result.wal_bytes, result.wal_seconds = wal[0], round(wal[1], 3)
     log_summary(result)
     return result
 
@@ -272,6 +291,14 @@ def log_summary(r: BackfillResult) -> None:
         max(r.batch_seconds, default=0.0),
     )
     log.info("Total time: %.1f s, average rate: %.0f sessions/s", r.seconds, r.rate)
+    log.info("Held back: %s", describe_waits(r.waits))
+    if r.wal_bytes is not None and r.wal_seconds:
+        log.info(
+            "WAL written: %s in %.1f s (%s/s)",
+            show_bytes(r.wal_bytes),
+            r.wal_seconds,
+            show_bytes(r.wal_bytes / r.wal_seconds),
+        )
     log.info("=" * 60)
 
 
@@ -362,10 +389,11 @@ def undo_backfill(
 def _log_cleared(walker: RangeWalker, started: float) -> ClearResult:
     seconds = time.monotonic() - started
     log.info(
-        "Cleared snapshot values in %d rows, %d batches, %.1f s",
+        "Cleared snapshot values in %d rows, %d batches, %.1f s; held back: %s",
         walker.state.rows_updated,
         walker.state.batches,
         seconds,
+        describe_waits(walker.governor.waits),
     )
     return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
 

@@ -13,6 +13,13 @@ gets short batches (row locks held briefly) and a fast one gets few commits. Set
 ``batch_size`` (and not ``batch_time``) pins fixed ranges of exactly that many
 ``session_id`` keys, the classic walk whose ranges a runbook can reason about;
 ``batch_time=0`` does the same with the default size.
+
+Health (PostgreSQL). ``max_replica_lag`` and ``max_wal_rate`` hold batches back while
+a standby falls behind or the backfill writes WAL too fast (:mod:`.health`). Sizes
+take PostgreSQL's units (``kB``, ``MB``, ``GB``, ``TB``: powers of 1024).
+
+Runtime. Every number knob can be changed while a job runs (``cowrie-db control set``,
+:mod:`.control`), validated by the same parser as at start: :meth:`BackfillKnobs.with_overrides`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from cowrieprocessor.errors import CowrieError
@@ -41,17 +48,20 @@ class IntKnob:
     default: int
     minimum: int
     maximum: int
-    unit: str  # "" for counts, "ms" for durations (which also accept s / min suffixes)
+    # "" for counts, "ms" for durations (which also accept s / min suffixes), "bytes"
+    # and "bytes/s" for sizes and rates (which accept kB, MB, GB, TB, and /s for rates)
+    unit: str
     help: str
 
     def parse(self, raw: str, source: str) -> int:
         text = raw.strip().lower()
         scale = 1
-        if self.unit == "ms":
-            match = re.fullmatch(r"(\d+)\s*(ms|s|min)?", text)
+        pattern, scales = _UNIT_SYNTAX.get(self.unit, (None, {}))
+        if pattern is not None:
+            match = re.fullmatch(pattern, text)
             if match:
                 text = match.group(1)
-                scale = {"ms": 1, "s": 1000, "min": 60_000, None: 1}[match.group(2)]
+                scale = scales[match.group(2)]
         if not re.fullmatch(r"\d+", text):
             raise KnobError(
                 f"{self.name}={raw!r} (from {source}) is not a whole number; "
@@ -68,8 +78,44 @@ class IntKnob:
         return value
 
     def describe_range(self) -> str:
-        suffix = " ms (or with s / min)" if self.unit == "ms" else ""
-        return f"{self.minimum}..{self.maximum}{suffix}"
+        if self.unit in ("bytes", "bytes/s"):
+            per = "/s" if self.unit == "bytes/s" else ""
+            return f"0 (off), or 1..{show_bytes(self.maximum)}{per} (bytes, or with kB, MB, GB, TB)"
+        return f"{self.minimum}..{self.maximum}{_UNIT_SUFFIX.get(self.unit, '')}"
+
+    def show(self, value: int) -> str:
+        """``value`` as an operator writes it: ``250 ms``, ``256 MB``, ``32 MB/s``, ``off``."""
+        if self.unit in ("bytes", "bytes/s"):
+            per = "/s" if self.unit == "bytes/s" else ""
+            return "off" if value == 0 else show_bytes(value) + per
+        return f"{value} ms" if self.unit == "ms" else str(value)
+
+
+_SIZES: dict[str | None, int] = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "g": 1024**3,
+}
+_SIZES |= {"gb": 1024**3, "t": 1024**4, "tb": 1024**4}
+_UNIT_SYNTAX: dict[str, tuple[str, dict[str | None, int]]] = {
+    "ms": (r"(\d+)\s*(ms|s|min)?", {"ms": 1, "s": 1000, "min": 60_000, None: 1}),
+    "bytes": (r"(\d+)\s*(b|kb?|mb?|gb?|tb?)?", {None: 1, **_SIZES}),
+    "bytes/s": (r"(\d+)\s*(b|kb?|mb?|gb?|tb?)?(?:\s*/\s*s)?", {None: 1, **_SIZES}),
+}
+_UNIT_SUFFIX = {"ms": " ms (or with s / min)"}
+
+
+def show_bytes(value: float) -> str:
+    """``value`` bytes in the largest PostgreSQL unit that keeps it at least 1."""
+    for unit, size in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
+        if abs(value) >= size:
+            shown = value / size
+            return f"{shown:.0f} {unit}" if shown == int(shown) else f"{shown:.1f} {unit}"
+    return f"{value:.0f} bytes"
 
 
 INT_KNOBS: tuple[IntKnob, ...] = (
@@ -133,6 +179,24 @@ INT_KNOBS: tuple[IntKnob, ...] = (
         "ms",
         "how often progress is logged (0 = a line after every batch, with its duration)",
     ),
+    IntKnob(
+        "max_replica_lag",
+        256 * 1024**2,
+        0,
+        1024**4,
+        "bytes",
+        "PostgreSQL: wait before a batch while a connected standby's replay, or an active "
+        "replication slot, is more than this far behind the primary's WAL (0 = off)",
+    ),
+    IntKnob(
+        "max_wal_rate",
+        0,
+        0,
+        1024**4,
+        "bytes/s",
+        "PostgreSQL: space batches so that the WAL written while they run stays under "
+        "this many bytes per second, e.g. 32MB/s (0 = off)",
+    ),
 )
 KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file"})
 DEFAULTS = {k.name: k.default for k in INT_KNOBS}  # from the table above, never re-typed
@@ -147,6 +211,8 @@ class BackfillKnobs:
     statement_timeout: int = DEFAULTS["statement_timeout"]
     max_retries: int = DEFAULTS["max_retries"]
     log_interval: int = DEFAULTS["log_interval"]
+    max_replica_lag: int = DEFAULTS["max_replica_lag"]
+    max_wal_rate: int = DEFAULTS["max_wal_rate"]
     status_file: Path | None = None
 
     @property
@@ -203,6 +269,41 @@ class BackfillKnobs:
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def with_overrides(self, raw: Mapping[str, str], source: str) -> BackfillKnobs:
+        """These knobs with the number knobs in ``raw`` changed (a job that is running:
+        ``cowrie-db control set``), each parsed and range-checked as at start, with the
+        same rule: ``batch_size`` given without ``batch_time`` means fixed batches.
+        Raises :class:`KnobError` naming an unknown knob, a bad value, or ``status_file``
+        (a path is chosen at start only)."""
+        by_name = {k.name: k for k in INT_KNOBS}
+        unknown = sorted(set(raw) - set(by_name))
+        if unknown:
+            fixed = [n for n in unknown if n in KNOB_NAMES]
+            if fixed:
+                raise KnobError(f"{', '.join(fixed)} cannot change while a job runs")
+            raise KnobError(
+                f"unknown backfill knob(s) {', '.join(unknown)}; "
+                f"known: {', '.join(k.name for k in INT_KNOBS)}"
+            )
+        values: dict[str, object] = {
+            name: by_name[name].parse(str(value), source) for name, value in raw.items()
+        }
+        if "batch_size" in raw and "batch_time" not in raw:
+            values["batch_time"] = 0
+        return replace(self, **values)  # type: ignore[arg-type]
+
+    def describe(self) -> dict[str, str]:
+        """The number knobs as an operator writes them (``status``, the logs)."""
+        return {k.name: k.show(getattr(self, k.name)) for k in INT_KNOBS}
+
+    def changes(self, new: BackfillKnobs) -> list[str]:
+        """``name old -> new`` for each number knob that differs in ``new``."""
+        return [
+            f"{k.name} {k.show(getattr(self, k.name))} -> {k.show(getattr(new, k.name))}"
+            for k in INT_KNOBS
+            if getattr(self, k.name) != getattr(new, k.name)
+        ]
 
 
 def _status_path(raw: str, source: str) -> Path:

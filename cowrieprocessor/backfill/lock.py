@@ -54,3 +54,16 @@ def take(conn: Connection, sleep: Callable[[float], None] = time.sleep) -> None:
 def release(conn: Connection) -> None:
     conn.execute(_UNLOCK, {"key": ADVISORY_LOCK_KEY})
     conn.commit()
+
+
+def holder_pid(conn: Connection) -> int | None:
+    """The backend pid holding the lock now (None: no job runs)."""
+    holder = conn.execute(_HOLDER, {"key": ADVISORY_LOCK_KEY}).first()
+    return int(holder[0]) if holder else None
+
+
+def backend_pid(conn: Connection) -> int:
+    """This session's backend pid (what :func:`holder_pid` shows while it runs)."""
+    pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    conn.commit()
+    return int(pid)

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,26 @@ progress_table = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # The running job, written by its engine with each batch and each second it waits
+    # (:mod:`.governor`): its state, what it waits for, the knobs in force, its process.
+    sa.Column("run_state", sa.String(16)),
+    sa.Column("run_info", sa.Text),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+    # Commands for the running job, written by `cowrie-db control` (:mod:`.control`).
+    sa.Column("control", sa.String(16)),
+    sa.Column("control_knobs", sa.Text),
+    sa.Column("control_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("control_at", sa.DateTime(timezone=True)),
+)
+# Columns added after the first release: ensure_table adds them to an older table.
+LATER_COLUMNS = (
+    "run_state",
+    "run_info",
+    "heartbeat_at",
+    "control",
+    "control_knobs",
+    "control_seq",
+    "control_at",
 )
 
 # Phases of a job, in order. "done" is final; a later run starts a fresh walk.
@@ -78,14 +98,27 @@ class JobState:
 
 
 def ensure_table(conn: Connection) -> None:
-    progress_table.create(conn, checkfirst=True)
+    """Create the table, or add the columns a table of an earlier release lacks."""
+    if not sa.inspect(conn).has_table(PROGRESS_TABLE):
+        progress_table.create(conn)
+        return
+    have = {c["name"] for c in sa.inspect(conn).get_columns(PROGRESS_TABLE)}
+    for name in LATER_COLUMNS:
+        if name not in have:
+            spec = sa.schema.CreateColumn(progress_table.c[name]).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {PROGRESS_TABLE} ADD COLUMN {spec}"))
+
+
+def has_table(conn: Connection) -> bool:
+    return sa.inspect(conn).has_table(PROGRESS_TABLE)
 
 
 def load(conn: Connection, job: str) -> JobState | None:
-    if not sa.inspect(conn).has_table(PROGRESS_TABLE):
+    if not has_table(conn):
         return None
+    state_columns = [progress_table.c[f.name] for f in fields(JobState)]
     row = (
-        conn.execute(sa.select(progress_table).where(progress_table.c.job == job))
+        conn.execute(sa.select(*state_columns).where(progress_table.c.job == job))
         .mappings()
         .first()
     )
@@ -93,21 +126,38 @@ def load(conn: Connection, job: str) -> JobState | None:
         return None
     state = JobState(**dict(row))
     for name in ("started_at", "updated_at", "finished_at"):
-        value = getattr(state, name)
-        if value is not None and value.tzinfo is None:  # SQLite drops the zone; it was UTC
-            setattr(state, name, value.replace(tzinfo=UTC))
+        setattr(state, name, as_utc(getattr(state, name)))
     return state
 
 
-def save(conn: Connection, state: JobState) -> None:
-    """Upsert the job's row (call inside the batch's transaction)."""
+def as_utc(value: datetime | None) -> datetime | None:
+    """A time read back from the table: SQLite drops the zone, and it was UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+CONTROL_COLUMNS = ("control", "control_knobs", "control_seq", "control_at")
+
+
+def save(
+    conn: Connection, state: JobState, run: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Upsert the job's row (call inside the batch's transaction), with the running
+    engine's columns ``run`` if given. Returns the row's control columns, read in the
+    same statement (None when the row was new)."""
     state.updated_at = utcnow()
-    row = state.as_row()
-    updated = conn.execute(
-        progress_table.update().where(progress_table.c.job == state.job).values(**row)
+    row = {**state.as_row(), **(run or {})}
+    update = progress_table.update().where(progress_table.c.job == state.job).values(**row)
+    found = (
+        conn.execute(update.returning(*(progress_table.c[c] for c in CONTROL_COLUMNS)))
+        .mappings()
+        .first()
     )
-    if updated.rowcount == 0:
+    if found is None:
         conn.execute(progress_table.insert().values(**row))
+        return None
+    return dict(found)
 
 
 def delete(conn: Connection, job: str) -> None:
@@ -117,6 +167,9 @@ def delete(conn: Connection, job: str) -> None:
 
 def drop_table(conn: Connection) -> None:
     progress_table.drop(conn, checkfirst=True)
+
+
+MAX_WAIT_SHARE = 0.99  # waiting nearly all the time (paused, held back): no ETA
 
 
 def rate_and_eta(done: float, elapsed: float, remaining: float) -> tuple[float, float | None]:
@@ -147,6 +200,13 @@ class Progress:
     started_at: str
     updated_at: str
     dry_run: bool = False
+    # the running engine (:mod:`.governor`): its state, what holds it back, the share of
+    # the recent wall clock spent waiting, the knobs in force, its waits per signal
+    run_state: str = ""
+    run_detail: str = ""
+    wait_share: float = 0.0
+    knobs: dict[str, str] = field(default_factory=dict)
+    waits: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def processed(self) -> int:
@@ -174,10 +234,13 @@ class Progress:
         done: int,
         elapsed: float,
         walked: int | None = None,
+        wait_share: float = 0.0,
         dry_run: bool = False,
     ) -> Progress:
         """The progress of ``state`` in ``phase``, ``done`` of its sessions walked; the
-        rate is ``walked`` sessions (default: all the job has walked) in ``elapsed`` s."""
+        rate is ``walked`` sessions (default: all the job has walked) in ``elapsed``
+        seconds of work; the ETA slows that rate by ``wait_share``, the share of the
+        recent wall clock spent waiting (none while it is all waiting: paused)."""
         made = cls(
             job=state.job,
             phase=phase,
@@ -195,8 +258,13 @@ class Progress:
         remaining = made.total * len(phases) - made.processed
         walked = made.processed if walked is None else walked
         rate, eta = rate_and_eta(walked, elapsed, remaining)
+        if eta is not None and remaining > 0:
+            eta = eta / (1.0 - wait_share) if wait_share < MAX_WAIT_SHARE else None
         return replace(
-            made, rate=round(rate, 1), eta_seconds=None if eta is None else round(eta, 1)
+            made,
+            rate=round(rate, 1),
+            eta_seconds=None if eta is None else round(eta, 1),
+            wait_share=round(wait_share, 3),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -33,13 +33,24 @@ class BatchSizer:
         self.target = knobs.batch_time / 1000 if knobs.adaptive else 0.0
         self.size = min(self.limit, ADAPTIVE_FIRST_BATCH) if self.target else self.limit
         self.batch_size = knobs.batch_size
+        self.phase = ""
 
     def start_phase(self, phase: str) -> None:
         """The catch-up pass reads ranges but writes next to nothing: when adaptive, its
         ranges are sized by time alone, up to ``CATCHUP_REACH`` times ``batch_size``."""
+        self.phase = phase
         reach = CATCHUP_REACH if self.target and phase == CATCHUP else 1
         self.limit = self.batch_size * reach
         self.size = min(self.size, self.limit)
+
+    def retune(self, knobs: BackfillKnobs) -> None:
+        """New knobs while running: fixed batches take the new size at once; adaptive
+        ones keep their current size within the new cap."""
+        self.batch_size = knobs.batch_size
+        self.target = knobs.batch_time / 1000 if knobs.adaptive else 0.0
+        self.start_phase(self.phase)
+        if not self.target:
+            self.size = self.limit
 
     def observe(self, rows: int, seconds: float) -> None:
         if not self.target or rows <= 0:

@@ -22,18 +22,19 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from cowrieprocessor.backfill import lock, progress, record, sql
+from cowrieprocessor.backfill import control, lock, progress, record, sql
 from cowrieprocessor.backfill.errors import (
     BackfillInterrupted,
     BatchFailed,
     classify,
 )
+from cowrieprocessor.backfill.governor import Governor
 from cowrieprocessor.backfill.keys import (
     ROWID_ORDER,
     SESSION_ID_ORDER,
@@ -125,6 +126,13 @@ class RangeWalker:
         self._phase_started = time.monotonic()
         self._phase_done_at_start = 0
         self._last_log = 0.0
+        self.phase_now = phases[0]
+        self.governor = Governor(self)
+
+    def apply_knobs(self, knobs: BackfillKnobs) -> None:
+        """Knobs changed while running (``cowrie-db control set``): from the next batch."""
+        self.knobs = knobs
+        self.sizer.retune(knobs)
 
     # -- connections ---------------------------------------------------------------
 
@@ -135,12 +143,17 @@ class RangeWalker:
             self.conn = self.engine.connect()
             if self.dialect == "postgresql":
                 lock.take(self.conn, self.sleep)
+                self.governor.backend = lock.backend_pid(self.conn)
         return self.conn
 
     def close(self) -> None:
-        """Release the advisory lock (it is per session, and pooled sessions live on)."""
+        """Say in the progress row that the run ended, and release the advisory lock
+        (it is per session, and pooled sessions live on)."""
         if self.conn is None:
             return
+        if not self.conn.closed and not self.conn.invalidated:
+            ended = control.FINISHED if self.state.phase == DONE else control.STOPPED
+            self.governor.finish(self.conn, ended)
         try:
             if self.dialect == "postgresql" and not self.conn.invalidated:
                 if self.conn.in_transaction():
@@ -238,6 +251,7 @@ class RangeWalker:
         else:
             self.order = SESSION_ID_ORDER
         while True:
+            self.governor.before_batch()
             if self.stop.is_set():
                 raise BackfillInterrupted(
                     f"stopped after {self.order.describe(None, lo)}; rerun to resume"
@@ -262,13 +276,12 @@ class RangeWalker:
             if hi is None:
                 return
             lo = hi
-            if self.knobs.pause_ms:
-                self.sleep(self.knobs.pause_ms / 1000)
 
     def undo_recorded(self) -> None:
         """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""
         self._start_phase(WALK)
         while True:
+            self.governor.before_batch()
             if self.stop.is_set():
                 raise BackfillInterrupted("stopped between two batches; rerun to resume")
             started = time.monotonic()
@@ -282,7 +295,7 @@ class RangeWalker:
                         self.state.batches += 1
                         self.state.sessions_walked += undone[1]
                         self.state.rows_updated += undone[2]
-                        progress.save(conn, self.state)
+                        self._save(conn)
                 return undone
 
             before = _copy_state(self.state)
@@ -299,8 +312,6 @@ class RangeWalker:
             self.sizer.observe(entries, seconds)
             where = f"record {record_id}"
             self._report(WALK, where, where, BatchCounts(updated=changed), seconds, entries)
-            if self.knobs.pause_ms:
-                self.sleep(self.knobs.pause_ms / 1000)
 
     def _process(
         self,
@@ -356,7 +367,7 @@ class RangeWalker:
                 counts = run_range(conn, batch)
                 if not self.dry_run:
                     self._advance(phase, hi, size, counts)
-                    progress.save(conn, self.state)
+                    self._save(conn)
             return counts
 
         before = _copy_state(self.state)
@@ -393,6 +404,10 @@ class RangeWalker:
             if s.phase == DONE:
                 s.finished_at = progress.utcnow()
 
+    def _save(self, conn: Connection) -> None:
+        """Save the position with the engine's state; read the operator's commands."""
+        self.governor.received(progress.save(conn, self.state, self.governor.run_columns()))
+
     def _set_timeouts(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
             conn.execute(
@@ -406,6 +421,8 @@ class RangeWalker:
     # -- reporting -----------------------------------------------------------------
 
     def _start_phase(self, phase: str) -> None:
+        self.phase_now = phase
+        self.governor.pace.restart()
         self.sizer.start_phase(phase)
         self._phase_total = self.state.sessions_total
         self._phase_started = time.monotonic()
@@ -416,15 +433,30 @@ class RangeWalker:
         """Where the job stands; ``complete`` once the phase's last range has committed."""
         total = self._phase_total
         done = total if complete or phase == DONE else min(self.state.sessions_walked, total)
-        return Progress.of(
+        pace = self.governor.pace
+        made = Progress.of(
             self.state,
             self.phases,
             phase=phase,
             done=done,
             walked=done - self._phase_done_at_start,
-            elapsed=time.monotonic() - self._phase_started,
+            elapsed=time.monotonic() - self._phase_started - pace.waited_now(),
+            wait_share=pace.wait_share(),
             dry_run=self.dry_run,
         )
+        g = self.governor
+        return replace(
+            made,
+            run_state=g.state,
+            run_detail=g.detail,
+            knobs=self.knobs.describe(),
+            waits={k: dict(v) for k, v in g.waits.items()},
+        )
+
+    def write_status(self) -> None:
+        """Rewrite the status file (while waiting: its state, not a new batch)."""
+        if self.knobs.status_file is not None:
+            progress.write_status_file(self.knobs.status_file, self.progress(self.phase_now))
 
     def _report(
         self,
