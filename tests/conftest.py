@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, PostgresUnavailable
+from cowrieprocessor.testing.standby import StreamingStandby
 from tests.databases import DIALECTS, Databases
 
 
@@ -40,6 +41,28 @@ def pg_server_url() -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def standby() -> Iterator[StreamingStandby]:
+    """A primary of its own and its streaming standby (tests of throttling on replica lag)."""
+    primary = EphemeralPostgres()
+    replica = StreamingStandby(primary)
+    try:
+        primary.start()
+        replica.start()
+    except PostgresUnavailable as exc:
+        replica.stop()
+        primary.stop()
+        message = f"PostgreSQL standby tests cannot run: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
+        pytest.skip(f"!!! SKIPPED - {message}")
+    try:
+        yield replica
+    finally:
+        replica.stop()
+        primary.stop()
 
 
 @pytest.fixture

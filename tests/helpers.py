@@ -109,22 +109,22 @@ def batches_committed(engine: sa.Engine, job: str) -> int:
     return progress_state(engine, job)[2]
 
 
-class Alembic:
-    """``alembic -x db=URL ...`` as a child process, its output (stdout and stderr, merged)
-    read line by line as it comes: to watch a run, time it, and ``kill -9`` it."""
+class Child:
+    """A command as a child process, its output (stdout and stderr, merged) read line by
+    line as it comes: to watch a run, time it, and ``kill -9`` it."""
+
+    name = "the command"
 
     def __init__(
         self,
-        url: str,
-        *args: str,
-        x: Mapping[str, str] | None = None,
+        argv: list[str],
         env: Mapping[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.lines: list[tuple[float, str]] = []
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            alembic_argv(url, *args, x=x),
+            argv,
             cwd=PROJECT_ROOT,
             env=child_env(env),
             stdin=subprocess.DEVNULL,
@@ -151,7 +151,7 @@ class Alembic:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(
-                f"alembic still running after {timeout} s:\n{self.output}"
+                f"{self.name} still running after {timeout} s:\n{self.output}"
             ) from None
         self._reader.join(timeout=30)
         assert self.proc.stdout is not None
@@ -207,3 +207,28 @@ class Alembic:
     def times_of(self, text: str) -> list[float]:
         """When each output line containing ``text`` was read."""
         return [t for t, line in self.lines if text in line]
+
+
+class Alembic(Child):
+    """``alembic -x db=URL ...`` as a child process (see :class:`Child`)."""
+
+    name = "alembic"
+
+    def __init__(
+        self,
+        url: str,
+        *args: str,
+        x: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(alembic_argv(url, *args, x=x), env, preexec_fn)
+
+
+class CowrieDb(Child):
+    """``cowrie-db ARGS`` as a child process (see :class:`Child`)."""
+
+    name = "cowrie-db"
+
+    def __init__(self, *args: str) -> None:
+        super().__init__([str(COWRIE_DB), *args])

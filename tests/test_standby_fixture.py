@@ -5,38 +5,13 @@ the primary reports grow, then drop back to 0 on resume.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, PostgresUnavailable
 from cowrieprocessor.testing.standby import StreamingStandby, replica_lag_bytes
 
 MB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def standby() -> Iterator[StreamingStandby]:
-    primary = EphemeralPostgres()
-    replica = StreamingStandby(primary)
-    try:
-        primary.start()
-        replica.start()
-    except PostgresUnavailable as exc:
-        replica.stop()
-        primary.stop()
-        message = f"PostgreSQL standby tests cannot run: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
-        pytest.skip(f"!!! SKIPPED - {message}")
-    try:
-        yield replica
-    finally:
-        replica.stop()
-        primary.stop()
 
 
 def execute(url: str, *statements: str) -> list[tuple[object, ...]]:
