@@ -538,7 +538,9 @@ def _wait_for_ack(
     while True:
         now = control.running_job(conn)
         if now is None or now.job != sent.job:
-            return "the job is no longer running"
+            if action == "stop":
+                return "stopped; rerun the same command to resume"
+            return "the job is no longer running (it ended)"
         if action == "pause" and now.run_state == control.PAUSED:
             return "paused: no batch starts until `cowrie-db control resume`"
         if action == "resume" and now.run_state != control.PAUSED:

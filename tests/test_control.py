@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BACKFILL_JOB
-from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.progress import LATER_COLUMNS, PROGRESS_TABLE, progress_table
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from tests.helpers import Alembic, CowrieDb, batches_committed, cowrie_db
@@ -146,7 +146,9 @@ def test_stop_ends_after_the_batch_and_a_rerun_resumes(
     )
     assert rerun.returncode == 0, rerun.stderr
     assert f"--resume: continuing the walk phase after batch {committed}" in rerun.stderr
-    assert json.loads((tmp_path / "snapshot_backfill.json").read_text())["phase"] == "done"
+    status_file = json.loads((tmp_path / "snapshot_backfill.json").read_text())
+    assert status_file["phase"] == "done" and status_file["run_state"] == "running"
+    assert status_file["knobs"]["batch_size"] == "1000" and status_file["waits"] == {}
     engine.dispose()
     assert snapshots_now(url) == want
 
@@ -275,3 +277,34 @@ def test_global_options_are_taken_before_and_after_the_command(
         "backfill", "--db", url, "--status-dir", str(status_dir), "--checkpoint-file", "/tmp/x"
     )
     assert clash.returncode == 2 and "name two status files" in clash.stderr
+
+
+def test_a_progress_table_of_the_first_release_gets_the_new_columns(
+    seeded: tuple[str, dict[str, Any]],
+) -> None:
+    """A database backfilled by the first release has a progress table without the
+    control columns: the next run adds them, and status/control read both shapes."""
+    url, want = seeded
+    engine = create_engine_from_url(url)
+    first_release = sa.Table(
+        PROGRESS_TABLE,
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in progress_table.columns
+            if c.name not in LATER_COLUMNS
+        ),
+    )
+    with engine.begin() as conn:
+        first_release.create(conn)
+    status = cowrie_db("status", "--db", url)
+    assert status.returncode == 0, status.stderr
+    assert control(url, "pause").returncode == 1  # nothing runs, and it can tell
+    out = cowrie_db("backfill", "--db", url, "--batch-size", "1000")
+    assert out.returncode == 0, out.stderr
+    with engine.connect() as conn:
+        have = {c["name"] for c in sa.inspect(conn).get_columns(PROGRESS_TABLE)}
+    engine.dispose()
+    assert set(LATER_COLUMNS) <= have
+    assert "state: finished" in cowrie_db("status", "--db", url).stdout
+    assert snapshots_now(url) == want

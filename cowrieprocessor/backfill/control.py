@@ -208,6 +208,8 @@ def request(conn: Connection, command: str, settings: dict[str, str] | None = No
     job = require_running(conn)
     t = progress_table
     where = t.c.job == job.job
+    if conn.dialect.name == "sqlite":  # write lock first: a read snapshot cannot upgrade
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
     with conn.begin():
         if command == "set":
             assert settings is not None

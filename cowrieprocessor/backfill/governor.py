@@ -122,6 +122,7 @@ class Governor:
         self._spacing_from: tuple[float, int] | None = None  # (when, WAL lsn) of last batch
         self._wal_first: tuple[float, int] | None = None
         self._wal_last: tuple[float, int] | None = None
+        self._first_look = True
 
     # -- the progress row's run columns ------------------------------------------------
 
@@ -189,6 +190,9 @@ class Governor:
         """Wait while anything holds the next batch back; raise if told to stop."""
         reading: Reading | None = None
         held_now: set[str] = set()  # the signals that held this batch back
+        if self._first_look:  # a command sent while the run was starting up
+            self._first_look = False
+            self._poll()
         while True:
             self._apply_knobs()
             if self.command.control == STOP:

@@ -333,12 +333,25 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=[f"v{n}" for n in range(len(HOSTILE))])
-@pytest.mark.parametrize("knob", ["batch_size", "lock_timeout", "statement_timeout", "pause_ms"])
+@pytest.mark.parametrize(
+    "knob",
+    [
+        "batch_size",
+        "lock_timeout",
+        "statement_timeout",
+        "pause_ms",
+        "max_replica_lag",
+        "max_wal_rate",
+    ],
+)
 def test_hostile_knob_values_are_refused_by_name(knob: str, value: str) -> None:
     for source in ({knob: value}, None):
         env = {} if source else {f"COWRIE_BACKFILL_{knob.upper()}": value}
         with pytest.raises(KnobError, match=knob):
             BackfillKnobs.from_sources(source, env)
+    # and while a job runs (`cowrie-db control set`), by the same parser
+    with pytest.raises(KnobError, match=knob):
+        BackfillKnobs().with_overrides({knob: value}, "cowrie-db control set")
 
 
 def test_an_absurdly_long_number_is_refused_by_name() -> None:
