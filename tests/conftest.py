@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,14 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, PostgresUnavailable
 from cowrieprocessor.testing.standby import StreamingStandby
 from tests.databases import DIALECTS, Databases
+
+
+def cannot_run(what: str, why: Exception) -> NoReturn:
+    """Skip, loudly; under CI (``CI`` set) fail: a green CI must mean PostgreSQL was tested."""
+    message = f"{what} cannot run: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(f"!!! SKIPPED - {message}")
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +42,7 @@ def pg_server_url() -> Iterator[str]:
     try:
         url = server.start()
     except PostgresUnavailable as exc:
-        message = f"PostgreSQL tests cannot run: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
-        pytest.skip(f"!!! SKIPPED - {message}")
+        cannot_run("PostgreSQL tests", exc)
     try:
         yield url
     finally:
@@ -54,10 +60,7 @@ def standby() -> Iterator[StreamingStandby]:
     except PostgresUnavailable as exc:
         replica.stop()
         primary.stop()
-        message = f"PostgreSQL standby tests cannot run: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
-        pytest.skip(f"!!! SKIPPED - {message}")
+        cannot_run("PostgreSQL standby tests", exc)
     try:
         yield replica
     finally:

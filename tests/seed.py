@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -21,6 +22,7 @@ from cowrieprocessor.db.models import (
 )
 from tests.helpers import alembic_config
 
+T = TypeVar("T")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 # 0004's covering index: the one snapshot index with more than one key column.
 
@@ -29,6 +31,16 @@ asn_t = cast(sa.Table, ASNInventory.__table__)
 ip_t = cast(sa.Table, IPInventory.__table__)
 sess_t = cast(sa.Table, SessionSummary.__table__)
 ev_t = cast(sa.Table, RawEvent.__table__)
+
+
+def read(url: str, what: Callable[[sa.Connection], T]) -> T:
+    """``what`` of a connection to ``url`` (an engine of its own, disposed after)."""
+    engine = create_engine_from_url(url)
+    try:
+        with engine.connect() as conn:
+            return what(conn)
+    finally:
+        engine.dispose()
 
 
 def migrate(url: str, target: str) -> None:

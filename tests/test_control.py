@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from cowrieprocessor.backfill.progress import LATER_COLUMNS, PROGRESS_TABLE, pro
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from tests.helpers import Alembic, CowrieDb, batches_committed, cowrie_db
-from tests.seed import at_0002, seed_random, version
+from tests.seed import at_0002, read, seed_random, version
 
 SESSIONS, IPS = 4_000, 400
 # slow enough to steer: a batch of 100 keys, then 50 ms asleep
@@ -40,12 +42,19 @@ def seeded(db_url: str) -> tuple[str, dict[str, Any]]:
     return db_url, want
 
 
-def snapshots_now(url: str) -> dict[str, Any]:
+@contextmanager
+def slow_backfill(url: str, batches: int = 3) -> Iterator[tuple[CowrieDb, sa.Engine]]:
+    """``cowrie-db backfill`` with slow batches, ``batches`` batches in; killed at the
+    end if it still runs."""
     engine = create_engine_from_url(url)
-    with engine.connect() as conn:
-        found = current_snapshots(conn)
-    engine.dispose()
-    return found
+    run = CowrieDb("backfill", "--db", url, *SLOW_FLAGS)
+    try:
+        assert run.wait_for_batches(engine, BACKFILL_JOB, batches), run.output
+        yield run, engine
+    finally:
+        if run.running():
+            run.kill()
+        engine.dispose()
 
 
 def control(url: str, *args: str) -> Any:
@@ -81,25 +90,18 @@ def test_pause_holds_alembic_upgrade_head_unstamped_until_resume(
     assert "paused by operator since" in run.output
     assert re.search(r"resumed by operator after \d+\.\d s paused", run.output)
     assert re.search(r"Held back: paused 1 time\(s\), [1-9]\d*\.\d s", run.output), run.output
-    assert snapshots_now(url) == want
+    assert read(url, current_snapshots) == want
 
 
 def test_set_changes_the_batch_size_from_the_next_batch(
     seeded: tuple[str, dict[str, Any]],
 ) -> None:
     url, want = seeded
-    engine = create_engine_from_url(url)
-    run = CowrieDb("backfill", "--db", url, *SLOW_FLAGS)
-    try:
-        assert run.wait_for_batches(engine, BACKFILL_JOB, 3), run.output
+    with slow_backfill(url) as (run, _engine):
         changed = control(url, "set", "batch_size=40", "pause_ms=10")
         assert changed.returncode == 0, changed.stdout + changed.stderr
         assert "knobs in force: " in changed.stdout and "batch_size=40" in changed.stdout
         assert run.wait() == 0, run.output
-    finally:
-        if run.running():
-            run.kill()
-    engine.dispose()
     lines = run.output.splitlines()
     at = next(i for i, line in enumerate(lines) if "knobs changed by operator" in line)
     assert "batch_size 100 -> 40; pause_ms 50 ms -> 10 ms" in lines[at]
@@ -107,26 +109,20 @@ def test_set_changes_the_batch_size_from_the_next_batch(
     before = {int(s[0]) for s in sizes[:at] if s}
     after = {int(s[0]) for s in sizes[at:] if s}
     assert before == {100} and after == {40}, (before, after)
-    assert snapshots_now(url) == want
+    assert read(url, current_snapshots) == want
 
 
 def test_stop_ends_after_the_batch_and_a_rerun_resumes(
     seeded: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     url, want = seeded
-    engine = create_engine_from_url(url)
-    run = CowrieDb("backfill", "--db", url, *SLOW_FLAGS)
-    try:
-        assert run.wait_for_batches(engine, BACKFILL_JOB, 3), run.output
+    with slow_backfill(url) as (run, engine):
         stopped = control(url, "stop")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert run.wait() == 130, run.output
-    finally:
-        if run.running():
-            run.kill()
+        committed = batches_committed(engine, BACKFILL_JOB)
     assert "stopped by operator (cowrie-db control stop at" in run.output
     assert "Resume with the same command" in run.output
-    committed = batches_committed(engine, BACKFILL_JOB)
     assert committed >= 3
     status = cowrie_db("status", "--db", url)
     assert "state: not running (stopped" in status.stdout, status.stdout
@@ -149,21 +145,15 @@ def test_stop_ends_after_the_batch_and_a_rerun_resumes(
     status_file = json.loads((tmp_path / "snapshot_backfill.json").read_text())
     assert status_file["phase"] == "done" and status_file["run_state"] == "running"
     assert status_file["knobs"]["batch_size"] == "1000" and status_file["waits"] == {}
-    engine.dispose()
-    assert snapshots_now(url) == want
+    assert read(url, current_snapshots) == want
 
 
 def test_a_pause_left_by_a_killed_run_waits_for_nobody(
     seeded: tuple[str, dict[str, Any]],
 ) -> None:
     url, want = seeded
-    engine = create_engine_from_url(url)
-    run = CowrieDb("backfill", "--db", url, *SLOW_FLAGS)
-    try:
-        assert run.wait_for_batches(engine, BACKFILL_JOB, 3), run.output
+    with slow_backfill(url):
         assert control(url, "pause").returncode == 0
-    finally:
-        run.kill()
     # nothing runs: a command is refused (exit 1), the row's pause is not "running"
     deadline = time.monotonic() + 30
     while (refused := control(url, "resume")).returncode != 1:
@@ -176,18 +166,14 @@ def test_a_pause_left_by_a_killed_run_waits_for_nobody(
     assert "discarding control commands left by an earlier run of snapshot_backfill: pause" in (
         rerun.stderr
     )
-    engine.dispose()
-    assert snapshots_now(url) == want
+    assert read(url, current_snapshots) == want
 
 
 def test_control_refuses_bad_input_and_changes_nothing(
     seeded: tuple[str, dict[str, Any]],
 ) -> None:
     url, _want = seeded
-    engine = create_engine_from_url(url)
-    run = CowrieDb("backfill", "--db", url, *SLOW_FLAGS)
-    try:
-        assert run.wait_for_batches(engine, BACKFILL_JOB, 2), run.output
+    with slow_backfill(url, batches=2) as (run, engine):
         assert control(url, "pause").returncode == 0  # it keeps running, without batches
         before = control_columns(engine)
         for args, message in (
@@ -206,10 +192,6 @@ def test_control_refuses_bad_input_and_changes_nothing(
         assert run.running()
         assert control(url, "stop").returncode == 0
         assert run.wait() == 130
-    finally:
-        if run.running():
-            run.kill()
-    engine.dispose()
     # nothing running: exit 1, and it says so
     idle = control(url, "pause")
     assert idle.returncode == 1 and "no backfill or clear is running" in idle.stdout
@@ -251,7 +233,7 @@ def test_global_options_are_taken_before_and_after_the_command(
     dry = cowrie_db("backfill", "--db", url, "--batch-size", "1000", "--dry-run", "--progress")
     assert dry.returncode == 0, dry.stderr
     assert "DRY RUN - Batch 1: would update" in dry.stderr
-    assert snapshots_now(url) != want  # wrote nothing
+    assert read(url, current_snapshots) != want  # wrote nothing
     # the seed runbook's production run, as written
     status_dir = tmp_path / "status"
     status_dir.mkdir()
@@ -268,7 +250,7 @@ def test_global_options_are_taken_before_and_after_the_command(
         str(status_dir / "snapshot_backfill.json"),
     )
     assert full.returncode == 0, full.stderr
-    assert snapshots_now(url) == want
+    assert read(url, current_snapshots) == want
     for argv in (("--db", url, "status"), ("status", "--db", url), ("-v", "status", "--db", url)):
         out = cowrie_db(*argv)
         assert out.returncode == 0 and "snapshot_backfill: phase done" in out.stdout, argv
@@ -307,4 +289,4 @@ def test_a_progress_table_of_the_first_release_gets_the_new_columns(
     engine.dispose()
     assert set(LATER_COLUMNS) <= have
     assert "state: finished" in cowrie_db("status", "--db", url).stdout
-    assert snapshots_now(url) == want
+    assert read(url, current_snapshots) == want

@@ -28,7 +28,7 @@ from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from cowrieprocessor.testing.standby import StreamingStandby, replica_lag_bytes
 from tests.databases import Databases
 from tests.reliability.figures import record
-from tests.seed import at_0002, seed_random
+from tests.seed import at_0002, read, seed_random
 
 MB = 1024 * 1024
 SESSIONS, IPS = 12_000, 1_500
@@ -97,22 +97,6 @@ class LagWatch(threading.Thread):
             self.halt.wait(0.02)
 
 
-def expected(url: str) -> dict[str, Any]:
-    engine = create_engine_from_url(url)
-    with engine.connect() as conn:
-        found = expected_snapshots(conn)
-    engine.dispose()
-    return found
-
-
-def current(url: str) -> dict[str, Any]:
-    engine = create_engine_from_url(url)
-    with engine.connect() as conn:
-        found = current_snapshots(conn)
-    engine.dispose()
-    return found
-
-
 def wait_until(what: str, predicate: Any, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -124,7 +108,7 @@ def test_replica_lag_holds_the_backfill_until_replay_resumes(
     standby: StreamingStandby, primary_databases: Databases
 ) -> None:
     url = seeded(primary_databases)
-    want = expected(url)
+    want = read(url, expected_snapshots)
     standby.wait_caught_up()
     limit = 1 * MB
     knobs = BackfillKnobs.from_sources(
@@ -183,14 +167,14 @@ def test_replica_lag_holds_the_backfill_until_replay_resumes(
     assert waits["waits"] >= 1 and waits["seconds"] >= 3.0
     # The limit is passed by at most one batch's WAL (plus the heartbeats while held).
     assert limit < watch.peak <= limit + largest_batch + BACKGROUND_WAL
-    assert current(url) == want  # identical to what an unthrottled run writes
+    assert read(url, current_snapshots) == want  # identical to what an unthrottled run writes
 
 
 def test_max_wal_rate_spaces_the_batches(
     standby: StreamingStandby, primary_databases: Databases
 ) -> None:
     url = seeded(primary_databases)
-    want = expected(url)
+    want = read(url, expected_snapshots)
     rate = 1 * MB
     knobs = BackfillKnobs.from_sources(
         {"batch_size": "300", "max_wal_rate": f"{rate // 1024}kB/s", "max_replica_lag": "0"}, {}
@@ -219,14 +203,14 @@ def test_max_wal_rate_spaces_the_batches(
     # the last batch's (written after the last look) and the background's. Slowness
     # can only lower the rate: this cannot fail on a busy machine.
     assert lsn1 - lsn0 <= rate * (t1 - t0) + wal.largest() + BACKGROUND_WAL
-    assert current(url) == want
+    assert read(url, current_snapshots) == want
 
 
 def test_a_role_that_cannot_see_the_standbys_is_warned_once_and_not_held(
     standby: StreamingStandby, primary_databases: Databases, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = seeded(primary_databases)
-    want = expected(url)
+    want = read(url, expected_snapshots)
     role = "cowrie_plain"
     with primary_databases.admin.connect() as admin:  # type: ignore[union-attr]
         admin.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
@@ -255,4 +239,4 @@ def test_a_role_that_cannot_see_the_standbys_is_warned_once_and_not_held(
     assert len(warnings) == 1
     assert "replica_lag" not in result.waits
     assert lag_after is not None and lag_before is not None and lag_after > 1024
-    assert current(url) == want
+    assert read(url, current_snapshots) == want

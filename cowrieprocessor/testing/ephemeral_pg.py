@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,37 +75,98 @@ def _server_user() -> str | None:
     raise PostgresUnavailable("running as root and no 'postgres' or 'nobody' user exists")
 
 
-@dataclass
-class EphemeralPostgres:
-    """One throwaway cluster. ``durable=False`` turns fsync off: fine for tests only."""
+def make_basedir(prefix: str, user: str | None) -> Path:
+    """A new temporary folder for a cluster, owned by the server's ``user`` if any."""
+    basedir = Path(tempfile.mkdtemp(prefix=prefix))
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(basedir, entry.pw_uid, entry.pw_gid)
+    return basedir
 
-    durable: bool = False
-    extra_settings: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    basedir: Path | None = None
-    _bindir: Path | None = None
-    _user: str | None = None
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def start_server(
+    run: Runner, bindir: Path, data: Path, basedir: Path, settings: dict[str, str]
+) -> tuple[int, str]:
+    """``pg_ctl start`` of ``data`` on a free port, its log in ``basedir``: (port, "") or,
+    after three tries (a port picked as free can be taken before we bind it), (0, error)."""
+    options = " ".join(f"-c {k}={v}" for k, v in settings.items())
+    last_error = ""
+    for _attempt in range(3):
+        port = _free_port()
+        started = run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(basedir / "server.log"),
+            "-o",
+            f"-p {port} {options}",
+            "start",
+        )
+        if started.returncode == 0:
+            return port, ""
+        last_error = started.stderr.strip() or started.stdout.strip()
+    return 0, last_error
+
+
+@dataclass
+class Cluster:
+    """What every throwaway server has: its port, folder, binaries and user."""
+
+    port: int = field(default=0, kw_only=True)
+    basedir: Path | None = field(default=None, kw_only=True)
+    _bindir: Path | None = field(default=None, kw_only=True)
+    _user: str | None = field(default=None, kw_only=True)
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        return self.url_for("postgres")
 
     def url_for(self, database: str) -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a server binary, as the unprivileged server user when we are root."""
         cmd = list(args)
         if self._user is not None:
             cmd = ["runuser", "-u", self._user, "--", *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
+    def stop(self) -> None:
+        """Stop the server (fast) and remove its folder; safe to call twice."""
+        if self.basedir is None:
+            return
+        data = self.basedir / "data"
+        if self._bindir is not None and (data / "postmaster.pid").exists():
+            self._run(str(self._bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.basedir, ignore_errors=True)
+        self.basedir = None
+
+    def _log_tail(self) -> str:
+        """The end of the server's log ("" when there is none)."""
+        log_file = self.basedir / "server.log" if self.basedir is not None else None
+        if log_file is None or not log_file.exists():
+            return ""
+        return log_file.read_text(errors="replace")[-2000:]
+
+
+@dataclass
+class EphemeralPostgres(Cluster):
+    """One throwaway cluster. ``durable=False`` turns fsync off: fine for tests only."""
+
+    durable: bool = False
+    extra_settings: dict[str, str] = field(default_factory=dict)
+
     def start(self) -> str:
         self._bindir = find_bindir()
         self._user = _server_user()
-        self.basedir = Path(tempfile.mkdtemp(prefix="cowrie-pg-"))
-        if self._user is not None:
-            entry = pwd.getpwnam(self._user)
-            os.chown(self.basedir, entry.pw_uid, entry.pw_gid)
+        self.basedir = make_basedir("cowrie-pg-", self._user)
         data = self.basedir / "data"
         init = self._run(
             str(self._bindir / "initdb"),
@@ -131,41 +193,12 @@ class EphemeralPostgres:
             # index-only scans would then visit the heap (not what production does).
             settings |= {"fsync": "off", "full_page_writes": "off"}
         settings |= self.extra_settings
-        last_error = ""
-        for _attempt in range(3):  # a port picked as free can be taken before we bind it
-            self.port = _free_port()
-            options = " ".join(f"-c {k}={v}" for k, v in settings.items())
-            started = self._run(
-                str(self._bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(self.basedir / "server.log"),
-                "-o",
-                f"-p {self.port} {options}",
-                "start",
-            )
-            if started.returncode == 0:
-                return self.url
-            last_error = started.stderr.strip() or started.stdout.strip()
-        log_tail = ""
-        log_file = self.basedir / "server.log"
-        if log_file.exists():
-            log_tail = log_file.read_text(errors="replace")[-2000:]
+        self.port, last_error = start_server(self._run, self._bindir, data, self.basedir, settings)
+        if self.port:
+            return self.url
+        log_tail = self._log_tail()
         self.stop()
         raise PostgresUnavailable(f"pg_ctl start failed: {last_error}\n{log_tail}")
-
-    def stop(self) -> None:
-        if self.basedir is None:
-            return
-        data = self.basedir / "data"
-        if self._bindir is not None and (data / "postmaster.pid").exists():
-            self._run(str(self._bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(self.basedir, ignore_errors=True)
-        self.basedir = None
 
     def __enter__(self) -> EphemeralPostgres:
         self.start()

@@ -32,11 +32,6 @@ that tests and benchmarks build their standbys the same way.
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +41,13 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from cowrieprocessor.testing.ephemeral_pg import (
+    Cluster,
     EphemeralPostgres,
     PostgresUnavailable,
-    _free_port,
     _server_user,
     find_bindir,
+    make_basedir,
+    start_server,
 )
 
 APPLICATION_NAME = "cowrie-test-standby"
@@ -111,35 +108,13 @@ def replica_lag_bytes(primary_url: str, *, application_name: str | None = None) 
 
 
 @dataclass
-class StreamingStandby:
+class StreamingStandby(Cluster):
     """A hot standby streaming from ``primary``, which must already be started."""
 
     primary: EphemeralPostgres
     application_name: str = APPLICATION_NAME
     start_timeout: float = 30.0
     extra_settings: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    basedir: Path | None = None
-    _bindir: Path | None = None
-    _user: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = list(args)
-        if self._user is not None:
-            cmd = ["runuser", "-u", self._user, "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-
-    def _log_tail(self) -> str:
-        if self.basedir is None:
-            return ""
-        log_file = self.basedir / "server.log"
-        if not log_file.exists():
-            return ""
-        return log_file.read_text(errors="replace")[-2000:]
 
     def _fail(self, message: str) -> PostgresUnavailable:
         """Stop what was started and build the exception to raise, with the log tail."""
@@ -162,10 +137,7 @@ class StreamingStandby:
             raise PostgresUnavailable("the primary EphemeralPostgres is not started")
         self._bindir = _full_bindir(self.primary._bindir or find_bindir())
         self._user = _server_user()
-        self.basedir = Path(tempfile.mkdtemp(prefix="cowrie-standby-"))
-        if self._user is not None:
-            entry = pwd.getpwnam(self._user)
-            os.chown(self.basedir, entry.pw_uid, entry.pw_gid)
+        self.basedir = make_basedir("cowrie-standby-", self._user)
         data = self.basedir / "data"
 
         try:
@@ -208,29 +180,8 @@ class StreamingStandby:
             **primary_settings,
             **self.extra_settings,
         }
-        options = " ".join(f"-c {k}={v}" for k, v in settings.items())
-        last_error = ""
-        started = False
-        for _attempt in range(3):  # a port picked as free can be taken before we bind it
-            self.port = _free_port()
-            result = self._run(
-                str(self._bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(self.basedir / "server.log"),
-                "-o",
-                f"-p {self.port} {options}",
-                "start",
-            )
-            if result.returncode == 0:
-                started = True
-                break
-            last_error = result.stderr.strip() or result.stdout.strip()
-        if not started:
+        self.port, last_error = start_server(self._run, self._bindir, data, self.basedir, settings)
+        if not self.port:
             raise self._fail(f"pg_ctl start of the standby failed: {last_error}")
 
         deadline = time.monotonic() + self.start_timeout
@@ -246,16 +197,6 @@ class StreamingStandby:
                     f"pg_stat_replication after {self.start_timeout:.0f} s"
                 )
             time.sleep(0.1)
-
-    def stop(self) -> None:
-        """Stop the standby (fast) and remove its directory; safe to call twice."""
-        if self.basedir is None:
-            return
-        data = self.basedir / "data"
-        if self._bindir is not None and (data / "postmaster.pid").exists():
-            self._run(str(self._bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(self.basedir, ignore_errors=True)
-        self.basedir = None
 
     def pause_replay(self, timeout: float = 10.0) -> None:
         """Keep receiving WAL but stop applying it: the replica lag grows from here.
