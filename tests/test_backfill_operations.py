@@ -156,7 +156,7 @@ def test_progress_is_logged_and_the_status_file_is_json(db_url: str, tmp_path: P
     )
     assert out.returncode == 0, out.stderr
     log = out.stderr
-    assert "400 sessions, 400 need snapshots, 60 IPs in inventory; batch_size=100" in log
+    assert "400 sessions, 60 IPs in inventory; batch_size=100" in log
     assert f"{BACKFILL_JOB} walk: 400/400 sessions (100.0%)" in log
     assert "Batches: 10, retries: 0" in log  # 4 ranges walked + 1 end, twice
     assert "unmatched:" in log and "IP not in inventory:" in log

@@ -127,6 +127,9 @@ class RangeWalker:
         self._phase_done_at_start = 0
         self._last_log = 0.0
         self.phase_now = phases[0]
+        self.walk_candidates = (
+            0  # sessions lacking a snapshot column, as this run's walk found them
+        )
         self.governor = Governor(self)
 
     def apply_knobs(self, knobs: BackfillKnobs) -> None:
@@ -386,6 +389,8 @@ class RangeWalker:
 
     def _advance(self, phase: str, hi: str | None, size: int | None, c: BatchCounts) -> None:
         s = self.state
+        if phase == WALK:
+            self.walk_candidates += c.candidates
         s.batches += 1
         s.rows_updated += c.updated
         s.sessions_walked = s.sessions_walked + size if size is not None else self._phase_total
