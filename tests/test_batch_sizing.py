@@ -73,15 +73,22 @@ def _range_sizes(url: str, knobs: BackfillKnobs) -> dict[str, list[int]]:
 def test_a_real_run_keeps_walk_ranges_within_batch_size(db_url: str) -> None:
     sizes = _range_sizes(db_url, BackfillKnobs(batch_size=100))
     assert sizes[WALK] and max(sizes[WALK]) <= 100
-    assert max(sizes[CATCHUP]) > 100  # fast, nearly read-only ranges grow past it
-    assert max(sizes[CATCHUP]) <= 100 * CATCHUP_REACH
+    if db_url.startswith("sqlite"):  # the catch-up walks every range again
+        assert max(sizes[CATCHUP]) > 100  # fast, nearly read-only ranges grow past it
+        assert max(sizes[CATCHUP]) <= 100 * CATCHUP_REACH
+    else:  # it lists the ~60 unmatched sessions: one (last) range
+        assert sizes[CATCHUP] == []
 
 
 def test_a_real_run_with_fixed_batches_has_exact_ranges(db_url: str) -> None:
     sizes = _range_sizes(db_url, BackfillKnobs(batch_size=100, batch_time=0))
     assert set(sizes[WALK]) == {100}
-    assert set(sizes[CATCHUP]) == {100}
-    assert len(sizes[WALK]) == len(sizes[CATCHUP]) == 3000 // 100
+    assert len(sizes[WALK]) == 3000 // 100
+    if db_url.startswith("sqlite"):
+        assert set(sizes[CATCHUP]) == {100}
+        assert len(sizes[CATCHUP]) == 3000 // 100
+    else:
+        assert sizes[CATCHUP] == []
 
 
 @pytest.mark.parametrize("batch_size", [1, 7])

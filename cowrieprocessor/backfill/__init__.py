@@ -14,13 +14,15 @@ progress table, in one short transaction of its own. So:
   range that hits ``statement_timeout`` is split in two; a failure that persists stops
   the run with :class:`BatchFailed`, naming the range and the cause.
 
-After the walk, a catch-up pass walks the keys again: sessions that the loader
-inserted into ranges already walked get their snapshots too. It looks only at sessions
-without ``source_ip`` (every session the walk matched has one), so it reads the table
-but resolves and writes next to nothing. Every session that exists without a snapshot
-when the catch-up starts is covered; one inserted behind the catch-up itself is left to
-the loader (or the next run). A run whose progress row says ``done`` is finished; the
-next run starts a fresh walk (it changes only what still needs changing).
+After the walk, a catch-up pass looks again at every session without ``source_ip``
+(every session the walk matched has one): the unmatched ones, and those the loader
+inserted into ranges already walked, which get their snapshots too. On PostgreSQL it
+lists their keys in one scan and takes them in batches (:class:`.keys.KeyListOrder`);
+on SQLite it walks the ranges again. Either way it resolves and writes next to nothing.
+Every session that exists without a snapshot when the catch-up starts is covered; one
+inserted behind the catch-up itself is left to the loader (or the next run). A run
+whose progress row says ``done`` is finished; the next run starts a fresh walk (it
+changes only what still needs changing).
 
 Each batch also writes the rollback record (:mod:`.record`), in its own transaction,
 so that the downgrade undoes exactly what the backfill wrote. Range sizes are in

@@ -114,6 +114,16 @@ def next_rowid_bound(has_lo: bool) -> TextClause:
 ROWID_OF = text(f"SELECT rowid FROM {TABLE} WHERE session_id = :sid")
 
 
+def catchup_keys(has_lo: bool) -> TextClause:
+    """The keys of the sessions without ``source_ip`` after ``:lo`` (one sequential scan
+    and a sort of what it finds), at most ``:limit``: the catch-up's list."""
+    after = "AND session_id > :lo " if has_lo else ""
+    return text(
+        f"SELECT session_id FROM {TABLE} WHERE source_ip IS NULL {after}"
+        "ORDER BY session_id LIMIT :limit"
+    )
+
+
 def count_range(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> TextClause:
     return text(f"SELECT count(*) FROM {TABLE} s WHERE {range_predicate(has_lo, has_hi, column)}")
 

@@ -38,9 +38,11 @@ from cowrieprocessor.backfill.governor import Governor
 from cowrieprocessor.backfill.keys import (
     ROWID_ORDER,
     SESSION_ID_ORDER,
+    KeyListOrder,
     KeyOrder,
     PositionLost,
     Range,
+    catchup_keys,
 )
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, Progress
@@ -48,6 +50,9 @@ from cowrieprocessor.backfill.sizing import BatchSizer
 from cowrieprocessor.settings import mask_secrets
 
 log = logging.getLogger("cowrieprocessor.backfill")
+# The catch-up lists the sessions it looks at again when there are at most this many
+# (about 60 bytes each in memory); more, and it walks every range of the table instead.
+CATCHUP_LIST_MAX = 200_000
 
 
 @dataclass
@@ -234,12 +239,9 @@ class RangeWalker:
         order = self.order
 
         def count(conn: Connection) -> int:
-            n = conn.execute(
-                sql.count_range(lo is not None, hi is not None, order.column),
-                order.params(lo, hi),
-            ).scalar_one()
+            n = order.count(conn, lo, hi)
             conn.commit()
-            return int(n)
+            return n
 
         return self.retrying(f"counting {order.describe(lo, hi)}", count)  # type: ignore[no-any-return]
 
@@ -253,6 +255,8 @@ class RangeWalker:
             self.order = ROWID_ORDER  # resume in the order the phase was started in
         else:
             self.order = SESSION_ID_ORDER
+        if phase == CATCHUP and self.dialect == "postgresql" and not self.dry_run:
+            self.order = self._catchup_list(lo) or self.order
         while True:
             self.governor.before_batch()
             if self.stop.is_set():
@@ -279,6 +283,27 @@ class RangeWalker:
             if hi is None:
                 return
             lo = hi
+
+    def _catchup_list(self, lo: str | None) -> KeyListOrder | None:
+        """The catch-up's keys, read in one scan (:class:`KeyListOrder`); None when there
+        are more than :data:`CATCHUP_LIST_MAX` (then it walks every range)."""
+
+        def read(conn: Connection) -> list[str]:
+            found = catchup_keys(conn, lo, CATCHUP_LIST_MAX + 1)
+            conn.commit()
+            return found
+
+        keys: list[str] = self.retrying("listing the sessions without source_ip", read)
+        if len(keys) > CATCHUP_LIST_MAX:
+            log.info(
+                "%s catchup: more than %d sessions without source_ip: walking every range",
+                self.job,
+                CATCHUP_LIST_MAX,
+            )
+            return None
+        remaining = max(self._phase_total - self.state.sessions_walked, 0)
+        log.info("%s catchup: %d sessions without source_ip to look at again", self.job, len(keys))
+        return KeyListOrder(keys, remaining / len(keys) if keys else 0.0)
 
     def undo_recorded(self) -> None:
         """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""
@@ -393,7 +418,11 @@ class RangeWalker:
             self.walk_candidates += c.candidates
         s.batches += 1
         s.rows_updated += c.updated
-        s.sessions_walked = s.sessions_walked + size if size is not None else self._phase_total
+        s.sessions_walked = (
+            s.sessions_walked + round(self.order.sessions(size))
+            if size is not None
+            else self._phase_total
+        )
         # The catch-up pass sees again every session still lacking a snapshot: sessions
         # it matches are new ones, and its unmatched counts replace the walk's.
         s.matched += c.matched if phase == WALK else c.updated
