@@ -210,13 +210,11 @@ def job_status(conn: Connection) -> list[JobStatus]:
 
 def _run_columns(conn: Connection, job: str) -> dict[str, Any]:
     """The engine's columns of ``job``'s row ({} in a table of an earlier release)."""
-    have = {c["name"] for c in sa.inspect(conn).get_columns(progress.PROGRESS_TABLE)}
-    names = [n for n in ("run_state", "run_info", "heartbeat_at") if n in have]
-    if not names:
+    if progress.missing_columns(conn):
         return {}
     t = progress.progress_table
-    row = conn.execute(sa.select(*(t.c[n] for n in names)).where(t.c.job == job)).mappings()
-    found = row.first()
+    columns = (t.c.run_state, t.c.run_info, t.c.heartbeat_at)
+    found = conn.execute(sa.select(*columns).where(t.c.job == job)).mappings().first()
     return dict(found) if found is not None else {}
 
 

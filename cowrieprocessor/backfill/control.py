@@ -141,8 +141,7 @@ def running_job(conn: Connection) -> RunningJob | None:
     try:
         if not progress.has_table(conn):
             return None
-        have = {c["name"] for c in sa.inspect(conn).get_columns(progress.PROGRESS_TABLE)}
-        if not set(progress.LATER_COLUMNS) <= have:
+        if progress.missing_columns(conn):
             return None  # written by an earlier release: nothing steerable runs
         t = progress_table
         rows = conn.execute(

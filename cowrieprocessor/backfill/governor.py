@@ -119,9 +119,8 @@ class Governor:
         self.waits: dict[str, dict[str, float]] = {}
         self.holds: dict[str, _Hold] = {}
         self.backend: int | None = None
-        self._spacing_from: tuple[float, int] | None = None  # (when, WAL lsn) of last batch
         self._wal_first: tuple[float, int] | None = None
-        self._wal_last: tuple[float, int] | None = None
+        self._wal_last: tuple[float, int] | None = None  # (when, WAL lsn): the last batch
         self._first_look = True
 
     # -- the progress row's run columns ------------------------------------------------
@@ -232,7 +231,6 @@ class Governor:
         self.state, self.detail = control.RUNNING, ""
         if reading is not None and reading.wal_lsn is not None:
             now = time.monotonic()
-            self._spacing_from = (now, reading.wal_lsn)
             self._wal_first = self._wal_first or (now, reading.wal_lsn)
             self._wal_last = (now, reading.wal_lsn)
         pause = self.walker.knobs.pause_ms
@@ -268,9 +266,9 @@ class Governor:
         """Seconds still to wait so that the WAL since the last batch began stays under
         ``max_wal_rate`` (0 when off, unmeasured, or already under)."""
         rate = self.walker.knobs.max_wal_rate
-        if not rate or reading.wal_lsn is None or self._spacing_from is None:
+        if not rate or reading.wal_lsn is None or self._wal_last is None:
             return 0.0
-        began, lsn = self._spacing_from
+        began, lsn = self._wal_last
         due = began + max(reading.wal_lsn - lsn, 0) / rate
         return max(0.0, due - time.monotonic())
 

@@ -166,8 +166,8 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
     run left discarded): from here on ``status`` shows it and ``control`` can steer it.
     """
 
-    def resumable(saved: JobState | None) -> bool:
-        return saved is not None and saved.phase != DONE
+    def resumable(saved: JobState | None) -> JobState | None:
+        return saved if saved is not None and saved.phase != DONE else None
 
     def setup(conn: Connection) -> JobState | None:
         with walker.begin(conn):
@@ -175,7 +175,7 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
             if fresh_job_to_delete:
                 progress.delete(conn, fresh_job_to_delete)
             saved = progress.load(conn, walker.job)
-            walker.state = saved if resumable(saved) and saved else JobState(job=walker.job)
+            walker.state = resumable(saved) or JobState(job=walker.job)
             walker.governor.claim(conn, walker.job)
             progress.save(conn, walker.state, walker.governor.run_columns())
             return saved
@@ -190,8 +190,8 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
         walker.retrying("reading the progress table", peek)
         walker.state = JobState(job=walker.job)
         return False
-    saved = walker.retrying("preparing the progress table", setup)
-    return resumable(saved) and saved is not None and (saved.batches > 0 or saved.phase != WALK)
+    unfinished = resumable(walker.retrying("preparing the progress table", setup))
+    return unfinished is not None and (unfinished.batches > 0 or unfinished.phase != WALK)
 
 
 def run_backfill(
@@ -244,8 +244,7 @@ def run_backfill(
         for phase in phases:
             if walker.state.phase == phase:
                 walker.walk(phase, run_range)
-        if knobs.status_file is not None:
-            progress.write_status_file(knobs.status_file, walker.progress(DONE))
+        walker.write_status(walker.progress(DONE))
     finally:
         walker.close()
     s = walker.state

@@ -102,11 +102,16 @@ def ensure_table(conn: Connection) -> None:
     if not sa.inspect(conn).has_table(PROGRESS_TABLE):
         progress_table.create(conn)
         return
+    for name in missing_columns(conn):
+        spec = sa.schema.CreateColumn(progress_table.c[name]).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {PROGRESS_TABLE} ADD COLUMN {spec}"))
+
+
+def missing_columns(conn: Connection) -> list[str]:
+    """The columns added since the first release that an existing table lacks (all of
+    them in a table that release wrote: :func:`ensure_table` adds them together)."""
     have = {c["name"] for c in sa.inspect(conn).get_columns(PROGRESS_TABLE)}
-    for name in LATER_COLUMNS:
-        if name not in have:
-            spec = sa.schema.CreateColumn(progress_table.c[name]).compile(dialect=conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {PROGRESS_TABLE} ADD COLUMN {spec}"))
+    return [name for name in LATER_COLUMNS if name not in have]
 
 
 def has_table(conn: Connection) -> bool:

@@ -132,9 +132,8 @@ class RangeWalker:
         self._phase_done_at_start = 0
         self._last_log = 0.0
         self.phase_now = phases[0]
-        self.walk_candidates = (
-            0  # sessions lacking a snapshot column, as this run's walk found them
-        )
+        # sessions lacking a snapshot column, as this run's walk found them
+        self.walk_candidates = 0
         self.governor = Governor(self)
 
     def apply_knobs(self, knobs: BackfillKnobs) -> None:
@@ -487,10 +486,12 @@ class RangeWalker:
             waits={k: dict(v) for k, v in g.waits.items()},
         )
 
-    def write_status(self) -> None:
-        """Rewrite the status file (while waiting: its state, not a new batch)."""
+    def write_status(self, snap: Progress | None = None) -> None:
+        """Rewrite the status file, if there is one: with ``snap``, or where the job
+        stands now (while waiting: its state, not a new batch)."""
         if self.knobs.status_file is not None:
-            progress.write_status_file(self.knobs.status_file, self.progress(self.phase_now))
+            snap = snap or self.progress(self.phase_now)
+            progress.write_status_file(self.knobs.status_file, snap)
 
     def _report(
         self,
@@ -502,8 +503,7 @@ class RangeWalker:
         size: int | None = None,
     ) -> None:
         snap = self.progress(phase, complete=hi is None)
-        if self.knobs.status_file is not None:
-            progress.write_status_file(self.knobs.status_file, snap)
+        self.write_status(snap)
         if self.on_batch is not None:
             self.on_batch(
                 BatchReport(
