@@ -166,7 +166,16 @@ def _pg_spur_type(col: JsonColumn) -> str:
 
 
 def pg_resolve(json: JsonTypes, range_sql: str, needs: str) -> str:
-    """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (see module doc)."""
+    """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (see module doc).
+
+    Every lookup is one index probe per candidate, whatever the sizes of the tables and
+    of the batch: the earliest ``raw_events`` IP and the inventory row are ``LATERAL``
+    subqueries with ``LIMIT 1`` (``ip_address`` is the inventory's key, so the limit
+    changes nothing but the plan), which PostgreSQL cannot turn into a hash join over a
+    scan of the whole table. Without them the planner did exactly that on small tables
+    or large batches (60K sessions, ranges of 5,000 keys: a scan of all of
+    ``ip_inventory`` per batch), and would on any table whose statistics are stale.
+    """
     se, ev, inv = json.columns()
     return f"""
 WITH cand AS (
@@ -180,14 +189,18 @@ WITH cand AS (
     WHERE {range_sql} AND {needs}
 ),
 ev AS (
-    SELECT DISTINCT ON (e.session_id)
-           e.session_id, lower(btrim({ev.expr} ->> 'src_ip')) AS ev_ip
-    FROM raw_events e
-    JOIN cand c ON c.session_id = e.session_id
+    SELECT c.session_id, x.ev_ip
+    FROM cand c
+    CROSS JOIN LATERAL (
+        SELECT lower(btrim({ev.expr} ->> 'src_ip')) AS ev_ip
+        FROM raw_events e
+        WHERE e.session_id = c.session_id
+          AND {ev.typeof("-> 'src_ip'")} = 'string'
+          AND btrim({ev.expr} ->> 'src_ip') <> ''
+        ORDER BY e.event_timestamp ASC NULLS LAST, e.id
+        LIMIT 1
+    ) x
     WHERE c.old_ip IS NULL AND c.meta_ip IS NULL AND c.dshield_ip IS NULL
-      AND {ev.typeof("-> 'src_ip'")} = 'string'
-      AND btrim({ev.expr} ->> 'src_ip') <> ''
-    ORDER BY e.session_id, e.event_timestamp ASC NULLS LAST, e.id
 ),
 resolved AS (
     SELECT c.*, COALESCE(c.old_ip, c.meta_ip, c.dshield_ip, ev.ev_ip) AS ip,
@@ -198,12 +211,19 @@ resolved AS (
 ),
 matched AS (
     SELECT r.session_id, r.row_ctid, r.old_ip, r.old_asn, r.old_country, r.old_type,
-           r.old_at, i.ip_address, i.current_asn,
-           CASE WHEN i.geo_country ~ '^[A-Z]{{2}}$' AND i.geo_country <> 'XX'
-                THEN i.geo_country END AS country,
-           COALESCE(NULLIF(i.ip_types[1], ''), {_pg_spur_type(inv)}) AS ip_type,
+           r.old_at, i.ip_address, i.current_asn, i.country, i.ip_type,
            i.enrichment_updated_at
-    FROM resolved r JOIN ip_inventory i ON i.ip_address = r.ip
+    FROM resolved r
+    CROSS JOIN LATERAL (
+        SELECT i.ip_address, i.current_asn,
+               CASE WHEN i.geo_country ~ '^[A-Z]{{2}}$' AND i.geo_country <> 'XX'
+                    THEN i.geo_country END AS country,
+               COALESCE(NULLIF(i.ip_types[1], ''), {_pg_spur_type(inv)}) AS ip_type,
+               i.enrichment_updated_at
+        FROM ip_inventory i
+        WHERE i.ip_address = r.ip
+        LIMIT 1
+    ) i
 )"""
 
 
@@ -212,7 +232,14 @@ matched AS (
 # checked by its key all the same. A row that a concurrent writer changed meanwhile has
 # a new ctid, so it is left for the catch-up pass: the old values read by ``cand`` are
 # therefore exactly the values the UPDATE replaces (the rollback record relies on it).
-JOIN_BACK = "s.ctid = m.row_ctid AND s.session_id = m.session_id"
+#
+# The TID list makes the scan of session_summaries a TID Scan of the batch's own rows in
+# every plan: with the join condition alone the planner chose a hash join over a scan of
+# the whole table when the batch is a large share of it (60K sessions, 5,000 keys).
+JOIN_BACK = (
+    "s.ctid = m.row_ctid AND s.session_id = m.session_id "
+    "AND s.ctid = ANY (ARRAY(SELECT row_ctid FROM matched))"
+)
 
 PG_COUNTS = """
     (SELECT count(*) FROM resolved) AS candidates,
