@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import platform
 import shutil
@@ -238,6 +239,26 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         ratios["product_over_limit"] = round(
             summary["product"]["seconds"] / summary["limit"]["seconds"], 3
         )
+        ratios |= pair_ratios(
+            "product_over_limit",
+            runs["product"],
+            runs["limit"],
+            lambda r: r["seconds"],
+            lambda r: r["seconds"],
+        )
+        # the walk alone against the limit's UPDATE alone: the per-batch cost, without the
+        # fixed costs (start-up, index builds, VACUUM, validation) that both pay
+        walk = summary["product"]["phases"].get("walk")
+        update = summary["limit"]["steps"].get("update")
+        if walk and update:
+            ratios["walk_over_update"] = round(walk / update, 3)
+            ratios |= pair_ratios(
+                "walk_over_update",
+                runs["product"],
+                runs["limit"],
+                lambda r: r["phases"]["walk"],
+                lambda r: r["steps"]["update"],
+            )
     if "product" in summary and "upstream" in summary:
         ratios["upstream_over_product"] = round(
             summary["upstream"]["seconds"] / summary["product"]["seconds"], 2
@@ -251,11 +272,29 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
+def pair_ratios(
+    name: str,
+    firsts: list[dict[str, Any]],
+    seconds: list[dict[str, Any]],
+    first: Callable[[dict[str, Any]], float],
+    second: Callable[[dict[str, Any]], float],
+) -> dict[str, Any]:
+    """first / second, run by run (the runs alternate): each pair's ratio and their
+    spread. The medians' ratio is the figure to quote; the spread says how much this
+    machine's noise moves one pair."""
+    each = [first(a) / second(b) for a, b in zip(firsts, seconds, strict=False) if second(b) > 0]
+    if not each:
+        return {}
+    return {
+        f"{name}_pairs": [round(x, 3) for x in each],
+        f"{name}_spread": [round(min(each), 3), round(max(each), 3)],
+    }
+
+
 def record_cost(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The rollback record's cost: record / no record, of the whole engine run and of
     the walk phase, as the ratio of the medians and the spread of each pair's ratio."""
     out: dict[str, Any] = {}
-    pairs = list(zip(runs["walk"], runs["walk-norecord"], strict=False))
     for key, name in (("seconds", "record_over_norecord"), ("walk_seconds", "record_walk")):
         with_record = [r[key] for r in runs["walk"]]
         without = [r[key] for r in runs["walk-norecord"]]
@@ -264,10 +303,8 @@ def record_cost(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         out[name] = round(statistics.median(with_record) / statistics.median(without), 3)
         # load from elsewhere only ever adds time: the fastest runs are the least disturbed
         out[f"{name}_of_minima"] = round(min(with_record) / min(without), 3)
-        each = [a[key] / b[key] for a, b in pairs if b[key] > 0]
-        if each:
-            out[f"{name}_pairs"] = [round(x, 3) for x in each]
-            out[f"{name}_spread"] = [round(min(each), 3), round(max(each), 3)]
+        of_key: Callable[[dict[str, Any]], float] = operator.itemgetter(key)
+        out |= pair_ratios(name, runs["walk"], runs["walk-norecord"], of_key, of_key)
     return out
 
 
