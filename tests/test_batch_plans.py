@@ -1,0 +1,115 @@
+"""PostgreSQL plans a batch the same way whatever the sizes of the tables and of the batch:
+one index probe per candidate into ``raw_events`` and ``ip_inventory``, and a TID scan of
+the batch's own rows for the join-back. Never a scan of a whole table: that would make
+every batch cost as much as the table, and the walk quadratic.
+
+The sizes where the planner used to flip: a small table and a batch that is a large
+share of it (at 60K sessions, ranges of 5,000 keys, it hashed all of ``ip_inventory``
+and scanned all of ``session_summaries``, once per batch). Here ranges of half of 2,000
+sessions and of 50, after ``ANALYZE``, on our schema and on the field's (``json``
+columns, upstream's indexes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cowrieprocessor.backfill import shape, sql
+from cowrieprocessor.testing import field_schema
+from tests.seed import at_0002, seed_random
+
+SESSIONS = 2_000
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+def batch_plan(conn: sa.Connection, keys: int, dry_run: bool) -> list[dict[str, Any]]:
+    """The plan of the batch statement over ``keys`` sessions from the table's middle."""
+    json = shape.detect(conn)
+    lo = conn.execute(sql.next_bound(False), {"offset": SESSIONS // 4}).scalar()
+    hi = conn.execute(sql.next_bound(True), {"lo": lo, "offset": keys - 1}).scalar()
+    stmt = sql.pg_dry_run(json, True, True) if dry_run else sql.pg_backfill(json, True, True)
+    params = {"lo": lo, "hi": hi, "job": "plan"}
+    plan = conn.execute(sa.text("EXPLAIN (FORMAT JSON) " + stmt.text), params).scalar_one()
+    return list(nodes(plan[0]["Plan"]))
+
+
+def scans(plan: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Relation -> the scans of it in the plan (a bitmap scan counted once)."""
+    found: dict[str, list[str]] = {}
+    for node in plan:
+        if "Relation Name" in node and node["Node Type"] != "ModifyTable":
+            found.setdefault(node["Relation Name"], []).append(node["Node Type"])
+    return found
+
+
+def _unused_ip(n: int) -> dict[str, Any]:
+    """An inventory row no session names (198.18.0.0/15, for benchmarks)."""
+    return {
+        "ip": f"198.18.{n // 250}.{n % 250 + 1}",
+        "asn": None,
+        "verified": None,
+        "first_seen": field_schema.T0,
+        "last_seen": field_schema.T0,
+        "session_count": 1,
+        "enrichment": "{}",
+        "updated_at": None,
+        "ip_types": [],
+    }
+
+
+@pytest.fixture(params=["current", "field"])
+def analyzed_url(request: pytest.FixtureRequest, pg_url: str) -> str:
+    if request.param == "current":
+        engine = at_0002(pg_url)
+        with engine.begin() as conn:
+            seed_random(conn, SESSIONS, 1_500, seed=5)
+    else:
+        engine = sa.create_engine(pg_url)
+        with engine.begin() as conn:
+            field_schema.build_postgres(conn)
+            field_schema.seed_postgres(conn, sessions=SESSIONS, seed=5)
+            # the fixture's 60 IPs fit in three pages, which a plan may rightly read
+            # whole; an inventory of thousands of IPs, as in the field, may not be
+            conn.execute(sa.text(field_schema._INSERT_IP), [_unused_ip(n) for n in range(4_000)])
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE"))
+    with engine.begin() as conn:
+        conn.execute(sql.PG_RECORD_DDL)
+    engine.dispose()
+    return pg_url
+
+
+@pytest.mark.parametrize("keys", [50, SESSIONS // 2])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["backfill", "dry-run"])
+def test_a_batch_never_plans_a_scan_of_a_whole_table(
+    analyzed_url: str, keys: int, dry_run: bool
+) -> None:
+    engine = sa.create_engine(analyzed_url)
+    with engine.connect() as conn:
+        plan = batch_plan(conn, keys, dry_run)
+        rows = conn.execute(
+            sa.text(
+                "SELECT relname, relpages FROM pg_class "
+                "WHERE relname IN ('ip_inventory', 'raw_events')"
+            )
+        ).all()
+        pages: dict[str, int] = {str(name): int(n) for name, n in rows}
+    engine.dispose()
+    found = scans(plan)
+    # one index probe per candidate into the inventory and into raw_events
+    for table in ("ip_inventory", "raw_events"):
+        assert pages[table] > 10, pages  # a table worth not scanning
+        probes = {"Index Scan", "Bitmap Heap Scan"}
+        assert len(found[table]) == 1 and found[table][0] in probes, (table, found)
+    # session_summaries: the range's candidates (by key; a range of half the table may
+    # be read sequentially), then the join-back, a TID scan of the batch's own rows
+    assert len(found["session_summaries"]) == 2 and "Tid Scan" in found["session_summaries"], found
