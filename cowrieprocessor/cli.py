@@ -8,6 +8,14 @@
     cowrie-db control set batch_time=100ms max_replica_lag=64MB    ... its knobs
     cowrie-db verify [--min-coverage 95] [--json]             validation, as one command
     cowrie-db demo-data --sessions N --ips M [--seed S]       synthetic data at 0002
+    cowrie-db upgrade [REV] [--batch-time 100ms] [-x K=V]     alembic upgrade (head)
+    cowrie-db downgrade REV                                   alembic downgrade
+    cowrie-db current | history                               alembic current / history
+
+``upgrade``, ``downgrade``, ``current`` and ``history`` are Alembic's own commands on
+the migrations this package carries (:mod:`cowrieprocessor.migrate`), so an installed
+wheel deploys a database without a checkout; in a checkout they are exactly
+``alembic ...`` there.
 
 The database is chosen as everywhere else (``--db``, then ``COWRIE_DB_URL``, then the
 embedded SQLite default) and is only ever printed masked. ``--db`` and ``--verbose``
@@ -36,9 +44,12 @@ from types import FrameType
 from typing import Any, TextIO
 
 import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cowrieprocessor import __version__, report
+from cowrieprocessor import __version__, migrate, report
 from cowrieprocessor.backfill import (
     BACKFILL_JOB,
     BackfillInterrupted,
@@ -61,6 +72,7 @@ from cowrieprocessor.settings import (
     SettingsError,
     mask_secrets,
     mask_url,
+    parse_url,
     resolve_database_url,
 )
 
@@ -77,22 +89,28 @@ class CliError(Exception):
 # --- plumbing --------------------------------------------------------------------------
 
 
-def _engine(args: argparse.Namespace, **kwargs: Any) -> sa.Engine:
+def _database_url(args: argparse.Namespace, *, may_create: bool = False) -> str:
+    """The URL to use (``args.masked_url`` set for printing). A SQLite path the operator
+    typed must exist, unless the command creates databases (``upgrade``): a typo must not
+    create a database (and its folders) that then looks empty. The embedded default may
+    not exist yet."""
     url = resolve_database_url(args.db)
     args.masked_url = mask_url(url)
     given = args.db or os.environ.get(ENV_URL)
-    parsed = sa.make_url(url)
-    if given and parsed.get_backend_name() == "sqlite" and parsed.database:
-        # A SQLite path the operator typed must exist: a typo must not create a database
-        # (and its folders) that then looks empty. The embedded default may not exist yet.
+    parsed = parse_url(url)
+    if given and not may_create and parsed.get_backend_name() == "sqlite" and parsed.database:
         path = Path(parsed.database).expanduser()
         plain_file = not parsed.database.startswith("file:") and parsed.database != ":memory:"
         if plain_file and not path.exists():
             raise CliError(
                 f"SQLite database {args.masked_url} does not exist (check the path; "
-                "`alembic upgrade head` creates a new one)"
+                "`cowrie-db upgrade` creates a new one)"
             )
-    return create_engine_from_url(url, application_name="cowrie-db", **kwargs)
+    return url
+
+
+def _engine(args: argparse.Namespace, **kwargs: Any) -> sa.Engine:
+    return create_engine_from_url(_database_url(args), application_name="cowrie-db", **kwargs)
 
 
 def _connect(engine: sa.Engine, masked: str) -> sa.Connection:
@@ -623,6 +641,60 @@ def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# --- upgrade, downgrade, current, history: Alembic on the migrations this package ships ---
+
+
+def _knob_x_args(args: argparse.Namespace) -> list[str]:
+    """The knob flags and ``-x`` arguments given, as Alembic's ``-x`` list; each knob
+    is validated here, before connecting (the revision validates them again)."""
+    raw = list(args.x or [])
+    for item in raw:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"-x {item!r}: expected KEY=VALUE (e.g. -x batch_time=100ms)")
+    given = [f"{k.name}={getattr(args, k.name)}" for k in INT_KNOBS if getattr(args, k.name)]
+    if args.status_dir is not None:
+        given.append(f"status_file={_knobs_from_args(args).status_file}")
+    x = dict(item.split("=", 1) for item in [*raw, *given])
+    db = x.pop("db", None)  # -x db=URL, as with alembic; --db wins
+    if db and args.db is None:
+        args.db = db
+    BackfillKnobs.from_sources(x)
+    return [f"{k}={v}" for k, v in x.items()]
+
+
+# Alembic's command, and whether it may create the database (a SQLite file), by name.
+ALEMBIC_COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], bool]] = {
+    "upgrade": (lambda cfg, a: alembic_command.upgrade(cfg, a.revision, sql=a.sql), True),
+    "downgrade": (lambda cfg, a: alembic_command.downgrade(cfg, a.revision, sql=a.sql), False),
+    "current": (lambda cfg, a: alembic_command.current(cfg, verbose=a.verbose), False),
+    "history": (
+        lambda cfg, a: alembic_command.history(cfg, verbose=a.verbose, indicate_current=True),
+        False,
+    ),
+}
+
+
+def cmd_alembic(args: argparse.Namespace, out: TextIO) -> int:
+    """``upgrade``, ``downgrade``, ``current``, ``history``: Alembic's own command."""
+    action, may_create = ALEMBIC_COMMANDS[args.command]
+    x = _knob_x_args(args) if hasattr(args, "x") else []
+    url = _database_url(args, may_create=may_create)
+    cfg = migrate.alembic_config(url, x)
+    cfg.stdout = out
+    cfg.output_buffer = out  # --sql
+    if not getattr(args, "sql", False):
+        log.info("Database: %s; migrations: %s", args.masked_url, migrate.script_location())
+    logging.getLogger("alembic").setLevel(logging.INFO)
+    try:
+        action(cfg, args)
+    except (BackfillInterrupted, KeyboardInterrupt) as exc:
+        return _interrupted(exc, "the same command", out)
+    except CommandError as exc:
+        raise CliError(mask_secrets(str(exc))) from exc
+    return EXIT_OK
+
+
 # --- parser ----------------------------------------------------------------------------
 
 
@@ -706,6 +778,35 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--min-coverage", type=float, default=95.0, metavar="PERCENT")
     ve.add_argument("--json", action="store_true")
     ve.set_defaults(func=cmd_verify)
+
+    def migration_options(made: argparse.ArgumentParser) -> None:
+        made.add_argument("--sql", action="store_true", help="print the SQL, run nothing")
+        made.add_argument(
+            "-x",
+            action="append",
+            metavar="KEY=VALUE",
+            help="as alembic -x: a backfill knob (e.g. -x batch_time=100ms); repeatable",
+        )
+        _add_knob_flags(made)
+
+    up = command(
+        "upgrade",
+        help="apply the migrations this package ships (alembic upgrade), head by default",
+    )
+    up.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    migration_options(up)
+    up.set_defaults(func=cmd_alembic)
+
+    down = command("downgrade", help="revert to REVISION (alembic downgrade), e.g. 0002")
+    down.add_argument("revision", help="target revision, e.g. 0002_snapshot_columns, or base")
+    migration_options(down)
+    down.set_defaults(func=cmd_alembic)
+
+    cur = command("current", help="the database's revision (alembic current)")
+    cur.set_defaults(func=cmd_alembic)
+
+    hist = command("history", help="the revisions this package ships, the current one marked")
+    hist.set_defaults(func=cmd_alembic)
 
     demo = command("demo-data", help="fill a database at 0002 with synthetic data")
     demo.add_argument("--sessions", type=int, required=True)

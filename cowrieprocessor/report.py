@@ -13,18 +13,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
+from cowrieprocessor import migrate
 from cowrieprocessor.backfill import control, progress, sql
 from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts, session_counts
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import Progress
 from cowrieprocessor.db import adoption
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
-from cowrieprocessor.settings import PROJECT_ROOT
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
 RUNBOOK_QUERY = (
@@ -32,10 +30,6 @@ RUNBOOK_QUERY = (
     "WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
 )
 STALLED_AFTER_S = 120.0
-
-
-def alembic_script() -> ScriptDirectory:
-    return ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini")))
 
 
 @dataclass
@@ -51,7 +45,7 @@ class SchemaState:
 
 
 def schema_state(conn: Connection) -> SchemaState:
-    script = alembic_script()
+    script = migrate.script_directory()
     head = script.get_current_head() or ""
     current = list(MigrationContext.configure(conn).get_current_heads())
     conn.rollback()

@@ -4,9 +4,11 @@ The URL comes from the first of these that is set:
 
 1. an explicit value (``--db URL`` on the command line, ``-x db=URL`` for Alembic);
 2. the ``COWRIE_DB_URL`` environment variable;
-3. the embedded default: a SQLite file at ``var/cowrie.sqlite`` inside the project
-   (its folder is created on demand), or ``$COWRIE_DATA_DIR/cowrie.sqlite`` when
-   ``COWRIE_DATA_DIR`` is set.
+3. the embedded default: a SQLite file ``cowrie.sqlite`` (its folder is created on
+   demand) in ``$COWRIE_DATA_DIR`` when that is set; else in ``var/`` inside a source
+   checkout; else, for an installed package, in the user's data directory
+   (``platformdirs.user_data_dir("cowrieprocessor")``: ``~/.local/share/cowrieprocessor``
+   on Linux, honouring ``XDG_DATA_HOME``), never inside site-packages.
 
 Alembic's ``env.py`` and the ``cowrie-db`` CLI both call :func:`resolve_database_url`,
 so the two can never disagree about which database they touch. Whenever a URL is
@@ -19,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+import platformdirs
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -28,17 +31,34 @@ ENV_URL = "COWRIE_DB_URL"
 ENV_DATA_DIR = "COWRIE_DATA_DIR"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_NAME = "cowrie.sqlite"
+APP_NAME = "cowrieprocessor"
 
 
 class SettingsError(CowrieError, ValueError):
     """A database setting is unusable; the message names the setting and the problem."""
 
 
+def in_checkout() -> bool:
+    """Running from a source checkout (or an editable install of one), not a wheel."""
+    return (PROJECT_ROOT / "alembic.ini").is_file() and (
+        PROJECT_ROOT / "migrations" / "env.py"
+    ).is_file()
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default lives: ``$COWRIE_DATA_DIR``, else the checkout's
+    ``var/``, else the user's data directory (an installed package)."""
+    data_dir = os.environ.get(ENV_DATA_DIR)
+    if data_dir:
+        return Path(data_dir)
+    if in_checkout():
+        return PROJECT_ROOT / "var"
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
 def default_sqlite_path() -> Path:
     """The embedded default database file (its folder is created on demand)."""
-    data_dir = os.environ.get(ENV_DATA_DIR)
-    base = Path(data_dir) if data_dir else PROJECT_ROOT / "var"
-    return base / DEFAULT_SQLITE_NAME
+    return default_data_dir() / DEFAULT_SQLITE_NAME
 
 
 def default_sqlite_url() -> str:

