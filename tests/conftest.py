@@ -23,6 +23,16 @@ from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, PostgresUnav
 from cowrieprocessor.testing.standby import StreamingStandby
 from tests.databases import DIALECTS, Databases
 
+# A test that uses any of these needs PostgreSQL: it gets the ``postgres`` mark, so that
+# ``-m postgres`` (``make test-all``'s second server) selects every PostgreSQL test.
+POSTGRES_FIXTURES = frozenset({"pg_server_url", "pg_databases", "pg_url", "standby"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
 
 def cannot_run(what: str, why: Exception) -> NoReturn:
     """Skip, loudly; under CI (``CI`` set) fail: a green CI must mean PostgreSQL was tested."""

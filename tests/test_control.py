@@ -24,9 +24,10 @@ from tests.helpers import Alembic, CowrieDb, batches_committed, cowrie_db
 from tests.seed import at_0002, read, seed_random, version
 
 SESSIONS, IPS = 4_000, 400
-# slow enough to steer: a batch of 100 keys, then 50 ms asleep
-SLOW = {"batch_size": "100", "pause_ms": "50"}
-SLOW_FLAGS = ["--batch-size", "100", "--pause-ms", "50", "--log-interval", "0"]
+# 40 batches of 100 sessions, 150 ms apart: 6 s, time enough for a `cowrie-db control`
+# process to start and reach the job even on a loaded machine
+SLOW = {"batch_size": "100", "pause_ms": "150"}
+SLOW_FLAGS = ["--batch-size", "100", "--pause-ms", "150", "--log-interval", "0"]
 HEAD = "0004_snapshot_indexes"
 
 
@@ -104,7 +105,7 @@ def test_set_changes_the_batch_size_from_the_next_batch(
         assert run.wait() == 0, run.output
     lines = run.output.splitlines()
     at = next(i for i, line in enumerate(lines) if "knobs changed by operator" in line)
-    assert "batch_size 100 -> 40; pause_ms 50 ms -> 10 ms" in lines[at]
+    assert "batch_size 100 -> 40; pause_ms 150 ms -> 10 ms" in lines[at]
     sizes = [re.findall(r"batch \d+: (\d+) rows", line) for line in lines]
     before = {int(s[0]) for s in sizes[:at] if s}
     after = {int(s[0]) for s in sizes[at:] if s}

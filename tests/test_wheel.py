@@ -46,12 +46,14 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         )
         assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout}\n{done.stderr}"
 
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(source))
-    wheels = list(dist.glob("cowrieprocessor_migrations-*.whl"))
-    assert len(wheels) == 1, wheels
+    # the new virtualenv's own pip builds and installs (one made by uv has no pip)
     env_dir = root / "venv"
     run(sys.executable, "-m", "venv", str(env_dir))
-    run(str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheels[0]))
+    pip = [str(env_dir / "bin" / "python"), "-m", "pip"]
+    run(*pip, "wheel", "--quiet", "--no-deps", "-w", str(dist), str(source))
+    wheels = list(dist.glob("cowrieprocessor_migrations-*.whl"))
+    assert len(wheels) == 1, wheels
+    run(*pip, "install", "--quiet", str(wheels[0]))
     yield env_dir
 
 
@@ -102,7 +104,9 @@ def test_the_wheel_carries_the_migrations_and_not_the_checkout(venv: Path, tmp_p
     assert (location / "env.py").read_bytes() == (PROJECT_ROOT / "migrations/env.py").read_bytes()
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_an_installed_wheel_deploys_backfills_and_downgrades(
     venv: Path, tmp_path: Path, dialect: str, request: pytest.FixtureRequest
 ) -> None:
