@@ -36,12 +36,13 @@ def _fmt(value: Any, spec: str = ".1f", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
-def _spread(ratios: dict[str, Any], name: str) -> str:
-    """The lowest and highest ratio of one alternating pair, and how many pairs."""
+def _spread(ratios: dict[str, Any], name: str, digits: int = 2) -> str:
+    """The lowest and highest ratio of one alternating pair, and how many pairs ("-" in
+    a result file written before pairs were recorded)."""
     lo_hi = ratios.get(f"{name}_spread")
     if not lo_hi:
         return "-"
-    return f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f} (n={len(ratios[f'{name}_pairs'])})"
+    return f"{lo_hi[0]:.{digits}f}-{lo_hi[1]:.{digits}f} (n={len(ratios[f'{name}_pairs'])})"
 
 
 def shaped_rows(results: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -125,20 +126,14 @@ def record_cost(*results: dict[str, Any]) -> str:
         found = True
         ratios = s.get("ratios", {})
         same = s.get("same_result")
-
-        def spread(name: str, ratios: dict[str, Any] = ratios) -> str:
-            lo_hi = ratios.get(f"{name}_spread")
-            if not lo_hi:
-                return "-"
-            return f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f} (n={len(ratios[f'{name}_pairs'])})"
-
         out.append(
             f"| {dialect} | {shape} | {sessions:,} "
             f"| {_fmt(s['walk'].get('seconds'), '.1f', ' s')} "
             f"| {_fmt(s['walk-norecord'].get('seconds'), '.1f', ' s')} "
             f"| {_fmt(ratios.get('record_over_norecord'), '.3f', 'x')} "
-            f"| {spread('record_over_norecord')} "
-            f"| {_fmt(ratios.get('record_walk'), '.3f', 'x')} | {spread('record_walk')} "
+            f"| {_spread(ratios, 'record_over_norecord', 3)} "
+            f"| {_fmt(ratios.get('record_walk'), '.3f', 'x')} "
+            f"| {_spread(ratios, 'record_walk', 3)} "
             f"| {_fmt(ratios.get('record_walk_of_minima'), '.3f', 'x')} "
             f"| {'yes' if same else 'NO' if same is False else '-'} |"
         )
@@ -175,10 +170,6 @@ def targets(*results: dict[str, Any], upstream_at: int = 1_680_000) -> str:
     def line(target: str, measured: str, ok: bool | None) -> None:
         out.append(f"| {target} | {measured} | {'yes' if ok else 'no' if ok is False else '-'} |")
 
-    def spread_text(ratios: dict[str, Any], name: str) -> str:
-        lo_hi = ratios.get(f"{name}_spread")
-        return f"pairs {lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "one pair"
-
     for (dialect, shape, n), row in sorted(shaped.items()):
         s = row["summary"]
         ratios = s.get("ratios", {})
@@ -191,7 +182,7 @@ def targets(*results: dict[str, Any], upstream_at: int = 1_680_000) -> str:
                 f"{where}: whole upgrade <= {bound:.2f} x limit",
                 f"{_fmt(ratio, '.3f', ' x')} ({_fmt(product.get('seconds'), '.1f')} s vs "
                 f"{_fmt(limit.get('seconds'), '.1f')} s, medians of {row['repeats']}; "
-                f"{spread_text(ratios, 'product_over_limit')})",
+                f"pairs {_spread(ratios, 'product_over_limit')})",
                 None if ratio is None else ratio <= bound,
             )
         walk = ratios.get("walk_over_update")
@@ -200,7 +191,7 @@ def targets(*results: dict[str, Any], upstream_at: int = 1_680_000) -> str:
                 f"{where}: walk <= {WALK_TARGET:.2f} x the limit's UPDATE",
                 f"{walk:.3f} x ({_fmt(product.get('phases', {}).get('walk'), '.1f')} s vs "
                 f"{_fmt(limit.get('steps', {}).get('update'), '.1f')} s; "
-                f"{spread_text(ratios, 'walk_over_update')})",
+                f"pairs {_spread(ratios, 'walk_over_update')})",
                 walk <= WALK_TARGET,
             )
         if dialect == "postgresql" and "batch_p95" in product:

