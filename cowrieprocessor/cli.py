@@ -63,7 +63,7 @@ from cowrieprocessor.backfill import (
 )
 from cowrieprocessor.backfill.control import FINISHED
 from cowrieprocessor.backfill.governor import describe_waits
-from cowrieprocessor.backfill.knobs import INT_KNOBS
+from cowrieprocessor.backfill.knobs import INT_KNOBS, JOIN_BACK_CHOICES
 from cowrieprocessor.backfill.progress import DONE
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.errors import CowrieError, IncompatibleSchema
@@ -265,10 +265,19 @@ def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status-dir", metavar="DIR", help=f"write {STATUS_FILE_NAME} there after each batch"
     )
+    parser.add_argument(
+        "--join-back",
+        dest="join_back",
+        default=None,
+        metavar="|".join(JOIN_BACK_CHOICES),
+        help="PostgreSQL: how a batch finds its rows again, by ctid or by session_id "
+        "(Citus); default auto: by session_id when the citus extension is installed",
+    )
 
 
 def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
     explicit: dict[str, str | int | None] = {k.name: getattr(args, k.name) for k in INT_KNOBS}
+    explicit["join_back"] = getattr(args, "join_back", None)
     if args.status_dir is not None:
         status_dir = Path(args.status_dir)
         if not status_dir.is_dir():
@@ -655,6 +664,8 @@ def _knob_x_args(args: argparse.Namespace) -> list[str]:
     given = [f"{k.name}={getattr(args, k.name)}" for k in INT_KNOBS if getattr(args, k.name)]
     if args.status_dir is not None:
         given.append(f"status_file={_knobs_from_args(args).status_file}")
+    if getattr(args, "join_back", None):
+        given.append(f"join_back={args.join_back}")
     x = dict(item.split("=", 1) for item in [*raw, *given])
     db = x.pop("db", None)  # -x db=URL, as with alembic; --db wins
     if db and args.db is None:

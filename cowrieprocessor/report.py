@@ -204,7 +204,7 @@ def job_status(conn: Connection) -> list[JobStatus]:
 
 def _run_columns(conn: Connection, job: str) -> dict[str, Any]:
     """The engine's columns of ``job``'s row ({} in a table of an earlier release)."""
-    if progress.missing_columns(conn):
+    if progress.lacks_run_columns(conn):
         return {}
     t = progress.progress_table
     columns = (t.c.run_state, t.c.run_info, t.c.heartbeat_at)

@@ -141,7 +141,7 @@ def running_job(conn: Connection) -> RunningJob | None:
     try:
         if not progress.has_table(conn):
             return None
-        if progress.missing_columns(conn):
+        if progress.lacks_run_columns(conn):
             return None  # written by an earlier release: nothing steerable runs
         t = progress_table
         rows = conn.execute(

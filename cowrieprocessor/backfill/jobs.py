@@ -23,10 +23,12 @@ from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, per
 from cowrieprocessor.backfill.shape import JsonTypes
 from cowrieprocessor.backfill.sizing import describe_sizing
 from cowrieprocessor.backfill.walker import BatchCounts, BatchReport, RangeWalker, RunRange
+from cowrieprocessor.db import partitions
 
 log = logging.getLogger("cowrieprocessor.backfill")
 
 BACKFILL_JOB = "snapshot_backfill"
+CTID, KEY = "ctid", "key"  # the join-back of a PostgreSQL batch (knob join_back)
 CLEAR_JOB = "snapshot_clear"  # the downgrade of 0003
 CLEAR_ALL_JOB = "snapshot_clear_all"  # cowrie-db clear --all
 # Each job's phases, in order: the catch-up pass re-walks what the walk may have missed.
@@ -69,21 +71,47 @@ class BackfillResult:
 # --- the two jobs ---------------------------------------------------------------------
 
 
-def _backfill_range(dialect: str, dry_run: bool, json: JsonTypes, record: bool) -> RunRange:
-    """The statement(s) of one backfill range, rendered for this database's JSON types."""
+def _backfill_range(
+    dialect: str, dry_run: bool, json: JsonTypes, record: bool, join_back: str = CTID
+) -> RunRange:
+    """The statement(s) of one backfill range, rendered for this database's JSON types,
+    joining back by ``ctid`` or by key (:func:`join_back_mode`)."""
     sources = range(1, len(sql.IP_SOURCES) + 1)
     job = {"job": BACKFILL_JOB}
 
     def run_pg(conn: Connection, r: Range) -> BatchCounts:
+        table = r.order.table
         if dry_run:
-            row = conn.execute(sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs), r.params).one()
+            stmt = sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs, table)
+            row = conn.execute(stmt, r.params).one()
             by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
         else:
-            stmt = sql.pg_backfill(json, r.has_lo, r.has_hi, r.needs, record=record)
+            stmt = sql.pg_backfill(json, r.has_lo, r.has_hi, r.needs, record=record, table=table)
             row = conn.execute(stmt, {**r.params, **job} if record else r.params).one()
             by_source = ()
         return BatchCounts(
             int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated), by_source
+        )
+
+    def run_pg_by_key(conn: Connection, r: Range) -> BatchCounts:
+        table = r.order.table
+        counts = sql.pg_key_counts(json, r.has_lo, r.has_hi, r.needs, table)
+        row = conn.execute(counts, r.params).one()
+        updated = int(row.updated)
+        by_source: tuple[int, ...] = ()
+        if dry_run:
+            by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+        else:
+            stmt = sql.pg_key_update(json, r.has_lo, r.has_hi, r.needs, table)
+            written = conn.execute(stmt, r.params).all()
+            updated = len(written)
+            if record and written:
+                # one bound array per record column, in WRITTEN's order
+                columns = zip(*written, strict=True)
+                values = dict(zip(sql.RECORD_ARRAYS, map(list, columns), strict=True))
+                conn.execute(sql.PG_RECORD_VALUES, {**job, "n": len(written), **values})
+        return BatchCounts(
+            int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source
         )
 
     def run_sqlite(conn: Connection, r: Range) -> BatchCounts:
@@ -103,22 +131,31 @@ def _backfill_range(dialect: str, dry_run: bool, json: JsonTypes, record: bool) 
             int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source
         )
 
-    return run_pg if dialect == "postgresql" else run_sqlite
+    if dialect != "postgresql":
+        return run_sqlite
+    return run_pg_by_key if join_back == KEY else run_pg
+
+
+def join_back_mode(conn: Connection, knobs: BackfillKnobs) -> str:
+    """``ctid`` or ``key``: the knob, or when it says ``auto``, ``key`` where the citus
+    extension is installed (Citus cannot use ctid across shards)."""
+    if knobs.join_back != "auto":
+        return knobs.join_back
+    return KEY if partitions.has_citus(conn) else CTID
 
 
 def dry_run_counts(conn: Connection, hi: str | None = None) -> BatchCounts:
     """The backfill's counts over ``session_id`` range (start, ``hi``] (the whole table
     when ``hi`` is None), written nowhere: what ``check`` and ``verify`` report."""
     json = shape.detect(conn)
-    run = _backfill_range(conn.dialect.name, True, json, False)
+    mode = KEY if partitions.has_citus(conn) else CTID
+    run = _backfill_range(conn.dialect.name, True, json, False, mode)
     return run(conn, Range(WALK, SESSION_ID_ORDER, None, hi))
 
 
 def _clear_range(conn: Connection, r: Range) -> BatchCounts:
-    updated = conn.execute(
-        sql.clear_snapshots(r.has_lo, r.has_hi, r.order.column), r.params
-    ).rowcount
-    return BatchCounts(updated=updated)
+    stmt = sql.clear_snapshots(r.has_lo, r.has_hi, r.order.column, r.order.table)
+    return BatchCounts(updated=conn.execute(stmt, r.params).rowcount)
 
 
 def session_counts(conn: Connection) -> tuple[int, int, int]:
@@ -139,6 +176,15 @@ def table_counts(conn: Connection) -> tuple[int, int]:
     inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
     conn.commit()
     return total, inventory
+
+
+def _join_back(knobs: BackfillKnobs) -> Callable[[Connection], str]:
+    def choose(conn: Connection) -> str:
+        mode = join_back_mode(conn, knobs)
+        conn.rollback()
+        return mode
+
+    return choose
 
 
 def _json_types(conn: Connection) -> JsonTypes:
@@ -168,6 +214,18 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
 
     def resumable(saved: JobState | None) -> JobState | None:
         return saved if saved is not None and saved.phase != DONE else None
+
+    def find_leaves(conn: Connection) -> list[str] | None:
+        found = partitions.leaves(conn)
+        conn.rollback()
+        return found
+
+    walker.leaves = walker.retrying("reading the partitions of session_summaries", find_leaves)
+    if walker.leaves is not None:
+        log.info(
+            "session_summaries is partitioned: %d leaf partition(s), walked one after the other",
+            len(walker.leaves),
+        )
 
     def setup(conn: Connection) -> JobState | None:
         with walker.begin(conn):
@@ -238,9 +296,12 @@ def run_backfill(
             describe_sizing(knobs, walker.fresh_order),
             f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
         )
+        mode = CTID
         if walker.dialect == "postgresql":
             log.info("JSON columns: %s", json.describe())
-        run_range = _backfill_range(walker.dialect, dry_run, json, record)
+            mode = walker.retrying("looking for the citus extension", _join_back(knobs))
+            log.info("join-back: by %s", "session_id" if mode == KEY else "ctid")
+        run_range = _backfill_range(walker.dialect, dry_run, json, record, mode)
         for phase in phases:
             if walker.state.phase == phase:
                 walker.walk(phase, run_range)

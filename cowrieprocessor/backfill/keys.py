@@ -32,10 +32,21 @@ class PositionLost(Exception):
 
 
 class KeyOrder:
-    """Ranges of ``session_id``: keys are the session ids themselves."""
+    """Ranges of ``session_id``: keys are the session ids themselves.
+
+    ``table``: the table walked, ``session_summaries`` or one leaf of it when it is
+    partitioned (:mod:`cowrieprocessor.db.partitions`): each leaf has its own ranges.
+    """
 
     name = "session_id"
     column = "s.session_id"
+
+    def __init__(self, table: str = sql.TABLE) -> None:
+        self.table = table
+
+    def in_table(self, table: str) -> KeyOrder:
+        """This order over another table (a leaf)."""
+        return type(self)(table)
 
     def owns(self, key: str) -> bool:
         """Whether a saved position was written by this order."""
@@ -45,7 +56,7 @@ class KeyOrder:
         params: dict[str, Any] = {"offset": offset}
         if lo is not None:
             params["lo"] = lo
-        value = conn.execute(sql.next_bound(lo is not None), params).scalar()
+        value = conn.execute(sql.next_bound(lo is not None, self.table), params).scalar()
         return None if value is None else str(value)
 
     def param(self, key: str) -> Any:
@@ -75,7 +86,7 @@ class KeyOrder:
 
     def count(self, conn: Connection, lo: str | None, hi: str | None) -> int:
         """How many keys the range holds (to split one that timed out)."""
-        stmt = sql.count_range(lo is not None, hi is not None, self.column)
+        stmt = sql.count_range(lo is not None, hi is not None, self.column, self.table)
         return int(conn.execute(stmt, self.params(lo, hi)).scalar_one())
 
     def sessions(self, keys: int) -> float:
@@ -96,7 +107,8 @@ class KeyListOrder(KeyOrder):
     were not by a range the pass had passed.
     """
 
-    def __init__(self, keys: list[str], sessions_per_key: float) -> None:
+    def __init__(self, keys: list[str], sessions_per_key: float, table: str = sql.TABLE) -> None:
+        super().__init__(table)
         self.keys = keys  # sorted
         self.sessions_per_key = sessions_per_key
         self.extra_predicate = " AND s.session_id = ANY(:keys)"
@@ -119,13 +131,14 @@ class KeyListOrder(KeyOrder):
         return keys * self.sessions_per_key
 
 
-def catchup_keys(conn: Connection, lo: str | None, limit: int) -> list[str]:
-    """The sorted keys after ``lo`` of the sessions without ``source_ip``, at most
-    ``limit`` of them (one scan of the table)."""
+def catchup_keys(conn: Connection, lo: str | None, limit: int, table: str = sql.TABLE) -> list[str]:
+    """The sorted keys after ``lo`` of the sessions without ``source_ip`` in ``table``,
+    at most ``limit`` of them (one scan of the table)."""
     params: dict[str, Any] = {"limit": limit}
     if lo is not None:
         params["lo"] = lo
-    return [str(k) for k in conn.execute(sql.catchup_keys(lo is not None), params).scalars()]
+    stmt = sql.catchup_keys(lo is not None, table)
+    return [str(k) for k in conn.execute(stmt, params).scalars()]
 
 
 class RowidOrder(KeyOrder):

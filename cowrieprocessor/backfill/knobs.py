@@ -198,7 +198,11 @@ INT_KNOBS: tuple[IntKnob, ...] = (
         "this many bytes per second, e.g. 32MB/s (0 = off)",
     ),
 )
-KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file"})
+# How a PostgreSQL batch finds again the rows it resolved: by ``ctid`` (a TID scan; one
+# table's row versions only), or by ``session_id`` (Citus; :mod:`cowrieprocessor.backfill.sql`).
+# ``auto``: by key when the citus extension is installed, else by ctid.
+JOIN_BACK_CHOICES = ("auto", "ctid", "key")
+KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file", "join_back"})
 DEFAULTS = {k.name: k.default for k in INT_KNOBS}  # from the table above, never re-typed
 
 
@@ -214,6 +218,7 @@ class BackfillKnobs:
     max_replica_lag: int = DEFAULTS["max_replica_lag"]
     max_wal_rate: int = DEFAULTS["max_wal_rate"]
     status_file: Path | None = None
+    join_back: str = "auto"
 
     @property
     def adaptive(self) -> bool:
@@ -265,6 +270,9 @@ class BackfillKnobs:
         found = raw("status_file")
         if found is not None and found[0].strip():
             values["status_file"] = _status_path(found[0].strip(), found[1])
+        found = raw("join_back")
+        if found is not None:
+            values["join_back"] = _choice("join_back", JOIN_BACK_CHOICES, *found)
         return cls(**values)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, object]:
@@ -304,6 +312,13 @@ class BackfillKnobs:
             for k in INT_KNOBS
             if getattr(self, k.name) != getattr(new, k.name)
         ]
+
+
+def _choice(name: str, choices: tuple[str, ...], raw: str, source: str) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise KnobError(f"{name}={raw!r} (from {source}) is not one of: {', '.join(choices)}")
+    return value
 
 
 def _status_path(raw: str, source: str) -> Path:

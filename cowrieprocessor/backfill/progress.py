@@ -53,9 +53,12 @@ progress_table = sa.Table(
     sa.Column("control_knobs", sa.Text),
     sa.Column("control_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("control_at", sa.DateTime(timezone=True)),
+    # A partitioned session_summaries: the leaf that last_key is in (leaves are walked
+    # one after the other in the order of their names; :mod:`cowrieprocessor.db.partitions`).
+    sa.Column("leaf", sa.String(255)),
 )
 # Columns added after the first release: ensure_table adds them to an older table.
-LATER_COLUMNS = (
+RUN_COLUMNS = (
     "run_state",
     "run_info",
     "heartbeat_at",
@@ -64,6 +67,7 @@ LATER_COLUMNS = (
     "control_seq",
     "control_at",
 )
+LATER_COLUMNS = (*RUN_COLUMNS, "leaf")
 
 # Phases of a job, in order. "done" is final; a later run starts a fresh walk.
 WALK, CATCHUP, DONE = "walk", "catchup", "done"
@@ -92,6 +96,7 @@ class JobState:
     started_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
+    leaf: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,10 +113,15 @@ def ensure_table(conn: Connection) -> None:
 
 
 def missing_columns(conn: Connection) -> list[str]:
-    """The columns added since the first release that an existing table lacks (all of
-    them in a table that release wrote: :func:`ensure_table` adds them together)."""
+    """The columns added since the first release that an existing table lacks."""
     have = {c["name"] for c in sa.inspect(conn).get_columns(PROGRESS_TABLE)}
     return [name for name in LATER_COLUMNS if name not in have]
+
+
+def lacks_run_columns(conn: Connection) -> bool:
+    """Whether the table was written by the first release, before the engine's state and
+    the operator's commands had columns (:func:`ensure_table` adds them together)."""
+    return any(name in RUN_COLUMNS for name in missing_columns(conn))
 
 
 def has_table(conn: Connection) -> bool:
@@ -121,7 +131,8 @@ def has_table(conn: Connection) -> bool:
 def load(conn: Connection, job: str) -> JobState | None:
     if not has_table(conn):
         return None
-    state_columns = [progress_table.c[f.name] for f in fields(JobState)]
+    have = {c["name"] for c in sa.inspect(conn).get_columns(PROGRESS_TABLE)}
+    state_columns = [progress_table.c[f.name] for f in fields(JobState) if f.name in have]
     row = (
         conn.execute(sa.select(*state_columns).where(progress_table.c.job == job))
         .mappings()

@@ -87,14 +87,14 @@ def range_predicate(has_lo: bool, has_hi: bool, column: str = "s.session_id") ->
 # --- walking the key space ---------------------------------------------------------
 
 
-def next_bound(has_lo: bool) -> TextClause:
+def next_bound(has_lo: bool, table: str = TABLE) -> TextClause:
     """The key ``:n`` places after ``:lo``: the inclusive upper bound of the next range.
 
     An index-only walk of ``:n`` entries of the primary key starting at the previous
     bound; never an OFFSET from the start of the table.
     """
     where = "WHERE session_id > :lo " if has_lo else ""
-    return text(f"SELECT session_id FROM {TABLE} {where}ORDER BY session_id LIMIT 1 OFFSET :offset")
+    return text(f"SELECT session_id FROM {table} {where}ORDER BY session_id LIMIT 1 OFFSET :offset")
 
 
 def next_rowid_bound(has_lo: bool) -> TextClause:
@@ -114,18 +114,20 @@ def next_rowid_bound(has_lo: bool) -> TextClause:
 ROWID_OF = text(f"SELECT rowid FROM {TABLE} WHERE session_id = :sid")
 
 
-def catchup_keys(has_lo: bool) -> TextClause:
+def catchup_keys(has_lo: bool, table: str = TABLE) -> TextClause:
     """The keys of the sessions without ``source_ip`` after ``:lo`` (one sequential scan
     and a sort of what it finds), at most ``:limit``: the catch-up's list."""
     after = "AND session_id > :lo " if has_lo else ""
     return text(
-        f"SELECT session_id FROM {TABLE} WHERE source_ip IS NULL {after}"
+        f"SELECT session_id FROM {table} WHERE source_ip IS NULL {after}"
         "ORDER BY session_id LIMIT :limit"
     )
 
 
-def count_range(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> TextClause:
-    return text(f"SELECT count(*) FROM {TABLE} s WHERE {range_predicate(has_lo, has_hi, column)}")
+def count_range(
+    has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = TABLE
+) -> TextClause:
+    return text(f"SELECT count(*) FROM {table} s WHERE {range_predicate(has_lo, has_hi, column)}")
 
 
 # --- PostgreSQL --------------------------------------------------------------------
@@ -165,7 +167,7 @@ def _pg_spur_type(col: JsonColumn) -> str:
            END"""
 
 
-def pg_resolve(json: JsonTypes, range_sql: str, needs: str) -> str:
+def pg_resolve(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
     """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (see module doc).
 
     Every lookup is one index probe per candidate, whatever the sizes of the tables and
@@ -185,7 +187,7 @@ WITH cand AS (
            s.enrichment_at AS old_at,
            {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
            {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
-    FROM session_summaries s
+    FROM {table} s
     WHERE {range_sql} AND {needs}
 ),
 ev AS (
@@ -261,7 +263,12 @@ WRITTEN = """s.session_id,
 
 
 def pg_backfill(
-    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, record: bool = True
+    json: JsonTypes,
+    has_lo: bool,
+    has_hi: bool,
+    needs: str = NEEDS_SNAPSHOT,
+    record: bool = True,
+    table: str = TABLE,
 ) -> TextClause:
     """One range: resolve, update what would change, record it, and count: one round trip.
 
@@ -269,13 +276,13 @@ def pg_backfill(
     batch, see :mod:`cowrieprocessor.backfill.record`) in the same statement, so in the
     same transaction: the record can never miss a committed write. Bind ``:job``.
     """
-    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs)
+    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs, table)
     returning = WRITTEN if record else "1"
     rec = f",\n{PG_RECORD_CTE}" if record else ""
     return text(
         f"""{resolve},
 upd AS (
-    UPDATE session_summaries AS s SET {SET_NULL_ONLY}
+    UPDATE {table} AS s SET {SET_NULL_ONLY}
     FROM matched m
     WHERE {JOIN_BACK} AND {WOULD_CHANGE}
     RETURNING {returning}
@@ -286,16 +293,137 @@ SELECT {PG_COUNTS},
 
 
 def pg_dry_run(
-    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT
+    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, table: str = TABLE
 ) -> TextClause:
     """The same resolution as :func:`pg_backfill`, counting what it would update and
     how many sessions each IP source resolves."""
-    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs)
+    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs, table)
     return text(
         f"""{resolve}
 SELECT {PG_COUNTS},{PG_SOURCE_COUNTS},
-    (SELECT count(*) FROM matched m JOIN session_summaries s ON {JOIN_BACK}
+    (SELECT count(*) FROM matched m JOIN {table} s ON {JOIN_BACK}
       WHERE {WOULD_CHANGE}) AS updated"""
+    )
+
+
+# --- PostgreSQL, the join-back by key (Citus; ``join_back=key``) ----------------------
+#
+# The same mapping without ``ctid``, without CTEs and without LIMIT in a subquery, so that
+# Citus can push every statement down to the shards when session_summaries and
+# raw_events are distributed by session_id and ip_inventory is a reference table
+# (docs/scale-out.md): every join of the two distributed tables is on session_id, the
+# range predicate is on session_id, the earliest raw_events IP is an aggregate grouped by
+# session_id, the inventory is a plain join, no function is volatile. Three statements a
+# batch instead of one: the counts, the UPDATE, and the rollback record's row, written
+# from the UPDATE's RETURNING with bound arrays (the record lives on the coordinator).
+#
+# The join-back cannot check a row version as the ctid does, so it checks the values:
+# the UPDATE writes a row only while its five columns still hold what the resolution
+# read (``UNCHANGED``; re-checked on the newest version when a concurrent writer got
+# there first), so the old values in the record are exactly the values replaced, and a
+# row changed meanwhile is left for the catch-up pass, as on the ctid path.
+
+
+def _pg_spur_type_flat(col: JsonColumn) -> str:
+    """:func:`_pg_spur_type` without a subquery: a type of SPUR_PRIORITY present in the
+    list (jsonb containment, in priority order), else the list's first non-empty string
+    (a JSON path), else NULL."""
+    path = "-> 'spur' -> 'client' -> 'types'"
+    types = f"(({col.expr} {path}))::jsonb"
+    whens = " ".join(f"""WHEN {types} @> '["{t}"]' THEN '{t}'""" for t in SPUR_PRIORITY)
+    first = f"""jsonb_path_query_first({types}, '$[*] ? (@.type() == "string" && @ != "")')"""
+    return f"""CASE {col.typeof(path)}
+               WHEN 'string' THEN NULLIF({col.expr} -> 'spur' -> 'client' ->> 'types', '')
+               WHEN 'array' THEN CASE {whens} ELSE {first} #>> '{{}}' END
+           END"""
+
+
+def pg_resolve_flat(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
+    """One range's candidates with their IP and inventory row (NULLs when unmatched), as
+    one subquery: the key path's resolution (see above)."""
+    se, ev, inv = json.columns()
+    meta_ip = _pg_text(se, "-> 'session_metadata'", "source_ip")
+    dshield_ip = _pg_text(se, "-> 'dshield' -> 'ip'", "number")
+    return f"""(
+    SELECT c.*, i.ip_address, i.current_asn,
+           CASE WHEN i.geo_country ~ '^[A-Z]{{2}}$' AND i.geo_country <> 'XX'
+                THEN i.geo_country END AS country,
+           COALESCE(NULLIF(i.ip_types[1], ''), {_pg_spur_type_flat(inv)}) AS ip_type,
+           i.enrichment_updated_at
+    FROM (
+        SELECT c.*, COALESCE(c.old_ip, c.meta_ip, c.dshield_ip, ev.ev_ip) AS ip,
+               CASE WHEN c.old_ip IS NOT NULL THEN 1 WHEN c.meta_ip IS NOT NULL THEN 2
+                    WHEN c.dshield_ip IS NOT NULL THEN 3 WHEN ev.ev_ip IS NOT NULL THEN 4
+               END AS src
+        FROM (
+            SELECT s.session_id, s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
+                   s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
+                   s.enrichment_at AS old_at, {meta_ip} AS meta_ip, {dshield_ip} AS dshield_ip
+            FROM {table} s
+            WHERE {range_sql} AND {needs}
+        ) c
+        LEFT JOIN (
+            SELECT s.session_id,
+                   (array_agg(lower(btrim({ev.expr} ->> 'src_ip'))
+                              ORDER BY e.event_timestamp ASC NULLS LAST, e.id))[1] AS ev_ip
+            FROM {table} s
+            JOIN raw_events e ON e.session_id = s.session_id
+            WHERE {range_sql} AND {needs}
+              AND s.source_ip IS NULL AND {meta_ip} IS NULL AND {dshield_ip} IS NULL
+              AND {ev.typeof("-> 'src_ip'")} = 'string' AND btrim({ev.expr} ->> 'src_ip') <> ''
+            GROUP BY s.session_id
+        ) ev ON ev.session_id = c.session_id
+    ) c
+    LEFT JOIN ip_inventory i ON i.ip_address = c.ip
+) m"""
+
+
+# The row still holds what the resolution read (see above).
+UNCHANGED = """s.source_ip IS NOT DISTINCT FROM m.old_ip
+      AND s.snapshot_asn IS NOT DISTINCT FROM m.old_asn
+      AND s.snapshot_country IS NOT DISTINCT FROM m.old_country
+      AND s.snapshot_ip_type IS NOT DISTINCT FROM m.old_type
+      AND s.enrichment_at IS NOT DISTINCT FROM m.old_at"""
+# WOULD_CHANGE, judged on the values the resolution read.
+WOULD_CHANGE_READ = """(
+      m.old_ip IS NULL
+      OR (m.old_asn IS NULL AND m.current_asn IS NOT NULL)
+      OR (m.old_country IS NULL AND m.country IS NOT NULL)
+      OR (m.old_type IS NULL AND m.ip_type IS NOT NULL)
+      OR (m.old_at IS NULL AND m.enrichment_updated_at IS NOT NULL))"""
+
+
+def pg_key_counts(
+    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, table: str = TABLE
+) -> TextClause:
+    """The key path's counts of one range (and a dry run's: what it would update, and
+    how many sessions each IP source resolves)."""
+    resolve = pg_resolve_flat(json, range_predicate(has_lo, has_hi), needs, table)
+    sources = ",".join(
+        f"\n       count(*) FILTER (WHERE m.src = {n}) AS src_{n}"
+        for n in range(1, len(IP_SOURCES) + 1)
+    )
+    return text(
+        f"""SELECT count(*) AS candidates,
+       count(*) FILTER (WHERE m.ip IS NULL) AS no_ip,
+       count(*) FILTER (WHERE m.ip_address IS NOT NULL) AS matched,
+       count(*) FILTER (WHERE m.ip_address IS NOT NULL AND {WOULD_CHANGE_READ}) AS updated,{sources}
+FROM {resolve}"""
+    )
+
+
+def pg_key_update(
+    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, table: str = TABLE
+) -> TextClause:
+    """The key path's UPDATE of one range, returning what it wrote (``WRITTEN``)."""
+    range_sql = range_predicate(has_lo, has_hi)
+    resolve = pg_resolve_flat(json, range_sql, needs, table)
+    return text(
+        f"""UPDATE {table} AS s SET {SET_NULL_ONLY}
+FROM {resolve}
+WHERE s.session_id = m.session_id AND {range_sql} AND m.ip_address IS NOT NULL
+  AND {UNCHANGED} AND {WOULD_CHANGE}
+RETURNING {WRITTEN}"""
     )
 
 
@@ -476,6 +604,14 @@ PG_RECORD_INSERT = f"""INSERT INTO {RECORD_TABLE} (job, n, session_ids, source_i
            array_agg(w_country), array_agg(w_type), array_agg(w_at)
     FROM upd HAVING count(*) > 0"""
 PG_RECORD_CTE = f"rec AS (\n    {PG_RECORD_INSERT}\n    RETURNING 1\n)"
+# The key path's record row: what its UPDATE returned, as bound arrays (one per column).
+PG_RECORD_VALUES = text(
+    f"""INSERT INTO {RECORD_TABLE} (job, n, session_ids, source_ips, snapshot_asns,
+                                snapshot_countries, snapshot_ip_types, enrichment_ats)
+    VALUES (:job, :n, CAST(:session_ids AS text[]), CAST(:source_ips AS text[]),
+            CAST(:snapshot_asns AS bigint[]), CAST(:snapshot_countries AS text[]),
+            CAST(:snapshot_ip_types AS text[]), CAST(:enrichment_ats AS timestamptz[]))"""
+)
 
 _SQLITE_WRITTEN_WHERE = """(b.old_ip IS NULL AND s.source_ip IS NOT NULL)
    OR (b.old_asn IS NULL AND s.snapshot_asn IS NOT NULL)
@@ -559,10 +695,12 @@ DELETE_RECORDS = text(f"DELETE FROM {RECORD_TABLE}")
 # --- clearing everything (`cowrie-db clear --all`, and a downgrade without a record) ---
 
 
-def clear_snapshots(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> TextClause:
+def clear_snapshots(
+    has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = TABLE
+) -> TextClause:
     """NULL the five columns in one range, touching only rows that have a value."""
     return text(
-        f"""UPDATE session_summaries AS s SET
+        f"""UPDATE {table} AS s SET
     source_ip = NULL, snapshot_asn = NULL, snapshot_country = NULL,
     snapshot_ip_type = NULL, enrichment_at = NULL
 WHERE {range_predicate(has_lo, has_hi, column)} AND {HAS_SNAPSHOT}"""

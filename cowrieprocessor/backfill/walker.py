@@ -21,6 +21,7 @@ import logging
 import random
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -127,6 +128,11 @@ class RangeWalker:
             ROWID_ORDER if self.dialect == "sqlite" and knobs.adaptive else SESSION_ID_ORDER
         )
         self.order: KeyOrder = self.fresh_order
+        # A partitioned session_summaries (PostgreSQL): its leaves, walked one after the
+        # other, each with its own ranges (:mod:`cowrieprocessor.db.partitions`); the
+        # leaf after the one being walked (None: the last).
+        self.leaves: list[str] | None = None
+        self._next_leaf: str | None = None
         self._phase_total = 0
         self._phase_started = time.monotonic()
         self._phase_done_at_start = 0
@@ -245,27 +251,87 @@ class RangeWalker:
         return self.retrying(f"counting {order.describe(lo, hi)}", count)  # type: ignore[no-any-return]
 
     def walk(self, phase: str, run_range: RunRange) -> None:
-        """Walk every range of ``phase`` from the saved position to the end."""
+        """Walk every range of ``phase`` from the saved position to the end: of the
+        table, or of each leaf in turn from the saved one when it is partitioned."""
         self._start_phase(phase)
+        if not self.leaves:
+            if self.state.leaf is not None:
+                log.warning(
+                    "%s %s: the saved position is in partition %s, but session_summaries "
+                    "is not partitioned now: restarting the %s from the start",
+                    self.job,
+                    phase,
+                    self.state.leaf,
+                    phase,
+                )
+                self.state.leaf = self.state.last_key = None
+            self._next_leaf = None
+            self._walk_table(phase, run_range, None)
+            return
+        first = self._resume_leaf(phase)
+        for n in range(first, len(self.leaves)):
+            leaf = self.leaves[n]
+            if self.state.leaf != leaf:
+                self.state.leaf, self.state.last_key = leaf, None
+            self._next_leaf = self.leaves[n + 1] if n + 1 < len(self.leaves) else None
+            self._walk_table(phase, run_range, leaf)
+
+    def _resume_leaf(self, phase: str) -> int:
+        """The index of the leaf to start in: the saved one, else the first after it in
+        name order (it was detached or dropped since), else the first."""
+        leaves = self.leaves or []
+        saved = self.state.leaf
+        if saved is None:
+            if self.state.last_key is not None:
+                log.warning(
+                    "%s %s: the saved position %r is in session_summaries as a whole, "
+                    "which is partitioned now: restarting the %s from its first partition",
+                    self.job,
+                    phase,
+                    self.state.last_key,
+                    phase,
+                )
+                self.state.last_key = None
+            return 0
+        if saved in leaves:
+            return leaves.index(saved)
+        following = bisect_right(leaves, saved)
+        log.warning(
+            "%s %s: partition %s, where the run stopped, is gone: going on with %s",
+            self.job,
+            phase,
+            saved,
+            leaves[following] if following < len(leaves) else "no partition (all done)",
+        )
+        self.state.last_key = None
+        return following
+
+    def _walk_table(self, phase: str, run_range: RunRange, leaf: str | None) -> None:
+        """Walk the ranges of one table (``leaf``, or session_summaries when None) from
+        the saved position to its end."""
         lo = self.state.last_key
         if lo is None:
-            self.order = self.fresh_order
+            order = self.fresh_order
         elif ROWID_ORDER.owns(lo) and self.dialect == "sqlite":
-            self.order = ROWID_ORDER  # resume in the order the phase was started in
+            order = ROWID_ORDER  # resume in the order the phase was started in
         else:
-            self.order = SESSION_ID_ORDER
+            order = SESSION_ID_ORDER
+        self.order = order if leaf is None else order.in_table(leaf)
         if phase == CATCHUP and self.dialect == "postgresql" and not self.dry_run:
             self.order = self._catchup_list(lo) or self.order
         while True:
             self.governor.before_batch()
             if self.stop.is_set():
+                where = "" if leaf is None else f" of partition {leaf}"
                 raise BackfillInterrupted(
-                    f"stopped after {self.order.describe(None, lo)}; rerun to resume"
+                    f"stopped after {self.order.describe(None, lo)}{where}; rerun to resume"
                 )
             size = self.sizer.size
             hi = self.bound_after(lo, size - 1)
+            # the last range of a leaf that is not the last: its exact size, for progress
+            last_size = self.count_range(lo, None) if hi is None and self._next_leaf else None
             try:
-                self._process(phase, lo, hi, size if hi is not None else None, run_range)
+                self._process(phase, lo, hi, size if hi is not None else last_size, run_range)
             except PositionLost:
                 log.warning(
                     "%s %s: the rowid position %s no longer holds its session (the file "
@@ -288,7 +354,7 @@ class RangeWalker:
         are more than :data:`CATCHUP_LIST_MAX` (then it walks every range)."""
 
         def read(conn: Connection) -> list[str]:
-            found = catchup_keys(conn, lo, CATCHUP_LIST_MAX + 1)
+            found = catchup_keys(conn, lo, CATCHUP_LIST_MAX + 1, self.order.table)
             conn.commit()
             return found
 
@@ -301,8 +367,18 @@ class RangeWalker:
             )
             return None
         remaining = max(self._phase_total - self.state.sessions_walked, 0)
-        log.info("%s catchup: %d sessions without source_ip to look at again", self.job, len(keys))
-        return KeyListOrder(keys, remaining / len(keys) if keys else 0.0)
+        where = ""
+        if self.leaves and self.state.leaf in self.leaves:
+            # progress: the leaves left share what remains of the phase evenly
+            remaining //= len(self.leaves) - self.leaves.index(self.state.leaf)
+            where = f" in partition {self.state.leaf}"
+        log.info(
+            "%s catchup: %d sessions without source_ip to look at again%s",
+            self.job,
+            len(keys),
+            where,
+        )
+        return KeyListOrder(keys, remaining / len(keys) if keys else 0.0, self.order.table)
 
     def undo_recorded(self) -> None:
         """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""
@@ -428,7 +504,11 @@ class RangeWalker:
         s.unmatched_no_ip += c.no_ip
         s.unmatched_not_in_inventory += c.not_in_inventory
         s.last_key = hi
+        if hi is None and self._next_leaf is not None:  # the last range of a leaf
+            s.leaf = self._next_leaf
+            return
         if hi is None:  # the last range of the phase: move on, atomically with it
+            s.leaf = None
             following = self.phases[self.phases.index(phase) + 1 :]
             s.phase = following[0] if following else DONE
             s.sessions_walked = 0

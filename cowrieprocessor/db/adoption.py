@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql
 
+from cowrieprocessor.db import partitions
 from cowrieprocessor.errors import IncompatibleSchema
 
 SCHEMA_STATE_TABLE = "schema_state"  # upstream's own version table
@@ -177,9 +178,13 @@ def assess(conn: Connection) -> Assessment:
         return found
     columns = {c["name"]: c for c in inspector.get_columns("session_summaries")}
     pk = inspector.get_pk_constraint("session_summaries").get("constrained_columns") or []
-    if pk != ["session_id"]:
+    # a partitioned table's key must hold its partition key: (session_id, first_event_at)
+    # for a range on first_event_at; each partition's key still starts with session_id
+    partitioned = partitions.is_partitioned(conn)
+    if pk != ["session_id"] and not (partitioned and pk[:1] == ["session_id"]):
         found.problems.append(
             f"session_summaries' primary key is {pk or 'missing'}, not session_id"
+            + (" (or, partitioned, one that starts with it)" if partitioned else "")
         )
     for name, kind in SNAPSHOT_COLUMN_KINDS.items():
         if name not in columns:
@@ -330,9 +335,12 @@ def find_source_ip_fk(conn: Connection) -> Found | None:
     return None
 
 
-def find_index(conn: Connection, columns: Sequence[str]) -> Found | None:
+def find_index(
+    conn: Connection, columns: Sequence[str], table: str = "session_summaries"
+) -> Found | None:
     """A valid, plain (b-tree, not partial, no expression) index on session_summaries
-    whose key columns are exactly ``columns``, in order; ours first when there are two."""
+    (or ``table``: one of its partitions, PostgreSQL) whose key columns are exactly
+    ``columns``, in order; ours first when there are two."""
     wanted = list(columns)
     candidates: list[str] = []
     if conn.dialect.name == "postgresql":
@@ -347,11 +355,12 @@ def find_index(conn: Connection, columns: Sequence[str]) -> Found | None:
                    FROM pg_index i
                    JOIN pg_class c ON c.oid = i.indexrelid
                    JOIN pg_am am ON am.oid = c.relam
-                   WHERE i.indrelid = to_regclass('session_summaries')
+                   WHERE i.indrelid = to_regclass(:table)
                      AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
                      AND am.amname = 'btree'
                    ORDER BY c.relname"""
-            )
+            ),
+            {"table": table},
         ).all()
         candidates = [str(name) for name, keys in rows if list(keys) == wanted]
     else:

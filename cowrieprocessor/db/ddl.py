@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from alembic import op
 from sqlalchemy import text
@@ -50,14 +51,43 @@ def run_pg_ddl(
         return
     bind = op.get_bind()
     bind.execute(set_timeout)
-    for attempt in range(1, attempts + 1):
+
+    def attempt() -> None:
+        with bind.begin_nested():
+            bind.execute(text(statement))
+
+    _retry_lock_timeouts(attempt, lock_timeout_ms, attempts)
+
+
+def run_pg_ddl_autocommit(
+    statement: str,
+    *,
+    lock_timeout_ms: int = DEFAULT_DDL_LOCK_TIMEOUT_MS,
+    attempts: int = DEFAULT_DDL_ATTEMPTS,
+) -> None:
+    """:func:`run_pg_ddl` for a statement that runs outside a transaction block, inside
+    ``autocommit_block()`` (no savepoint there: a failed attempt has already ended)."""
+    if op.get_context().as_sql:
+        op.execute(text(statement))
+        return
+    bind = op.get_bind()
+    bind.execute(text(f"SET lock_timeout = {int(lock_timeout_ms)}"))
+    try:
+        _retry_lock_timeouts(lambda: bind.execute(text(statement)), lock_timeout_ms, attempts)
+    finally:
+        bind.execute(text("RESET lock_timeout"))
+
+
+def _retry_lock_timeouts(
+    attempt: Callable[[], object], lock_timeout_ms: int, attempts: int
+) -> None:
+    for n in range(1, attempts + 1):
         try:
-            with bind.begin_nested():
-                bind.execute(text(statement))
+            attempt()
             return
         except DBAPIError as exc:
             code = getattr(exc.orig, "pgcode", None)
-            if code != LOCK_NOT_AVAILABLE or attempt == attempts:
+            if code != LOCK_NOT_AVAILABLE or n == attempts:
                 if code == LOCK_NOT_AVAILABLE:
                     raise DdlLockTimeout(
                         f"could not take the lock for DDL within {lock_timeout_ms} ms after "
@@ -65,11 +95,11 @@ def run_pg_ddl(
                         "(see pg_stat_activity) - rerun `alembic upgrade head` when it ends"
                     ) from exc
                 raise
-            delay = min(0.5 * 2 ** (attempt - 1), 8.0)
+            delay = min(0.5 * 2 ** (n - 1), 8.0)
             log.warning(
                 "lock_timeout (%d ms) on DDL, attempt %d/%d; retrying in %.1f s",
                 lock_timeout_ms,
-                attempt,
+                n,
                 attempts,
                 delay,
             )

@@ -26,6 +26,10 @@ revision created. A legacy ``snapshot_ip_types text[]`` column (left by upstream
 code before its own fix script) is left alone beside the new ``snapshot_ip_type``.
 On SQLite a constraint cannot be added to a column that already exists without
 rebuilding the table; that case is logged as a warning and the constraint is left out.
+
+A partitioned ``session_summaries``: PostgreSQL refuses a ``NOT VALID`` foreign key on
+a partitioned table, so each leaf gets it ``NOT VALID`` and 0004 puts it on the table
+(:mod:`cowrieprocessor.db.partitioned_ddl`). Offline (``--sql``) renders the plain path.
 """
 
 import logging
@@ -34,7 +38,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from cowrieprocessor.db import adoption, ledger
+from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.ddl import run_pg_ddl
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
@@ -79,7 +83,7 @@ def upgrade() -> None:
     fk = adoption.find_source_ip_fk(bind)
     ck = adoption.find_country_check(bind)
     if bind.dialect.name == "postgresql":
-        _add_pg(missing, fk=fk, ck=ck)
+        _add_pg(missing, fk=fk, ck=ck, partitioned=partitions.is_partitioned(bind))
     else:
         _add_sqlite(missing, fk=fk, ck=ck)
     for name in COLUMNS:
@@ -106,14 +110,30 @@ def upgrade() -> None:
         )
 
 
-def _add_pg(missing: list[str], *, fk: adoption.Found | None, ck: adoption.Found | None) -> None:
+def _add_pg(
+    missing: list[str],
+    *,
+    fk: adoption.Found | None,
+    ck: adoption.Found | None,
+    partitioned: bool = False,
+) -> None:
     actions = [f"ADD COLUMN IF NOT EXISTS {name} {COLUMNS[name]}" for name in missing]
-    if fk is None:
+    if fk is None and not partitioned:
         actions.append(f"ADD {PG_FK} NOT VALID")
     if ck is None:
         actions.append(f"ADD {PG_CK} NOT VALID")
     if actions:
         run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(actions))
+    if fk is None and partitioned:
+        # PostgreSQL refuses a NOT VALID foreign key on a partitioned table: each leaf
+        # gets it instead; 0004 validates them and adds it to the table (they attach)
+        added = partitioned_ddl.add_leaf_keys(op.get_bind(), FK_NAME)
+        log.info(
+            "%s is partitioned: foreign key %s added NOT VALID to %d partition(s)",
+            TABLE,
+            FK_NAME,
+            len(added),
+        )
 
 
 def _inline_added(missing: list[str]) -> list[str]:
@@ -157,6 +177,8 @@ def downgrade() -> None:
         adopted_before_ledger=[CK_NAME, FK_NAME],
     )
     if op.get_context().dialect.name == "postgresql":
+        if bind is not None and FK_NAME in constraints and partitions.is_partitioned(bind):
+            partitioned_ddl.drop_leaf_keys(bind, FK_NAME)
         drops = [f"DROP CONSTRAINT IF EXISTS {name}" for name in constraints]
         drops += [f"DROP COLUMN IF EXISTS {name}" for name in columns]
         if drops:

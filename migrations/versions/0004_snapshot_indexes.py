@@ -32,6 +32,12 @@ Each created index is recorded (and committed) *before* its build starts, so a b
 that a crash interrupts is still known as ours. The constraints validated are the ones
 found by definition (ours, or the adopted CHECK and FK).
 
+A partitioned ``session_summaries`` (PostgreSQL refuses ``CONCURRENTLY`` on it): each
+index is created ``ON ONLY`` the table, built ``CONCURRENTLY`` on each partition and
+attached; the foreign key, which 0002 put ``NOT VALID`` on each partition, is
+validated there and then added to the table; the downgrade drops a partitioned index
+with a plain ``DROP INDEX`` (:mod:`cowrieprocessor.db.partitioned_ddl`, docs/scale-out.md).
+
 One repair comes first: if a downgrade of 0003 was interrupted half way, the database
 is stamped at 0003 with some snapshots already cleared; they are refilled here (by the
 backfill engine) so that head always means "backfilled".
@@ -46,7 +52,7 @@ from alembic import op
 
 from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
 from cowrieprocessor.backfill.jobs import refill_after_interrupted_clear
-from cowrieprocessor.db import adoption, ledger
+from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
 from cowrieprocessor.db.adoption import CK_NAME, COVERING_INDEX, FK_NAME, SNAPSHOT_INDEXES
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
@@ -102,6 +108,7 @@ def build_indexes(*, concurrently: bool) -> None:
     offline = op.get_context().as_sql
     bind = None if offline else op.get_bind()
     ours = [] if bind is None else ledger.names(ledger.entries(bind, revision), CREATED)
+    partitioned = bind is not None and partitions.is_partitioned(bind)
     for name, columns in INDEXES.items():
         if bind is not None:
             existing = adoption.find_index(bind, columns)
@@ -109,6 +116,10 @@ def build_indexes(*, concurrently: bool) -> None:
                 if existing.name not in ours:
                     ledger.record(bind, revision, "index", existing.name, ADOPTED)
                     log.info("reusing index %s (%s)", existing.name, ", ".join(columns))
+                continue
+            if partitioned:  # INVALID there means: not every partition attached yet
+                ledger.record(bind, revision, "index", name, CREATED, ", ".join(columns))
+                partitioned_ddl.build_index(bind, name, columns)
                 continue
             if concurrently and _index_is_invalid(name):
                 log.warning("index %s is INVALID (an earlier build failed): rebuilding", name)
@@ -148,6 +159,9 @@ def validate_or_report(kind: str) -> None:
     bind = op.get_bind()
     finder = adoption.find_source_ip_fk if kind == "FK" else adoption.find_country_check
     found = finder(bind)
+    if found is None and kind == "FK" and partitions.is_partitioned(bind):
+        partitioned_ddl.validate_leaf_keys(bind, FK_NAME, VIOLATIONS[kind], EXAMPLES)
+        return
     if found is None:
         log.warning("no %s constraint on %s; nothing to validate", kind, TABLE)
         return
@@ -192,8 +206,13 @@ def downgrade() -> None:
         bind, revision, "index", before_ledger=list(INDEXES), adopted_before_ledger=[COVERING_INDEX]
     )
     concurrently = migration.dialect.name == "postgresql"
+    partitioned = bind is not None and partitions.is_partitioned(bind)
     with migration.autocommit_block() if concurrently else nullcontext():
         for name in drop:
+            if partitioned:
+                assert bind is not None
+                partitioned_ddl.drop_index(bind, name)
+                continue
             op.drop_index(
                 name, table_name=TABLE, postgresql_concurrently=concurrently, if_exists=True
             )

@@ -1,0 +1,97 @@
+"""Partitioned tables and Citus, as the catalog shows them (PostgreSQL).
+
+A partitioned ``session_summaries`` (declarative partitioning: hash on ``session_id``,
+range on ``first_event_at``, or several levels) stores its rows in its *leaves*; the
+parent holds none. The backfill walks the leaves one after the other, each with its own
+key ranges and its own ``ctid`` join-back (a ``ctid`` is unique only inside one table),
+and the revisions build indexes and constraints leaf by leaf where PostgreSQL refuses to
+do it on the parent without a long lock (docs/scale-out.md).
+
+Names: a leaf is named by ``regclass::text``, which PostgreSQL quotes and qualifies with
+its schema when needed, so the name can be used as an identifier in SQL as it is. The
+leaves are ordered by that name in byte order (``COLLATE "C"``, the same order as
+Python's ``sorted``), so a saved position can be compared with the leaves of a later
+run even when partitions were added or dropped meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+TABLE = "session_summaries"
+
+_IS_PARTITIONED = sa.text(
+    "SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass(:table)"
+)
+# Every table of the tree below :table (itself excluded), its parent and whether it is a
+# leaf; parents before their children (by level), then by name.
+_TREE = sa.text(
+    """SELECT t.relid::regclass::text AS name, t.parentrelid::regclass::text AS parent,
+              t.isleaf, t.level, c.relnamespace::regnamespace::text AS schema
+       FROM pg_partition_tree(to_regclass(:table)) AS t
+       JOIN pg_class c ON c.oid = t.relid
+       WHERE t.level > 0
+       ORDER BY t.level, t.relid::regclass::text COLLATE "C"
+    """
+)
+_HAS_CITUS = sa.text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One table of a partition tree below the root."""
+
+    name: str  # regclass text: quoted and schema-qualified as needed
+    parent: str
+    leaf: bool
+    level: int
+    schema: str  # regnamespace text: quoted as needed
+
+    def qualified(self, name: str) -> str:
+        """An object ``name`` (a plain identifier) in this table's schema."""
+        return f"{self.schema}.{name}"
+
+
+def is_partitioned(conn: Connection, table: str = TABLE) -> bool:
+    """Whether ``table`` is a partitioned table (never on SQLite)."""
+    if conn.dialect.name != "postgresql":
+        return False
+    return bool(conn.execute(_IS_PARTITIONED, {"table": table}).scalar())
+
+
+def tree(conn: Connection, table: str = TABLE) -> list[Member]:
+    """The partitions of ``table`` at every level, parents first ([] if not partitioned)."""
+    if not is_partitioned(conn, table):
+        return []
+    rows = conn.execute(_TREE, {"table": table}).all()
+    return [
+        Member(str(r.name), str(r.parent), bool(r.isleaf), int(r.level), str(r.schema))
+        for r in rows
+    ]
+
+
+def leaves(conn: Connection, table: str = TABLE) -> list[str] | None:
+    """The leaves of a partitioned ``table`` in byte order of their names; None when the
+    table is not partitioned (a partitioned table without partitions gives [])."""
+    if not is_partitioned(conn, table):
+        return None
+    return sorted(m.name for m in tree(conn, table) if m.leaf)
+
+
+def has_citus(conn: Connection) -> bool:
+    """Whether the ``citus`` extension is installed in this database."""
+    if conn.dialect.name != "postgresql":
+        return False
+    return bool(conn.execute(_HAS_CITUS).scalar())
+
+
+def child_name(name: str, member: str) -> str:
+    """The name of ``name``'s copy on partition ``member`` (an index, a constraint):
+    ``name`` with a short digest of the partition's name, within PostgreSQL's 63 bytes,
+    the same on every run."""
+    digest = hashlib.sha256(member.encode()).hexdigest()[:10]
+    return f"{name[: 63 - 11]}_{digest}"
