@@ -179,6 +179,17 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                     f"Estimated backfill:    {_fmt_seconds(estimate)} "
                     f"(from a {knobs.batch_size:,}-key dry-run sample)\n"
                 )
+                leaves = report.partition_counts(conn)
+                if leaves:
+                    out.write(
+                        f"Partitioned: {len(leaves)} leaf partition(s), walked one after the "
+                        "other in this order:\n"
+                    )
+                    for leaf in leaves:
+                        out.write(
+                            f"  {leaf.name}: {leaf.sessions:,} sessions, "
+                            f"{leaf.needing_snapshots or 0:,} needing snapshots\n"
+                        )
             elif "session_summaries" in state.tables_present:
                 out.write("Snapshot columns: not yet added (revision 0002 is pending)\n")
             if args.verbose:
@@ -495,6 +506,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             out.write("  knobs: " + ", ".join(f"{k}={v}" for k, v in j.knobs.items()) + "\n")
         if j.waits:
             out.write(f"  held back: {describe_waits(j.waits)}\n")
+        if j.partitions:
+            out.write(f"  partitions ({j.phase}):\n")
+            for leaf in j.partitions:
+                out.write(f"    {leaf.name}: {leaf.state} (about {leaf.sessions:,} sessions)\n")
     if status_file is not None:
         out.write(f"Status file: {json.dumps(status_file, sort_keys=True)}\n")
     return EXIT_OK

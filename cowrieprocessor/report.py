@@ -21,7 +21,7 @@ from cowrieprocessor.backfill import control, progress, sql
 from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts, session_counts
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import Progress
-from cowrieprocessor.db import adoption
+from cowrieprocessor.db import adoption, partitions
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
@@ -121,6 +121,66 @@ def coverage(conn: Connection) -> Coverage:
     )
 
 
+@dataclass(frozen=True)
+class PartitionState:
+    """One leaf of a partitioned session_summaries: its sessions (``check``: counted;
+    ``status``: the planner's estimate), those lacking a snapshot column (``check``
+    only), and where a job stands in it: done, walking or pending in the job's phase."""
+
+    name: str
+    sessions: int
+    needing_snapshots: int | None = None
+    state: str = ""
+
+
+_PER_LEAF = sa.text(
+    f"SELECT s.tableoid::regclass::text AS leaf, count(*) AS sessions, "  # noqa: S608
+    f"count(*) FILTER (WHERE {sql.NEEDS_SNAPSHOT}) AS needing "
+    "FROM session_summaries s GROUP BY 1"
+)
+_ESTIMATES = sa.text(
+    "SELECT c.oid::regclass::text, greatest(c.reltuples, 0)::bigint FROM pg_class c "
+    "WHERE c.oid = ANY (SELECT relid FROM pg_partition_tree('session_summaries') WHERE isleaf)"
+)
+
+
+def partition_counts(conn: Connection) -> list[PartitionState]:
+    """``check``: each leaf's sessions and those lacking a snapshot column, counted in
+    one scan ([] when session_summaries is not partitioned)."""
+    leaves = partitions.leaves(conn)
+    if not leaves:
+        return []
+    counted = {r.leaf: r for r in conn.execute(_PER_LEAF).all()}
+    conn.rollback()
+    found = []
+    for leaf in leaves:
+        row = counted.get(leaf)
+        found.append(
+            PartitionState(leaf, int(row.sessions) if row else 0, int(row.needing) if row else 0)
+        )
+    return found
+
+
+def partition_progress(conn: Connection, state: progress.JobState) -> list[PartitionState]:
+    """``status``: where the job stands in each leaf ([] when not partitioned). The
+    leaves are walked in name order, each phase from the first: the leaves before the
+    saved one are done in this phase, the ones after it pending."""
+    leaves = partitions.leaves(conn)
+    if not leaves:
+        return []
+    estimates: dict[str, int] = {str(k): int(v) for k, v in conn.execute(_ESTIMATES).all()}
+    found = []
+    for leaf in leaves:
+        if state.phase == progress.DONE:
+            where = "done"
+        elif state.leaf is None:  # the phase has not reached a partition yet
+            where = "pending"
+        else:
+            where = "done" if leaf < state.leaf else "walking" if leaf == state.leaf else "pending"
+        found.append(PartitionState(leaf, estimates.get(leaf, 0), None, where))
+    return found
+
+
 def estimate_seconds(conn: Connection, sessions: int, knobs: BackfillKnobs) -> float | None:
     """Time one dry-run range and scale it to the table (writes cost roughly 2x reads)."""
     if sessions == 0:
@@ -154,6 +214,8 @@ class JobStatus(Progress):
     finished_at: str | None = None
     running: bool = False
     seconds_since_heartbeat: float | None = None
+    # a partitioned session_summaries: each leaf, and where the job stands in it
+    partitions: list[PartitionState] = field(default_factory=list)
 
 
 def job_status(conn: Connection) -> list[JobStatus]:
@@ -196,6 +258,7 @@ def job_status(conn: Connection) -> list[JobStatus]:
                 finished_at=state.finished_at.isoformat() if state.finished_at else None,
                 running=running,
                 seconds_since_heartbeat=None if since_beat is None else round(since_beat, 1),
+                partitions=partition_progress(conn, state),
             )
         )
     conn.rollback()

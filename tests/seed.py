@@ -20,6 +20,7 @@ from cowrieprocessor.db.models import (
     RawEvent,
     SessionSummary,
 )
+from cowrieprocessor.testing.partitioned import partition_tables
 from tests.helpers import alembic_config
 
 T = TypeVar("T")
@@ -51,6 +52,17 @@ def at_0002(url: str) -> sa.Engine:
     """Migrate ``url`` to 0002 (columns present, no backfill) and return an engine."""
     migrate(url, "0002_snapshot_columns")
     return create_engine_from_url(url)
+
+
+def partitioned_at_0002(url: str, kind: str) -> sa.Engine:
+    """:func:`at_0002` on a database whose session_summaries (hash or monthly range) and
+    raw_events (hash) were partitioned before the deploy, at 0001."""
+    migrate(url, "0001_baseline")
+    engine = create_engine_from_url(url)
+    with engine.begin() as conn:
+        partition_tables(conn, kind)
+    migrate(url, "0002_snapshot_columns")
+    return engine
 
 
 def add_asn(conn: sa.Connection, asn: int, name: str = "AS", country: str = "CN") -> None:

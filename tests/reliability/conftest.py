@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.databases import DIALECTS, Databases
-from tests.reliability.datasets import Dataset, build_dataset, bulk_seed
+from tests.reliability.datasets import SCALE_OUT, SCALE_OUT_IDS, Dataset, build_dataset, bulk_seed
 from tests.seed import seed_random
 
 
@@ -45,6 +45,26 @@ def large(request: pytest.FixtureRequest, scratch: Path) -> Iterator[Dataset]:
     try:
         yield build_dataset(
             dbs, lambda conn: bulk_seed(conn, 30_000, 3000), {"batch_size": "250"}, observe=True
+        )
+    finally:
+        dbs.close()
+
+
+@pytest.fixture(scope="package", params=SCALE_OUT, ids=SCALE_OUT_IDS)
+def scaled_out(
+    request: pytest.FixtureRequest, pg_server_url: str, scratch: Path
+) -> Iterator[Dataset]:
+    """:func:`mixed`'s 3,000 sessions, starting over 400 days (some past the monthly
+    partitions, in the DEFAULT one), in batches of 50: about 8 batches per partition."""
+    partition, join_back = request.param
+    dbs = Databases("postgresql", scratch, pg_server_url)
+    try:
+        yield build_dataset(
+            dbs,
+            lambda conn: bulk_seed(conn, 3000, 300, spread_days=400),
+            {"batch_size": "50", "join_back": join_back},
+            observe=True,
+            partition=partition,
         )
     finally:
         dbs.close()

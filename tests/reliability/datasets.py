@@ -22,14 +22,27 @@ from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
 from tests.databases import Databases
 from tests.helpers import Alembic, progress_state
-from tests.reliability.outcomes import BEFORE, NULLS, Snaps
-from tests.seed import T0, asn_t, at_0002, ev_t, ip_t, migrate, sess_t, snapshots
+from tests.reliability.outcomes import BEFORE, NULLS, Snaps, differences
+from tests.seed import (
+    T0,
+    asn_t,
+    at_0002,
+    ev_t,
+    ip_t,
+    migrate,
+    partitioned_at_0002,
+    sess_t,
+    snapshots,
+)
 
 
-def bulk_seed(conn: sa.Connection, sessions: int, ips: int, seed: int = 11) -> None:
+def bulk_seed(
+    conn: sa.Connection, sessions: int, ips: int, seed: int = 11, spread_days: int = 0
+) -> None:
     """The mix of :func:`tests.seed.seed_random` (metadata IPs, padded and upper-case ones,
     raw-event-only sessions, unmatched IPs, IPv6), inserted in bulk: tens of thousands of
-    rows in a second or two instead of one round trip per row."""
+    rows in a second or two instead of one round trip per row. ``spread_days``: the
+    sessions start over that many days from T0 (for monthly partitions), else all at T0."""
     rng = random.Random(seed)
     asns = (4134, 4837, 14061, 16509)
     conn.execute(
@@ -90,11 +103,23 @@ def bulk_seed(conn: sa.Connection, sessions: int, ips: int, seed: int = 11) -> N
                         event_timestamp=T0 + timedelta(seconds=n + offset),
                     )
                 )
-        session_rows.append(dict(session_id=sid, first_event_at=T0, enrichment=enrichment))
+        start = T0 + timedelta(days=n % spread_days) if spread_days else T0
+        session_rows.append(dict(session_id=sid, first_event_at=start, enrichment=enrichment))
     for chunk in range(0, len(session_rows), 5000):
         conn.execute(sa.insert(sess_t), session_rows[chunk : chunk + 5000])
     for chunk in range(0, len(event_rows), 5000):
         conn.execute(sa.insert(ev_t), event_rows[chunk : chunk + 5000])
+
+
+# PostgreSQL beyond one plain table: partitioned before the deploy, and the join-back by
+# key that Citus needs (docs/scale-out.md). (partitioning, join_back)
+SCALE_OUT: list[tuple[str | None, str]] = [
+    ("hash", "ctid"),
+    ("range", "ctid"),
+    (None, "key"),
+    ("hash", "key"),
+]
+SCALE_OUT_IDS = [f"{p or 'plain'}-{j}" for p, j in SCALE_OUT]
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,7 @@ class Dataset:
     up: Reference = field(default_factory=lambda: Reference(0, 0.0, 0.0))
     down: Reference = field(default_factory=lambda: Reference(0, 0.0, 0.0))
     rerun: str = ""  # observed datasets: the reference's copy, back at 0002, cleared
+    partition: str | None = None  # session_summaries partitioned by hash or range
 
     @property
     def dialect(self) -> str:
@@ -134,20 +160,25 @@ def build_dataset(
     knobs: Mapping[str, str],
     *,
     observe: bool,
+    partition: str | None = None,
 ) -> Dataset:
     """Seed a template, then run it uninterrupted (upgrade, then downgrade) on a copy.
 
     With ``observe``, both go through the ``alembic`` command, timed and with their
     batches counted: the kill trials draw their random moments from those.
+    ``partition`` (hash or range): session_summaries and raw_events are partitioned
+    before the deploy (at 0001), and the uninterrupted run must give exactly what the
+    same data gives in plain tables (checked here, as is ``join_back=key`` against the
+    default ctid join-back).
     """
     template = dbs.new()
-    engine = at_0002(template)
+    engine = partitioned_at_0002(template, partition) if partition else at_0002(template)
     with engine.begin() as conn:
         seeder(conn)
     with engine.connect() as conn:
         sessions = int(conn.execute(sa.text("SELECT count(*) FROM session_summaries")).scalar_one())
     engine.dispose()
-    ds = Dataset(dbs, template, sessions, dict(knobs), {})
+    ds = Dataset(dbs, template, sessions, dict(knobs), {}, partition=partition)
     url = ds.clone()
     engine = create_engine_from_url(url)
     if observe:
@@ -157,6 +188,14 @@ def build_dataset(
     ds.reference = snapshots(engine)
     matched = sum(1 for snap in ds.reference.values() if snap[0] is not None)
     assert matched > 0.8 * sessions, "the reference run matched too few sessions"
+    if partition or knobs.get("join_back") == "key":  # the same as plain tables, by ctid
+        plain = at_0002(dbs.new())
+        with plain.begin() as conn:
+            seeder(conn)
+        migrate(plain.url.render_as_string(hide_password=False), "head")
+        lost = differences(ds.reference, snapshots(plain))
+        plain.dispose()
+        assert not lost, f"{partition}, {dict(knobs)}: {len(lost)} rows differ from plain tables"
     if observe:
         ds.down = observed_run(url, ["downgrade", BEFORE], knobs, CLEAR_JOB)
         assert all(snap == NULLS for snap in snapshots(engine).values())

@@ -138,6 +138,7 @@ def kill_trials(ds: Dataset, trials: int, max_kills: int, test: str) -> None:
     record(
         test,
         dialect=ds.dialect,
+        partition=ds.partition,
         seed=SEED,
         sessions=ds.sessions,
         knobs=ds.knobs,

@@ -21,6 +21,7 @@ from ``-x`` and from the environment alike.
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,8 +31,9 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BackfillKnobs, KnobError
 from tests.helpers import run_alembic
+from tests.reliability.datasets import SCALE_OUT, SCALE_OUT_IDS
 from tests.reliability.figures import record
-from tests.seed import T0, add_asn, at_0002, ev_t, ip_t, sess_t, snapshots
+from tests.seed import T0, add_asn, at_0002, ev_t, ip_t, partitioned_at_0002, sess_t, snapshots
 
 NO_IP = "no canonical IP"
 NOT_IN = "IP not in inventory"
@@ -263,10 +265,47 @@ def test_every_bad_input_has_its_expected_outcome_and_the_summary_counts_them(
     with engine.begin() as conn:
         cases = seed_corpus(conn, dialect)
     out = run_alembic(db_url, "upgrade", "head", x={"batch_size": "1000"})
+    n_match, n_no_ip, n_not_in = assert_outcomes(out, engine, cases)
+    inventory = [i for i in INVENTORY if dialect == "sqlite" or not i.sqlite_only]
+    events = sum(len(c.events) for c in cases) + 2
+    record(
+        "bad input corpus",
+        dialect=dialect,
+        sessions=len(cases),
+        inventory_rows=len(inventory),
+        raw_events=events,
+        bad_inputs_tried=len(cases) + len(inventory) + events,
+        matched=n_match,
+        unmatched_no_ip=n_no_ip,
+        unmatched_not_in_inventory=n_not_in,
+        crashes=0,
+    )
+
+
+@pytest.mark.parametrize(("partition", "join_back"), SCALE_OUT, ids=SCALE_OUT_IDS)
+def test_the_corpus_partitioned_or_joined_back_by_key_has_the_same_outcomes(
+    pg_url: str, partition: str | None, join_back: str
+) -> None:
+    """The same corpus with session_summaries and raw_events partitioned before the
+    deploy, and with the key join-back (its own statements: no ctid, no LATERAL)."""
+    engine = partitioned_at_0002(pg_url, partition) if partition else at_0002(pg_url)
+    with engine.begin() as conn:
+        cases = seed_corpus(conn, "postgresql")
+    out = run_alembic(pg_url, "upgrade", "head", x={"batch_size": "1000", "join_back": join_back})
+    assert f"join-back: by {'session_id' if join_back == 'key' else 'ctid'}" in out.stderr
+    if partition:
+        assert "session_summaries is partitioned" in out.stderr
+    assert_outcomes(out, engine, cases)
+
+
+def assert_outcomes(
+    out: subprocess.CompletedProcess[str], engine: sa.Engine, cases: list[Case]
+) -> tuple[int, int, int]:
+    """Every case has its outcome, and the run's summary counts them by reason exactly.
+    Returns (matched, no canonical IP, IP not in inventory)."""
     assert out.returncode == 0, out.stderr
     got = snapshots(engine)
     engine.dispose()
-
     wrong = {
         repr(c.session_id): (got[c.session_id], c.expect)
         for c in cases
@@ -284,20 +323,7 @@ def test_every_bad_input_has_its_expected_outcome_and_the_summary_counts_them(
     assert tuple(map(int, summary.groups())) == (n_match, n_no_ip + n_not_in, n_no_ip, n_not_in)
     assert f"updated {n_match} sessions of {len(cases)}" in out.stderr
     assert ", retries: 0, ranges split: 0" in out.stderr
-    inventory = [i for i in INVENTORY if dialect == "sqlite" or not i.sqlite_only]
-    events = sum(len(c.events) for c in cases) + 2
-    record(
-        "bad input corpus",
-        dialect=dialect,
-        sessions=len(cases),
-        inventory_rows=len(inventory),
-        raw_events=events,
-        bad_inputs_tried=len(cases) + len(inventory) + events,
-        matched=n_match,
-        unmatched_no_ip=n_no_ip,
-        unmatched_not_in_inventory=n_not_in,
-        crashes=0,
-    )
+    return n_match, n_no_ip, n_not_in
 
 
 def test_the_corpus_walked_one_session_per_range_gives_the_same_outcomes(sqlite_url: str) -> None:

@@ -18,6 +18,14 @@ def test_kill_9_at_random_moments_then_rerun_matches_an_uninterrupted_run(mixed:
     kill_trials(mixed, trials=3, max_kills=1, test="kill-9 (default suite)")
 
 
+def test_kill_9_on_partitioned_tables_and_by_key_matches_plain_tables(
+    scaled_out: Dataset,
+) -> None:
+    """The same trials on a partitioned session_summaries (a kill lands in any
+    partition) and with the join-back by key; the reference is the plain tables' run."""
+    kill_trials(scaled_out, trials=3, max_kills=1, test="kill-9 (partitions, join_back=key)")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_kill_9_trials_at_scale(large: Dataset) -> None:
