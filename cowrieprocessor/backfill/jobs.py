@@ -178,6 +178,11 @@ def table_counts(conn: Connection) -> tuple[int, int]:
     return total, inventory
 
 
+def _in_leaf(walker: RangeWalker) -> str:
+    leaf = walker.state.leaf
+    return f" in partition {leaf}" if leaf is not None and walker.leaves else ""
+
+
 def _join_back(knobs: BackfillKnobs) -> Callable[[Connection], str]:
     def choose(conn: Connection) -> str:
         mode = join_back_mode(conn, knobs)
@@ -294,7 +299,9 @@ def run_backfill(
             total,
             inventory,
             describe_sizing(knobs, walker.fresh_order),
-            f"; resuming {walker.state.phase} after {walker.state.last_key!r}" if resumed else "",
+            f"; resuming {walker.state.phase}{_in_leaf(walker)} after {walker.state.last_key!r}"
+            if resumed
+            else "",
         )
         mode = CTID
         if walker.dialect == "postgresql":
