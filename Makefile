@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
+.PHONY: install test test-all lint format demo bench bench-scale-out bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
 
 install: $(STAMP)
 
@@ -65,6 +65,15 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 500000,1680000,5000000 --sessions 1680000 --ips 300000 \
 		--shapes current,field --upstream-dialects postgresql
+	$(MAKE) bench-scale-out
+
+# Past one plain table (#13): 8 hash partitions against the limit on the same table, and
+# the join-back by key (Citus's path) against the ctid join-back on a plain table
+bench-scale-out: $(STAMP)
+	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
+		--shapes partitioned --approaches product,limit --label partitioned
+	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
+		--shapes current --approaches product,product-key --label join-back
 
 # What the rollback record costs the walk (walk with and without it, ABBA).
 bench-record: $(STAMP)

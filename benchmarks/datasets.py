@@ -5,6 +5,9 @@ then filled by :func:`cowrieprocessor.testing.demo.generate` (the generator behi
 ``cowrie-db demo-data``), then statistics. The shapes:
 
 * ``current``: our own schema, the real ``alembic upgrade 0002_snapshot_columns``;
+* ``partitioned`` (PostgreSQL only): ours, with ``session_summaries`` and ``raw_events``
+  hash-partitioned (8 partitions each) before the deploy
+  (:mod:`cowrieprocessor.testing.partitioned`), then 0002;
 * ``field`` (PostgreSQL only): the catalog of a database in the field, built by
   upstream cowrieprocessor's schema code at its version 17
   (``cowrieprocessor.testing.field_schema.build_postgres``), with only the ``idx_``
@@ -45,8 +48,9 @@ from cowrieprocessor.settings import PROJECT_ROOT
 
 ALEMBIC = Path(sys.executable).parent / "alembic"
 BEFORE = "0002_snapshot_columns"
-SHAPES = ("current", "field")
+SHAPES = ("current", "field", "partitioned")
 FIELD_DIALECTS = ("postgresql",)  # upstream's SQLite path has no inventory tables
+PARTITIONS = 8  # the partitioned shape: hash partitions of session_summaries and raw_events
 
 
 def alembic(url: str, *args: str, extra_x: dict[str, str] | None = None) -> list[str]:
@@ -80,10 +84,25 @@ def build_schema(dialect: str, url: str, shape: str = "current") -> None:
         finally:
             engine.dispose()
         return
-    if shape != "current":
+    if shape not in ("current", "partitioned"):
         raise ValueError(f"unknown shape {shape!r}: one of {', '.join(SHAPES)}")
+    if shape == "partitioned":
+        if dialect not in FIELD_DIALECTS:
+            raise ValueError(f"the partitioned shape exists on {', '.join(FIELD_DIALECTS)} only")
+        _alembic_upgrade(url, "0001_baseline")
+        partitioned: Any = importlib.import_module("cowrieprocessor.testing.partitioned")
+        engine = create_engine_from_url(url, application_name="cowrie-bench-data")
+        try:
+            with engine.begin() as conn:
+                partitioned.partition_tables(conn, partitioned.HASH, PARTITIONS)
+        finally:
+            engine.dispose()
+    _alembic_upgrade(url, BEFORE)
+
+
+def _alembic_upgrade(url: str, revision: str) -> None:
     done = subprocess.run(
-        alembic(url, "upgrade", BEFORE),
+        alembic(url, "upgrade", revision),
         cwd=PROJECT_ROOT,
         env=clean_env(),
         capture_output=True,
@@ -91,7 +110,7 @@ def build_schema(dialect: str, url: str, shape: str = "current") -> None:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"alembic upgrade {BEFORE} failed:\n{done.stderr}")
+        raise RuntimeError(f"alembic upgrade {revision} failed:\n{done.stderr}")
 
 
 def build(

@@ -53,7 +53,7 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB, shape
 from cowrieprocessor.backfill import sql as product_sql
 from cowrieprocessor.backfill.shape import JsonTypes
-from cowrieprocessor.db import adoption
+from cowrieprocessor.db import adoption, partitioned_ddl
 from cowrieprocessor.db.engine import create_engine_from_url
 
 # Revision 0004's indexes: the limit builds exactly those that the product's index
@@ -207,6 +207,13 @@ def plan(conn: sa.Connection) -> dict[str, Any]:
         "indexes": {n: c for n, c in INDEXES.items() if present[n] is None},
         "indexes_present": [n for n, found in present.items() if found is not None],
         "not_valid": [c.name for c in constraints if c is not None and not c.valid],
+        # a partitioned table: the foreign key is NOT VALID on each partition (0002),
+        # validated there and then added to the table, as revision 0004 does
+        "leaf_keys": [
+            (k.leaf, k.name)
+            for k in (partitioned_ddl.leaf_keys(conn) if conn.dialect.name == "postgresql" else [])
+            if not k.valid
+        ],
     }
 
 
@@ -264,6 +271,19 @@ def run(url: str, statement: str = "direct") -> dict[str, Any]:
                         conn.execute(
                             sa.text(
                                 f"ALTER TABLE session_summaries VALIDATE CONSTRAINT {_quote(name)}"
+                            )
+                        )
+                for leaf, name in todo["leaf_keys"]:
+                    with conn.begin():
+                        conn.execute(
+                            sa.text(f"ALTER TABLE {leaf} VALIDATE CONSTRAINT {_quote(name)}")
+                        )
+                if todo["leaf_keys"]:
+                    with conn.begin():
+                        conn.execute(
+                            sa.text(
+                                "ALTER TABLE session_summaries ADD CONSTRAINT "
+                                f"{_quote(todo['leaf_keys'][0][1])} {partitioned_ddl.FK_TARGET}"
                             )
                         )
                 steps["validate"] = time.monotonic() - t

@@ -120,9 +120,10 @@ def _fail(what: str, m: Measured) -> RuntimeError:
     return RuntimeError(f"{what} failed with exit code {m.returncode}:\n{tail}\n{m.stdout}")
 
 
-def product(url: str, sessions: int) -> dict[str, Any]:
+def product(url: str, sessions: int, join_back: str = "auto") -> dict[str, Any]:
     """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside."""
-    m = run_measured(alembic(url, "upgrade", "head", extra_x={"log_interval": "0"}))
+    knobs = {"log_interval": "0", "join_back": join_back}
+    m = run_measured(alembic(url, "upgrade", "head", extra_x=knobs))
     if m.returncode != 0:
         raise _fail("alembic upgrade head", m)
     batches: list[dict[str, Any]] = []
@@ -177,6 +178,11 @@ def product(url: str, sessions: int) -> dict[str, Any]:
         },
         "batch_log": batches,
     }
+
+
+def product_key(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product` with the join-back by key (``-x join_back=key``: Citus's path)."""
+    return product(url, sessions, join_back="key")
 
 
 def _python_module(what: str, module: str, url: str, *args: str) -> tuple[Measured, dict[str, Any]]:

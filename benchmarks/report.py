@@ -106,6 +106,32 @@ def markdown(*results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def join_back(*results: dict[str, Any]) -> str:
+    """The join-back by key (Citus's path) against the ctid join-back, where measured."""
+    out = [
+        "| dialect | shape | sessions | by ctid | by key | key / ctid | pairs "
+        "| walk key / ctid | batch p95 by key | same data |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for (dialect, shape, sessions), row in sorted(shaped_rows(list(results)).items()):
+        s = row["summary"]
+        ratios = s.get("ratios", {})
+        if "key_over_ctid" not in ratios:
+            continue
+        same = s.get("same_result")
+        out.append(
+            f"| {dialect} | {shape} | {sessions:,} "
+            f"| {_fmt(s['product'].get('seconds'), '.1f', ' s')} "
+            f"| {_fmt(s['product-key'].get('seconds'), '.1f', ' s')} "
+            f"| {_fmt(ratios.get('key_over_ctid'), '.2f', 'x')} "
+            f"| {_spread(ratios, 'key_over_ctid')} "
+            f"| {_fmt(ratios.get('key_over_ctid_walk'), '.2f', 'x')} "
+            f"| {_fmt(s['product-key'].get('batch_p95'), '.2f', ' s')} "
+            f"| {'yes' if same else 'NO' if same is False else '-'} |"
+        )
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 def record_cost(*results: dict[str, Any]) -> str:
     """The rollback record's cost: the backfill engine alone, with and without it.
 
@@ -249,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     if cost:
         print()
         print(cost)
+    keyed = join_back(*results)
+    if keyed:
+        print()
+        print(keyed)
     print()
     print(targets(*results))
     return 0

@@ -72,6 +72,7 @@ Approach = Callable[[str, int], dict[str, Any]]
 APPROACHES: dict[str, Approach] = {
     "product": measure.product,
     "limit": measure.limit,
+    "product-key": measure.product_key,
     "upstream": measure.upstream,
     "walk": measure.walk,
     "walk-norecord": measure.walk_norecord,
@@ -224,7 +225,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 k: round(statistics.median(r["steps"][k] for r in entries), 3)
                 for k in entries[0]["steps"]
             }
-        if approach == "product":
+        if approach in ("product", "product-key"):
             summary[approach]["backfill_seconds"] = round(
                 statistics.median(r["phases"]["backfill"] for r in entries), 3
             )
@@ -259,6 +260,24 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 lambda r: r["phases"]["walk"],
                 lambda r: r["steps"]["update"],
             )
+    if "product" in summary and "product-key" in summary:
+        # the join-back by key (Citus) against the ctid join-back, on the same table
+        ratios["key_over_ctid"] = round(
+            summary["product-key"]["seconds"] / summary["product"]["seconds"], 3
+        )
+        ratios |= pair_ratios(
+            "key_over_ctid",
+            runs["product-key"],
+            runs["product"],
+            lambda r: r["seconds"],
+            lambda r: r["seconds"],
+        )
+        walks = (
+            summary["product-key"]["phases"].get("walk"),
+            summary["product"]["phases"].get("walk"),
+        )
+        if walks[0] and walks[1]:
+            ratios["key_over_ctid_walk"] = round(walks[0] / walks[1], 3)
     if "product" in summary and "upstream" in summary:
         ratios["upstream_over_product"] = round(
             summary["upstream"]["seconds"] / summary["product"]["seconds"], 2
@@ -379,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if unknown:
         raise SystemExit(f"unknown dialect, approach or shape: {', '.join(unknown)}")
-    if "field" in shapes and not set(dialects) & set(FIELD_DIALECTS):
-        raise SystemExit(f"the field shape needs a dialect among {', '.join(FIELD_DIALECTS)}")
+    if set(shapes) - {"current"} and not set(dialects) & set(FIELD_DIALECTS):
+        raise SystemExit(
+            f"the field and partitioned shapes need a dialect among {', '.join(FIELD_DIALECTS)}"
+        )
     ratio = args.ips / args.sessions
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -417,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"skipping {sessions:,} sessions: {free_gib(workdir):.0f} GiB free")
                 continue
             for shape in shapes:
-                shape_dialects = [d for d in dialects if shape != "field" or d in FIELD_DIALECTS]
+                shape_dialects = [d for d in dialects if shape == "current" or d in FIELD_DIALECTS]
                 log(f"== {sessions:,} sessions, {ips:,} IPs, {shape} shape: generating")
                 tpl = (
                     f"bench_tpl_{sessions}"
@@ -456,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                     schedule = [
                         (a, i)
                         for i in range(args.repeat)
-                        for a in ("product", "limit")
+                        for a in ("product", "limit", "product-key")
                         if a in approaches
                     ]
                     if all(a in approaches for a in RECORD_COST):
@@ -497,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     if cost:
         print()
         print(cost)
+    keyed = report.join_back(results)
+    if keyed:
+        print()
+        print(keyed)
     log(f"results: {out_file}")
     return 0
 

@@ -311,9 +311,9 @@ SELECT {PG_COUNTS},{PG_SOURCE_COUNTS},
 # The same mapping without ``ctid``, without CTEs and without LIMIT in a subquery, so that
 # Citus can push every statement down to the shards when session_summaries and
 # raw_events are distributed by session_id and ip_inventory is a reference table
-# (docs/scale-out.md): every join of the two distributed tables is on session_id, the
-# range predicate is on session_id, the earliest raw_events IP is an aggregate grouped by
-# session_id, the inventory is a plain join, no function is volatile. Three statements a
+# (docs/scale-out.md): the range predicate is on session_id, the earliest raw_events IP
+# is a LATERAL aggregate correlated on session_id (no LIMIT), the inventory is a plain
+# join, no function is volatile. Three statements a
 # batch instead of one: the counts, the UPDATE, and the rollback record's row, written
 # from the UPDATE's RETURNING with bound arrays (the record lives on the coordinator).
 #
@@ -340,41 +340,44 @@ def _pg_spur_type_flat(col: JsonColumn) -> str:
 
 def pg_resolve_flat(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
     """One range's candidates with their IP and inventory row (NULLs when unmatched), as
-    one subquery: the key path's resolution (see above)."""
+    one subquery: the key path's resolution (see above).
+
+    The earliest raw_events IP is a ``LATERAL`` aggregate correlated on session_id (no
+    LIMIT): computed once per candidate, and for a candidate that has an IP already its
+    condition on the candidate alone is false, a one-time filter that skips the probe.
+    A plain subquery in the select list would be copied by the planner into every place
+    that uses its value (six probes per candidate in the counts)."""
     se, ev, inv = json.columns()
-    meta_ip = _pg_text(se, "-> 'session_metadata'", "source_ip")
-    dshield_ip = _pg_text(se, "-> 'dshield' -> 'ip'", "number")
+    ip = "COALESCE(c.old_ip, c.meta_ip, c.dshield_ip, ev.ev_ip)"
     return f"""(
-    SELECT c.*, i.ip_address, i.current_asn,
+    SELECT c.*, ev.ev_ip, {ip} AS ip,
+           CASE WHEN c.old_ip IS NOT NULL THEN 1 WHEN c.meta_ip IS NOT NULL THEN 2
+                WHEN c.dshield_ip IS NOT NULL THEN 3 WHEN ev.ev_ip IS NOT NULL THEN 4
+           END AS src,
+           i.ip_address, i.current_asn,
            CASE WHEN i.geo_country ~ '^[A-Z]{{2}}$' AND i.geo_country <> 'XX'
                 THEN i.geo_country END AS country,
            COALESCE(NULLIF(i.ip_types[1], ''), {_pg_spur_type_flat(inv)}) AS ip_type,
            i.enrichment_updated_at
     FROM (
-        SELECT c.*, COALESCE(c.old_ip, c.meta_ip, c.dshield_ip, ev.ev_ip) AS ip,
-               CASE WHEN c.old_ip IS NOT NULL THEN 1 WHEN c.meta_ip IS NOT NULL THEN 2
-                    WHEN c.dshield_ip IS NOT NULL THEN 3 WHEN ev.ev_ip IS NOT NULL THEN 4
-               END AS src
-        FROM (
-            SELECT s.session_id, s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
-                   s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
-                   s.enrichment_at AS old_at, {meta_ip} AS meta_ip, {dshield_ip} AS dshield_ip
-            FROM {table} s
-            WHERE {range_sql} AND {needs}
-        ) c
-        LEFT JOIN (
-            SELECT s.session_id,
-                   (array_agg(lower(btrim({ev.expr} ->> 'src_ip'))
-                              ORDER BY e.event_timestamp ASC NULLS LAST, e.id))[1] AS ev_ip
-            FROM {table} s
-            JOIN raw_events e ON e.session_id = s.session_id
-            WHERE {range_sql} AND {needs}
-              AND s.source_ip IS NULL AND {meta_ip} IS NULL AND {dshield_ip} IS NULL
-              AND {ev.typeof("-> 'src_ip'")} = 'string' AND btrim({ev.expr} ->> 'src_ip') <> ''
-            GROUP BY s.session_id
-        ) ev ON ev.session_id = c.session_id
+        SELECT s.session_id, s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
+               s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
+               s.enrichment_at AS old_at,
+               {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
+               {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
+        FROM {table} s
+        WHERE {range_sql} AND {needs}
     ) c
-    LEFT JOIN ip_inventory i ON i.ip_address = c.ip
+    LEFT JOIN LATERAL (
+        SELECT (array_agg(lower(btrim({ev.expr} ->> 'src_ip'))
+                          ORDER BY e.event_timestamp ASC NULLS LAST, e.id))[1] AS ev_ip
+        FROM raw_events e
+        WHERE c.old_ip IS NULL AND c.meta_ip IS NULL AND c.dshield_ip IS NULL
+          AND e.session_id = c.session_id
+          AND {ev.typeof("-> 'src_ip'")} = 'string'
+          AND btrim({ev.expr} ->> 'src_ip') <> ''
+    ) ev ON TRUE
+    LEFT JOIN ip_inventory i ON i.ip_address = {ip}
 ) m"""
 
 
