@@ -63,8 +63,10 @@ from cowrieprocessor.backfill import (
 )
 from cowrieprocessor.backfill.control import FINISHED
 from cowrieprocessor.backfill.governor import describe_waits
+from cowrieprocessor.backfill.jobs import KEY, join_back_mode
 from cowrieprocessor.backfill.knobs import INT_KNOBS, JOIN_BACK_CHOICES
 from cowrieprocessor.backfill.progress import DONE
+from cowrieprocessor.db import partitions
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.errors import CowrieError, IncompatibleSchema
 from cowrieprocessor.settings import (
@@ -190,6 +192,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                             f"  {leaf.name}: {leaf.sessions:,} sessions, "
                             f"{leaf.needing_snapshots or 0:,} needing snapshots\n"
                         )
+                if dialect == "postgresql":
+                    out.write(f"Join-back:  {_describe_join_back(conn, knobs)}\n")
             elif "session_summaries" in state.tables_present:
                 out.write("Snapshot columns: not yet added (revision 0002 is pending)\n")
             if args.verbose:
@@ -203,6 +207,16 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         engine.dispose()
     return EXIT_OK
+
+
+def _describe_join_back(conn: sa.Connection, knobs: BackfillKnobs) -> str:
+    """How the backfill's batches will find their rows again (docs/scale-out.md)."""
+    mode = join_back_mode(conn, knobs)
+    how = "by session_id" if mode == KEY else "by ctid"
+    if knobs.join_back != "auto":
+        return f"{how} (join_back={knobs.join_back})"
+    citus = partitions.has_citus(conn)
+    return f"{how} (the citus extension is {'installed' if citus else 'not installed'})"
 
 
 def _write_adoption(state: report.SchemaState, out: TextIO) -> None:
