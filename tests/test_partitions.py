@@ -203,6 +203,60 @@ def test_a_run_killed_in_a_later_partition_resumes_there(pg_databases: Databases
     engine.dispose()
 
 
+def test_a_partition_gone_between_two_runs_is_skipped_by_name(pg_databases: Databases) -> None:
+    """The run stopped in a partition that is detached before the rerun: the rerun goes
+    on with the next partition by name and fills every session still in the table."""
+    url = pg_databases.new()
+    engine = partitioned_at_0002(url, HASH)
+    with engine.begin() as conn:
+        seed(conn)
+    want = plain_reference(pg_databases.new())
+    run = Alembic(url, "upgrade", "0003_backfill_session_snapshots", x={"batch_size": "40"})
+    assert run.kill_after(engine, BACKFILL_JOB, 10)
+    with engine.begin() as conn:
+        leaf = conn.execute(
+            sa.text(f"SELECT leaf FROM {PROGRESS_TABLE} WHERE job = :job"), {"job": BACKFILL_JOB}
+        ).scalar_one()
+        conn.execute(sa.text(f"ALTER TABLE session_summaries DETACH PARTITION {leaf}"))
+        gone = set(conn.execute(sa.text(f"SELECT session_id FROM {leaf}")).scalars())
+    out = run_alembic(url, "upgrade", "head", x={"batch_size": "40"})
+    assert out.returncode == 0, out.stderr
+    assert f"partition {leaf}, where the run stopped, is gone: going on with" in out.stderr
+    assert snapshots(engine) == {k: v for k, v in want.items() if k not in gone}
+    engine.dispose()
+
+
+def test_a_saved_partition_after_every_partition_still_finishes_the_phase(
+    pg_databases: Databases,
+) -> None:
+    """Nothing follows the gone partition by name: the last partition is walked again,
+    and its last range moves the job on (a range walked twice changes nothing)."""
+    url = pg_databases.new()
+    engine = partitioned_at_0002(url, HASH)
+    with engine.begin() as conn:
+        seed(conn)
+    want = plain_reference(pg_databases.new())
+    run = Alembic(url, "upgrade", "0003_backfill_session_snapshots", x={"batch_size": "40"})
+    assert run.kill_after(engine, BACKFILL_JOB, 5)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE {PROGRESS_TABLE} SET leaf = 'session_summaries_zz' WHERE job = :j"),
+            {"j": BACKFILL_JOB},
+        )
+    out = run_alembic(url, "upgrade", "head", x={"batch_size": "40"})
+    assert out.returncode == 0, out.stderr
+    assert "session_summaries_zz, where the run stopped, is gone: going on with " in out.stderr
+    assert "session_summaries_p7" in out.stderr
+    with engine.connect() as conn:
+        phase = conn.execute(
+            sa.text(f"SELECT phase FROM {PROGRESS_TABLE} WHERE job = :j"), {"j": BACKFILL_JOB}
+        ).scalar_one()
+    assert phase == "done"
+    # the walk skipped p0..p7 after the kill; the catch-up pass found what it missed
+    assert snapshots(engine) == want
+    engine.dispose()
+
+
 def test_check_counts_each_partition(pg_databases: Databases) -> None:
     url = pg_databases.new()
     engine = partitioned_at_0002(url, RANGE)

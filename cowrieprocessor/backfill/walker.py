@@ -278,7 +278,8 @@ class RangeWalker:
 
     def _resume_leaf(self, phase: str) -> int:
         """The index of the leaf to start in: the saved one, else the first after it in
-        name order (it was detached or dropped since), else the first."""
+        name order (it was detached or dropped since), else the first. ``leaves`` is
+        not empty."""
         leaves = self.leaves or []
         saved = self.state.leaf
         if saved is None:
@@ -295,13 +296,15 @@ class RangeWalker:
             return 0
         if saved in leaves:
             return leaves.index(saved)
-        following = bisect_right(leaves, saved)
+        # none after it: the last one again, whose last range moves the phase on (a
+        # range walked twice changes nothing)
+        following = min(bisect_right(leaves, saved), len(leaves) - 1)
         log.warning(
             "%s %s: partition %s, where the run stopped, is gone: going on with %s",
             self.job,
             phase,
             saved,
-            leaves[following] if following < len(leaves) else "no partition (all done)",
+            leaves[following],
         )
         self.state.last_key = None
         return following
