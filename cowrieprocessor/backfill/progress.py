@@ -216,6 +216,8 @@ class Progress:
     started_at: str
     updated_at: str
     dry_run: bool = False
+    # a partitioned session_summaries: the partition being walked
+    leaf: str | None = None
     # the running engine (:mod:`.governor`): its state, what holds it back, the share of
     # the recent wall clock spent waiting, the knobs in force, its waits per signal
     run_state: str = ""
@@ -270,6 +272,7 @@ class Progress:
             started_at=state.started_at.isoformat(),
             updated_at=state.updated_at.isoformat(),
             dry_run=dry_run,
+            leaf=state.leaf,
         )
         remaining = made.total * len(phases) - made.processed
         walked = made.processed if walked is None else walked

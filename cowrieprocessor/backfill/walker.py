@@ -606,7 +606,7 @@ class RangeWalker:
             eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f} s"
             log.info(
                 "%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated; "
-                "batch %d: %s in %.3f s",
+                "batch %d: %s in %.3f s%s",
                 self.job,
                 phase,
                 snap.done,
@@ -618,6 +618,7 @@ class RangeWalker:
                 self.state.batches,
                 "the last range" if size is None else f"{size} rows",
                 seconds,
+                f", partition {self.order.table}" if self.order.table != sql.TABLE else "",
             )
 
 
