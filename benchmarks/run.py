@@ -237,16 +237,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     if all(a in summary for a in RECORD_COST):
         ratios |= record_cost(runs)
     if "product" in summary and "limit" in summary:
-        ratios["product_over_limit"] = round(
-            summary["product"]["seconds"] / summary["limit"]["seconds"], 3
-        )
-        ratios |= pair_ratios(
-            "product_over_limit",
-            runs["product"],
-            runs["limit"],
-            lambda r: r["seconds"],
-            lambda r: r["seconds"],
-        )
+        ratios |= whole_ratio(summary, runs, "product_over_limit", "product", "limit")
         # the walk alone against the limit's UPDATE alone: the per-batch cost, without the
         # fixed costs (start-up, index builds, VACUUM, validation) that both pay
         walk = summary["product"]["phases"].get("walk")
@@ -262,16 +253,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             )
     if "product" in summary and "product-key" in summary:
         # the join-back by key (Citus) against the ctid join-back, on the same table
-        ratios["key_over_ctid"] = round(
-            summary["product-key"]["seconds"] / summary["product"]["seconds"], 3
-        )
-        ratios |= pair_ratios(
-            "key_over_ctid",
-            runs["product-key"],
-            runs["product"],
-            lambda r: r["seconds"],
-            lambda r: r["seconds"],
-        )
+        ratios |= whole_ratio(summary, runs, "key_over_ctid", "product-key", "product")
         walks = (
             summary["product-key"]["phases"].get("walk"),
             summary["product"]["phases"].get("walk"),
@@ -289,6 +271,15 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     summary["ratios"] = ratios
     summary["same_result"] = len(digests) == 1 if digests else None
     return summary
+
+
+def whole_ratio(
+    summary: dict[str, Any], runs: dict[str, list[dict[str, Any]]], name: str, a: str, b: str
+) -> dict[str, Any]:
+    """``a`` / ``b`` of the whole runs: the medians' ratio, each pair's and their spread."""
+    seconds: Callable[[dict[str, Any]], float] = operator.itemgetter("seconds")
+    medians = round(summary[a]["seconds"] / summary[b]["seconds"], 3)
+    return {name: medians, **pair_ratios(name, runs[a], runs[b], seconds, seconds)}
 
 
 def pair_ratios(

@@ -46,6 +46,21 @@ def plain_reference(url: str) -> dict[str, tuple[Any, ...]]:
     return found
 
 
+def seeded(dbs: Databases, kind: str | None = HASH) -> tuple[str, sa.Engine]:
+    """A new database at 0002, partitioned (``kind``) before the deploy, seeded."""
+    url = dbs.new()
+    engine = partitioned_at_0002(url, kind) if kind else at_0002(url)
+    with engine.begin() as conn:
+        seed(conn)
+    return url, engine
+
+
+def seeded_url(dbs: Databases, kind: str | None) -> str:
+    url, engine = seeded(dbs, kind)
+    engine.dispose()
+    return url
+
+
 def catalog(engine: sa.Engine) -> set[tuple[Any, ...]]:
     """Every index (with its table and validity) and every constraint (with its table,
     validity and whether a parent's constraint owns it) on the two partitioned tables
@@ -128,10 +143,7 @@ def test_an_interrupted_0004_is_finished_by_the_next_run(pg_databases: Databases
     partition has its own yet, one partition's build failed and left its index
     INVALID): the next run builds only what is missing, rebuilds the INVALID one, and
     attaches them; the downgrade then leaves none of them behind."""
-    url = pg_databases.new()
-    engine = partitioned_at_0002(url, HASH)
-    with engine.begin() as conn:
-        seed(conn)
+    url, engine = seeded(pg_databases)
     migrate(url, "0003_backfill_session_snapshots")
     name = "ix_session_summaries_snapshot_asn"
     with engine.connect() as conn:
@@ -171,10 +183,8 @@ def test_an_interrupted_0004_is_finished_by_the_next_run(pg_databases: Databases
 
 
 def test_a_run_killed_in_a_later_partition_resumes_there(pg_databases: Databases) -> None:
-    url = pg_databases.new()
-    engine = partitioned_at_0002(url, HASH)
-    with engine.begin() as conn:
-        seed(conn)
+    url, engine = seeded(pg_databases)
+    with engine.connect() as conn:
         leaves = partitions.leaves(conn) or []
     want = plain_reference(pg_databases.new())
     # about 250 sessions a partition: batches of 40 give 7 a partition
@@ -206,10 +216,7 @@ def test_a_run_killed_in_a_later_partition_resumes_there(pg_databases: Databases
 def test_a_partition_gone_between_two_runs_is_skipped_by_name(pg_databases: Databases) -> None:
     """The run stopped in a partition that is detached before the rerun: the rerun goes
     on with the next partition by name and fills every session still in the table."""
-    url = pg_databases.new()
-    engine = partitioned_at_0002(url, HASH)
-    with engine.begin() as conn:
-        seed(conn)
+    url, engine = seeded(pg_databases)
     want = plain_reference(pg_databases.new())
     run = Alembic(url, "upgrade", "0003_backfill_session_snapshots", x={"batch_size": "40"})
     assert run.kill_after(engine, BACKFILL_JOB, 10)
@@ -231,10 +238,7 @@ def test_a_saved_partition_after_every_partition_still_finishes_the_phase(
 ) -> None:
     """Nothing follows the gone partition by name: the last partition is walked again,
     and its last range moves the job on (a range walked twice changes nothing)."""
-    url = pg_databases.new()
-    engine = partitioned_at_0002(url, HASH)
-    with engine.begin() as conn:
-        seed(conn)
+    url, engine = seeded(pg_databases)
     want = plain_reference(pg_databases.new())
     run = Alembic(url, "upgrade", "0003_backfill_session_snapshots", x={"batch_size": "40"})
     assert run.kill_after(engine, BACKFILL_JOB, 5)
@@ -258,10 +262,7 @@ def test_a_saved_partition_after_every_partition_still_finishes_the_phase(
 
 
 def test_check_counts_each_partition(pg_databases: Databases) -> None:
-    url = pg_databases.new()
-    engine = partitioned_at_0002(url, RANGE)
-    with engine.begin() as conn:
-        seed(conn)
+    url, engine = seeded(pg_databases, RANGE)
     engine.dispose()
     out = cowrie_db("check", "--db", url)
     assert out.returncode == 0, out.stderr
@@ -308,10 +309,7 @@ def test_the_key_path_sends_only_statements_citus_can_push_down(
     catch-up list's top-level ``ORDER BY session_id LIMIT``); raw_events is read only
     correlated on session_id; no volatile function. The ctid path, by contrast, uses
     ctid, CTEs and LIMIT in a subquery: the check can tell the two apart."""
-    url = pg_databases.new()
-    engine = partitioned_at_0002(url, partition) if partition else at_0002(url)
-    with engine.begin() as conn:
-        seed(conn)
+    url, engine = seeded(pg_databases, partition)
     engine.dispose()
     by_key = statements_of_a_run(url, "key")
     batches = [s for s in by_key if "SET source_ip = COALESCE" in " ".join(s.split())]
@@ -338,17 +336,8 @@ def test_the_key_path_sends_only_statements_citus_can_push_down(
         assert not problems, f"{problems}: {flat[:300]}"
     assert raw_event_reads >= 2 * len(batches)  # the counts and the UPDATE of each batch
     # the same data by ctid: the ctid path does use what the key path must not
-    by_ctid = statements_of_a_run(url_reset(pg_databases, partition), "ctid")
+    by_ctid = statements_of_a_run(seeded_url(pg_databases, partition), "ctid")
     assert any("ctid" in s and "WITH" in s and "LIMIT 1\n" in s for s in by_ctid)
-
-
-def url_reset(pg_databases: Databases, partition: str | None) -> str:
-    url = pg_databases.new()
-    engine = partitioned_at_0002(url, partition) if partition else at_0002(url)
-    with engine.begin() as conn:
-        seed(conn)
-    engine.dispose()
-    return url
 
 
 @pytest.mark.parametrize("bad", ["tid", "KEYS", "", "ctid; DROP TABLE x"])

@@ -60,12 +60,21 @@ HAS_SNAPSHOT = (
     "(s.source_ip IS NOT NULL OR s.snapshot_asn IS NOT NULL OR s.snapshot_country IS NOT NULL "
     "OR s.snapshot_ip_type IS NOT NULL OR s.enrichment_at IS NOT NULL)"
 )
-WOULD_CHANGE = """(
-      s.source_ip IS NULL
-      OR (s.snapshot_asn IS NULL AND m.current_asn IS NOT NULL)
-      OR (s.snapshot_country IS NULL AND m.country IS NOT NULL)
-      OR (s.snapshot_ip_type IS NULL AND m.ip_type IS NOT NULL)
-      OR (s.enrichment_at IS NULL AND m.enrichment_updated_at IS NOT NULL))"""
+
+
+def _would_change(ip: str, asn: str, country: str, ip_type: str, at: str) -> str:
+    """A NULL column (of these five, as named) that the inventory row ``m`` would fill."""
+    return f"""(
+      {ip} IS NULL
+      OR ({asn} IS NULL AND m.current_asn IS NOT NULL)
+      OR ({country} IS NULL AND m.country IS NOT NULL)
+      OR ({ip_type} IS NULL AND m.ip_type IS NOT NULL)
+      OR ({at} IS NULL AND m.enrichment_updated_at IS NOT NULL))"""
+
+
+WOULD_CHANGE = _would_change(
+    "s.source_ip", "s.snapshot_asn", "s.snapshot_country", "s.snapshot_ip_type", "s.enrichment_at"
+)
 SET_NULL_ONLY = """
     source_ip = COALESCE(s.source_ip, m.ip_address),
     snapshot_asn = COALESCE(s.snapshot_asn, m.current_asn),
@@ -167,6 +176,18 @@ def _pg_spur_type(col: JsonColumn) -> str:
            END"""
 
 
+def _pg_candidates(se: JsonColumn, range_sql: str, needs: str, table: str, extra: str = "") -> str:
+    """The range's sessions that need a snapshot: key, the five columns as they are, the
+    IPs of the two enrichment sources (``extra``: more columns, fixed SQL)."""
+    return f"""SELECT s.session_id, {extra}s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
+           s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
+           s.enrichment_at AS old_at,
+           {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
+           {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
+    FROM {table} s
+    WHERE {range_sql} AND {needs}"""
+
+
 def pg_resolve(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
     """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (see module doc).
 
@@ -181,14 +202,7 @@ def pg_resolve(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) 
     se, ev, inv = json.columns()
     return f"""
 WITH cand AS (
-    SELECT s.session_id, s.ctid AS row_ctid,
-           s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
-           s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
-           s.enrichment_at AS old_at,
-           {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
-           {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
-    FROM {table} s
-    WHERE {range_sql} AND {needs}
+    {_pg_candidates(se, range_sql, needs, table, "s.ctid AS row_ctid, ")}
 ),
 ev AS (
     SELECT c.session_id, x.ev_ip
@@ -360,13 +374,7 @@ def pg_resolve_flat(json: JsonTypes, range_sql: str, needs: str, table: str = TA
            COALESCE(NULLIF(i.ip_types[1], ''), {_pg_spur_type_flat(inv)}) AS ip_type,
            i.enrichment_updated_at
     FROM (
-        SELECT s.session_id, s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
-               s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
-               s.enrichment_at AS old_at,
-               {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
-               {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
-        FROM {table} s
-        WHERE {range_sql} AND {needs}
+        {_pg_candidates(se, range_sql, needs, table)}
     ) c
     LEFT JOIN LATERAL (
         SELECT (array_agg(lower(btrim({ev.expr} ->> 'src_ip'))
@@ -388,12 +396,9 @@ UNCHANGED = """s.source_ip IS NOT DISTINCT FROM m.old_ip
       AND s.snapshot_ip_type IS NOT DISTINCT FROM m.old_type
       AND s.enrichment_at IS NOT DISTINCT FROM m.old_at"""
 # WOULD_CHANGE, judged on the values the resolution read.
-WOULD_CHANGE_READ = """(
-      m.old_ip IS NULL
-      OR (m.old_asn IS NULL AND m.current_asn IS NOT NULL)
-      OR (m.old_country IS NULL AND m.country IS NOT NULL)
-      OR (m.old_type IS NULL AND m.ip_type IS NOT NULL)
-      OR (m.old_at IS NULL AND m.enrichment_updated_at IS NOT NULL))"""
+WOULD_CHANGE_READ = _would_change(
+    "m.old_ip", "m.old_asn", "m.old_country", "m.old_type", "m.old_at"
+)
 
 
 def pg_key_counts(
