@@ -66,7 +66,6 @@ from cowrieprocessor.backfill.governor import describe_waits
 from cowrieprocessor.backfill.jobs import KEY, join_back_mode
 from cowrieprocessor.backfill.knobs import INT_KNOBS, JOIN_BACK_CHOICES
 from cowrieprocessor.backfill.progress import DONE
-from cowrieprocessor.db import partitions
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.errors import CowrieError, IncompatibleSchema
 from cowrieprocessor.settings import (
@@ -215,8 +214,8 @@ def _describe_join_back(conn: sa.Connection, knobs: BackfillKnobs) -> str:
     how = "by session_id" if mode == KEY else "by ctid"
     if knobs.join_back != "auto":
         return f"{how} (join_back={knobs.join_back})"
-    citus = partitions.has_citus(conn)
-    return f"{how} (the citus extension is {'installed' if citus else 'not installed'})"
+    # auto chose by key exactly when the citus extension is installed
+    return f"{how} (the citus extension is {'installed' if mode == KEY else 'not installed'})"
 
 
 def _write_adoption(state: report.SchemaState, out: TextIO) -> None:

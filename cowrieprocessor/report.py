@@ -161,23 +161,29 @@ def partition_counts(conn: Connection) -> list[PartitionState]:
     return found
 
 
-def partition_progress(conn: Connection, state: progress.JobState) -> list[PartitionState]:
-    """``status``: where the job stands in each leaf ([] when not partitioned). The
-    leaves are walked in name order, each phase from the first: the leaves before the
-    saved one are done in this phase, the ones after it pending."""
+def leaf_estimates(conn: Connection) -> dict[str, int]:
+    """Each leaf's sessions as the planner estimates them, in name order ({} when
+    session_summaries is not partitioned)."""
     leaves = partitions.leaves(conn)
     if not leaves:
-        return []
-    estimates: dict[str, int] = {str(k): int(v) for k, v in conn.execute(_ESTIMATES).all()}
+        return {}
+    estimates = {str(k): int(v) for k, v in conn.execute(_ESTIMATES).all()}
+    return {leaf: estimates.get(leaf, 0) for leaf in leaves}
+
+
+def partition_progress(estimates: dict[str, int], state: progress.JobState) -> list[PartitionState]:
+    """``status``: where the job stands in each leaf of :func:`leaf_estimates`. The
+    leaves are walked in name order, each phase from the first: the leaves before the
+    saved one are done in this phase, the ones after it pending."""
     found = []
-    for leaf in leaves:
+    for leaf, sessions in estimates.items():
         if state.phase == progress.DONE:
             where = "done"
         elif state.leaf is None:  # the phase has not reached a partition yet
             where = "pending"
         else:
             where = "done" if leaf < state.leaf else "walking" if leaf == state.leaf else "pending"
-        found.append(PartitionState(leaf, estimates.get(leaf, 0), None, where))
+        found.append(PartitionState(leaf, sessions, None, where))
     return found
 
 
@@ -221,6 +227,7 @@ class JobStatus(Progress):
 def job_status(conn: Connection) -> list[JobStatus]:
     """The progress rows of the backfill and the clear jobs, with rate and ETA."""
     live = control.running_job(conn)
+    estimates = leaf_estimates(conn)  # one read for every job's partitions
     result = []
     now = datetime.now(UTC)
     for job, phases in JOB_PHASES.items():
@@ -258,7 +265,7 @@ def job_status(conn: Connection) -> list[JobStatus]:
                 finished_at=state.finished_at.isoformat() if state.finished_at else None,
                 running=running,
                 seconds_since_heartbeat=None if since_beat is None else round(since_beat, 1),
-                partitions=partition_progress(conn, state),
+                partitions=partition_progress(estimates, state),
             )
         )
     conn.rollback()

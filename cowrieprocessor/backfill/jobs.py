@@ -12,8 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Row
 
 from cowrieprocessor.backfill import progress, record, shape, sql
 from cowrieprocessor.backfill.governor import describe_waits
@@ -26,6 +27,7 @@ from cowrieprocessor.backfill.walker import BatchCounts, BatchReport, RangeWalke
 from cowrieprocessor.db import partitions
 
 log = logging.getLogger("cowrieprocessor.backfill")
+T = TypeVar("T")
 
 BACKFILL_JOB = "snapshot_backfill"
 CTID, KEY = "ctid", "key"  # the join-back of a PostgreSQL batch (knob join_back)
@@ -76,15 +78,18 @@ def _backfill_range(
 ) -> RunRange:
     """The statement(s) of one backfill range, rendered for this database's JSON types,
     joining back by ``ctid`` or by key (:func:`join_back_mode`)."""
-    sources = range(1, len(sql.IP_SOURCES) + 1)
     job = {"job": BACKFILL_JOB}
+
+    def resolved_by_source(row: Row[Any]) -> tuple[int, ...]:
+        """How many sessions each of sql.IP_SOURCES resolved (columns src_1..src_4)."""
+        return tuple(int(row._mapping[f"src_{n}"]) for n in range(1, len(sql.IP_SOURCES) + 1))
 
     def run_pg(conn: Connection, r: Range) -> BatchCounts:
         table = r.order.table
         if dry_run:
             stmt = sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs, table)
             row = conn.execute(stmt, r.params).one()
-            by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+            by_source = resolved_by_source(row)
         else:
             stmt = sql.pg_backfill(json, r.has_lo, r.has_hi, r.needs, record=record, table=table)
             row = conn.execute(stmt, {**r.params, **job} if record else r.params).one()
@@ -100,7 +105,7 @@ def _backfill_range(
         updated = int(row.updated)
         by_source: tuple[int, ...] = ()
         if dry_run:
-            by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+            by_source = resolved_by_source(row)
         else:
             stmt = sql.pg_key_update(json, r.has_lo, r.has_hi, r.needs, table)
             written = conn.execute(stmt, r.params).all()
@@ -126,7 +131,7 @@ def _backfill_range(
             if record and updated:
                 conn.execute(sql.SQLITE_RECORD, job)
         conn.execute(sql.SQLITE_BATCH_CLEAR)
-        by_source = tuple(int(row._mapping[f"src_{n}"]) for n in sources)
+        by_source = resolved_by_source(row)
         return BatchCounts(
             int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source
         )
@@ -148,7 +153,7 @@ def dry_run_counts(conn: Connection, hi: str | None = None) -> BatchCounts:
     """The backfill's counts over ``session_id`` range (start, ``hi``] (the whole table
     when ``hi`` is None), written nowhere: what ``check`` and ``verify`` report."""
     json = shape.detect(conn)
-    mode = KEY if partitions.has_citus(conn) else CTID
+    mode = join_back_mode(conn, BackfillKnobs())  # auto, as a run with no knob given
     run = _backfill_range(conn.dialect.name, True, json, False, mode)
     return run(conn, Range(WALK, SESSION_ID_ORDER, None, hi))
 
@@ -183,19 +188,15 @@ def _in_leaf(walker: RangeWalker) -> str:
     return f" in partition {leaf}" if leaf is not None and walker.leaves else ""
 
 
-def _join_back(knobs: BackfillKnobs) -> Callable[[Connection], str]:
-    def choose(conn: Connection) -> str:
-        mode = join_back_mode(conn, knobs)
+def _reading(read: Callable[[Connection], T]) -> Callable[[Connection], T]:
+    """``read``, then the end of the read transaction it opened (for ``walker.retrying``)."""
+
+    def run(conn: Connection) -> T:
+        found = read(conn)
         conn.rollback()
-        return mode
+        return found
 
-    return choose
-
-
-def _json_types(conn: Connection) -> JsonTypes:
-    found = shape.detect(conn)
-    conn.rollback()
-    return found
+    return run
 
 
 def _ensure_record(conn: Connection) -> None:
@@ -220,12 +221,9 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
     def resumable(saved: JobState | None) -> JobState | None:
         return saved if saved is not None and saved.phase != DONE else None
 
-    def find_leaves(conn: Connection) -> list[str] | None:
-        found = partitions.leaves(conn)
-        conn.rollback()
-        return found
-
-    walker.leaves = walker.retrying("reading the partitions of session_summaries", find_leaves)
+    walker.leaves = walker.retrying(
+        "reading the partitions of session_summaries", _reading(partitions.leaves)
+    )
     if walker.leaves is not None:
         log.info(
             "session_summaries is partitioned: %d leaf partition(s), walked one after the other",
@@ -287,7 +285,7 @@ def run_backfill(
     )
     started = time.monotonic()
     try:
-        json = walker.retrying("reading the JSON columns' types", _json_types)
+        json = walker.retrying("reading the JSON columns' types", _reading(shape.detect))
         if record and not dry_run:
             walker.retrying("preparing the rollback record", _ensure_record)
         resumed = _prepare(walker)
@@ -306,7 +304,9 @@ def run_backfill(
         mode = CTID
         if walker.dialect == "postgresql":
             log.info("JSON columns: %s", json.describe())
-            mode = walker.retrying("looking for the citus extension", _join_back(knobs))
+            mode = walker.retrying(
+                "looking for the citus extension", _reading(lambda c: join_back_mode(c, knobs))
+            )
             log.info("join-back: by %s", "session_id" if mode == KEY else "ctid")
         run_range = _backfill_range(walker.dialect, dry_run, json, record, mode)
         for phase in phases:
@@ -451,7 +451,7 @@ def undo_backfill(
     started = time.monotonic()
     try:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
-        rows, sessions = walker.retrying("reading the rollback record", _pending_record)
+        rows, sessions = walker.retrying("reading the rollback record", _reading(record.pending))
         walker.state.sessions_total = walker.state.sessions_walked + sessions
         log.info(
             "undoing the backfill: %d recorded sessions in %d batches%s",
@@ -476,12 +476,6 @@ def _log_cleared(walker: RangeWalker, started: float) -> ClearResult:
         describe_waits(walker.governor.waits),
     )
     return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
-
-
-def _pending_record(conn: Connection) -> tuple[int, int]:
-    found = record.pending(conn)
-    conn.rollback()
-    return found
 
 
 def _forget_record(conn: Connection) -> None:

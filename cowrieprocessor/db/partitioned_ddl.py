@@ -62,10 +62,11 @@ class LeafKey:
     inherited: bool  # attached to the parent's key
 
 
-def leaf_keys(conn: Connection) -> list[LeafKey]:
-    """The foreign keys ``source_ip -> ip_inventory`` of every leaf of session_summaries."""
+def leaf_keys(conn: Connection, leaves: list[str] | None = None) -> list[LeafKey]:
+    """The foreign keys ``source_ip -> ip_inventory`` of every leaf of session_summaries
+    (``leaves``: those leaves, when the caller has read them already)."""
     found = []
-    for leaf in partitions.leaves(conn) or []:
+    for leaf in partitions.leaves(conn) or [] if leaves is None else leaves:
         for row in conn.execute(_FK_ON, {"table": leaf}).all():
             found.append(LeafKey(leaf, str(row.conname), bool(row.convalidated), row.inherited))
     return found
@@ -76,9 +77,10 @@ def leaf_keys(conn: Connection) -> list[LeafKey]:
 
 def add_leaf_keys(conn: Connection, name: str) -> list[str]:
     """0002: the foreign key ``NOT VALID`` on each leaf that has none; returns the leaves."""
-    have = {k.leaf for k in leaf_keys(conn)}
+    leaves = partitions.leaves(conn) or []
+    have = {k.leaf for k in leaf_keys(conn, leaves)}
     added = []
-    for leaf in partitions.leaves(conn) or []:
+    for leaf in leaves:
         if leaf not in have:
             run_pg_ddl(f"ALTER TABLE {leaf} ADD CONSTRAINT {name} {FK_TARGET} NOT VALID")
             added.append(leaf)

@@ -64,8 +64,9 @@ def is_partitioned(conn: Connection, table: str = TABLE) -> bool:
 
 
 def tree(conn: Connection, table: str = TABLE) -> list[Member]:
-    """The partitions of ``table`` at every level, parents first ([] if not partitioned)."""
-    if not is_partitioned(conn, table):
+    """The partitions of ``table`` at every level, parents first ([] if not partitioned:
+    the tree of a plain table is the table itself, level 0)."""
+    if conn.dialect.name != "postgresql":
         return []
     rows = conn.execute(_TREE, {"table": table}).all()
     return [
