@@ -214,6 +214,24 @@ def test_offline_sql_of_the_data_revision(sqlite_url: str) -> None:
     assert f"DROP TABLE IF EXISTS {PROGRESS_TABLE}" in down.stdout
 
 
+def test_offline_data_revision_bounds_lock_waits_as_the_online_run_does() -> None:
+    """The reviewed script sets the batches' lock_timeout (the knob) before the DO block
+    and the drops, no statement_timeout that would cut the whole DO block, and resets both."""
+    for action, span, first in (
+        ("upgrade", "0002_snapshot_columns:0003_backfill_session_snapshots", "DO $cowrie$"),
+        ("downgrade", "0003_backfill_session_snapshots:0002_snapshot_columns", "DROP TABLE"),
+    ):
+        script = run_alembic(
+            "postgresql://u@h/db", action, span, "--sql", x={"lock_timeout": "750"}
+        ).stdout
+        lock = script.index("SET lock_timeout = 750;")
+        assert lock < script.index("SET statement_timeout = 0;") < script.index(first)
+        assert script.index(first) < script.index("RESET lock_timeout;")
+        assert script.rindex("DROP TABLE" if action == "downgrade" else "$cowrie$;") < (
+            script.index("RESET statement_timeout;")
+        )
+
+
 # --- PostgreSQL faults -------------------------------------------------------------------
 
 

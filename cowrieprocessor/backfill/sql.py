@@ -804,17 +804,40 @@ def sqlite_offline_backfill(job: str) -> list[TextClause]:
     ]
 
 
-def offline_backfill(dialect: str, batch_size: int, job: str) -> list[TextClause]:
+def _pg_offline_timeouts(statements: list[TextClause], lock_timeout_ms: int) -> list[TextClause]:
+    """``statements`` between the timeouts the online run sets, and their RESET.
+
+    Online, each batch runs under ``lock_timeout`` and ``statement_timeout``. Offline, a
+    DO block is one statement however many batches it commits, so a ``statement_timeout``
+    would cut the whole run: it is set to 0, and ``lock_timeout`` bounds each batch's
+    waits for a lock as online (a batch that cannot have its rows fails the run, which a
+    rerun resumes, rather than queueing the loader behind it).
+    """
+    return [
+        text("SET lock_timeout = :ms").bindparams(ms=lock_timeout_ms),
+        text("SET statement_timeout = 0"),
+        *statements,
+        text("RESET statement_timeout"),
+        text("RESET lock_timeout"),
+    ]
+
+
+def offline_backfill(
+    dialect: str, batch_size: int, job: str, lock_timeout_ms: int
+) -> list[TextClause]:
     """What ``alembic upgrade --sql`` prints for the data revision."""
     if dialect == "postgresql":
-        return pg_offline_backfill(batch_size, job)
+        return _pg_offline_timeouts(pg_offline_backfill(batch_size, job), lock_timeout_ms)
     return sqlite_offline_backfill(job)
 
 
-def offline_undo(dialect: str) -> list[TextClause]:
+def offline_undo(dialect: str, lock_timeout_ms: int) -> list[TextClause]:
     """What ``alembic downgrade --sql`` prints: undo the record, drop our two tables."""
-    return [
+    statements = [
         offline_unwrite(dialect),
         text(f"DROP TABLE IF EXISTS {RECORD_TABLE}"),
         text(f"DROP TABLE IF EXISTS {PROGRESS_TABLE}"),
     ]
+    if dialect == "postgresql":
+        return _pg_offline_timeouts(statements, lock_timeout_ms)
+    return statements

@@ -49,7 +49,11 @@ def upgrade() -> None:
     knobs = migration_knobs()  # a bad knob fails here, before any write
     if op.get_context().as_sql:
         dialect = op.get_context().dialect.name
-        _emit(backfill_sql.offline_backfill(dialect, knobs.batch_size, BACKFILL_JOB))
+        _emit(
+            backfill_sql.offline_backfill(
+                dialect, knobs.batch_size, BACKFILL_JOB, knobs.lock_timeout
+            )
+        )
         return
     with batch_engine(knobs) as engine:
         run_backfill(engine, knobs)
@@ -59,7 +63,7 @@ def downgrade() -> None:
     """NULL exactly the values the backfill wrote (its rollback record), batch by batch."""
     knobs = migration_knobs()
     if op.get_context().as_sql:
-        _emit(backfill_sql.offline_undo(op.get_context().dialect.name))
+        _emit(backfill_sql.offline_undo(op.get_context().dialect.name, knobs.lock_timeout))
         return
     with batch_engine(knobs) as engine:
         undo_backfill(engine, knobs)
