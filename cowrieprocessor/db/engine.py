@@ -15,12 +15,14 @@ up front, so it waits politely instead of failing with SQLITE_BUSY half way.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
+from cowrieprocessor.db.integrity import as_unusable, require_sqlite_header
 from cowrieprocessor.settings import SettingsError, parse_url
 
 _SQLITE_BEGIN_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
@@ -58,16 +60,24 @@ def create_engine_from_url(
         if _is_plain_sqlite_file(parsed):
             Path(str(parsed.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, **kwargs)
-        _install_sqlite_pragmas(engine, sqlite_busy_timeout_ms, wal=not is_sqlite_memory(parsed))
+        _install_sqlite_pragmas(
+            engine,
+            sqlite_busy_timeout_ms,
+            wal=not is_sqlite_memory(parsed),
+            path=str(parsed.database or "") if _is_plain_sqlite_file(parsed) else "",
+        )
         return engine
     raise SettingsError(
         f"unsupported database backend {backend!r}: use postgresql:// (13+) or sqlite:///"
     )
 
 
-def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> None:
+def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool, path: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # A text file would fail the pragmas below with SQLite's bare "file is not a
+        # database": name the file and what to do instead.
+        require_sqlite_header(path)
         # Hand transaction control to SQLAlchemy (see the module docstring).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -79,6 +89,12 @@ def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool) 
                 # WAL + NORMAL is durable against application crashes (kill -9);
                 # only an OS crash can lose the very last commits.
                 cursor.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            # journal_mode reads page 1: a truncated or garbled file fails here.
+            unusable = as_unusable(path, exc)
+            if unusable is None:
+                raise
+            raise unusable from exc
         finally:
             cursor.close()
 
