@@ -13,7 +13,9 @@ import sqlalchemy as sa
 
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import UnusableDatabase, quick_check, require_usable_sqlite
+from cowrieprocessor.settings import SettingsError
 from tests.databases import sqlite_path
+from tests.helpers import cowrie_db
 from tests.seed import at_0002, seed_random
 
 # --- fixtures: a sound file, a text file, a damaged one --------------------------------
@@ -125,3 +127,41 @@ def test_truncated_file_is_refused_at_connect(sound_sqlite: str) -> None:
         require_usable_sqlite(conn)
     engine.dispose()
     assert file_state(sound_sqlite) == before
+
+
+# --- drivers: refused at engine creation, so cowrie-db and alembic's env.py agree -------
+
+SUPPORTED = "use postgresql://USER@HOST/DB (PostgreSQL 13+, psycopg2) or sqlite:///PATH"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+psycopg://u:pw@db.invalid/x", "its driver psycopg is not installed"),
+        ("postgresql+psycopg://u:pw@db.invalid/x", "pip install 'psycopg[binary]'"),
+        ("postgresql+pg8000://u:pw@db.invalid/x", "its driver pg8000 is not installed"),
+        ("postgresql+asyncpg://u:pw@db.invalid/x", "asyncpg is an asynchronous driver"),
+        ("postgresql+psycopg_async://u:pw@db.invalid/x", "psycopg is an asynchronous driver"),
+        ("sqlite+aiosqlite:///cowrie.sqlite", "aiosqlite is an asynchronous driver"),
+        ("postgresql+nosuch://u:pw@db.invalid/x", "SQLAlchemy has no postgresql driver 'nosuch'"),
+        ("mysql://u:pw@db.invalid/x", "unsupported backend 'mysql'"),
+        ("postgres://u:pw@db.invalid/x", "unsupported backend 'postgres' (did you mean postgresql"),
+    ],
+)
+def test_unusable_driver_is_a_settings_error_naming_it(url: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        create_engine_from_url(url)
+    message = str(caught.value)
+    assert expected in message and SUPPORTED in message
+    assert "pw" not in message.replace("psycopg", "")
+    assert "\n" not in message
+
+
+def test_cowrie_db_names_a_missing_driver_in_one_line() -> None:
+    out = cowrie_db("--db", "postgresql+psycopg://u:pw@db.invalid/x", "check")
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "cowrie-db check: error: database URL postgresql+psycopg://u:***@db.invalid/x: its "
+        "driver psycopg is not installed (`pip install 'psycopg[binary]'` into this "
+        f"environment); or {SUPPORTED}"
+    ]

@@ -21,9 +21,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import NoSuchModuleError
 
 from cowrieprocessor.db.integrity import as_unusable, require_sqlite_header
-from cowrieprocessor.settings import SettingsError, parse_url
+from cowrieprocessor.settings import SettingsError, mask_url, parse_url
 
 _SQLITE_BEGIN_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
 
@@ -46,12 +47,17 @@ def create_engine_from_url(
     sqlite_busy_timeout_ms: int = 30_000,
     **kwargs: Any,
 ) -> Engine:
-    """Create an engine for ``url`` with this project's per-dialect defaults."""
+    """Create an engine for ``url`` with this project's per-dialect defaults.
+
+    An unsupported backend, an asynchronous driver or one that is not installed is a
+    :class:`SettingsError` here, before anything is created, so ``cowrie-db`` and
+    Alembic's ``env.py`` both say it in one line."""
     parsed = parse_url(url) if isinstance(url, str) else url
     backend = parsed.get_backend_name()
     if parsed.drivername == "postgresql":
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    _require_driver(parsed)
     if backend == "postgresql":
         connect_args = dict(kwargs.pop("connect_args", {}))
         connect_args.setdefault("application_name", application_name)
@@ -67,9 +73,48 @@ def create_engine_from_url(
             path=str(parsed.database or "") if _is_plain_sqlite_file(parsed) else "",
         )
         return engine
-    raise SettingsError(
-        f"unsupported database backend {backend!r}: use postgresql:// (13+) or sqlite:///"
-    )
+    raise AssertionError(f"backend {backend!r} passed _require_driver")  # pragma: no cover
+
+
+SUPPORTED_FORMS = "postgresql://USER@HOST/DB (PostgreSQL 13+, psycopg2) or sqlite:///PATH"
+# The package that provides a driver module, where pip's name differs from the import.
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "MySQLdb": "mysqlclient"}
+# Common misspellings of a supported backend, and the spelling SQLAlchemy knows.
+BACKEND_SPELLINGS = {"postgres": "postgresql", "pgsql": "postgresql", "sqlite3": "sqlite"}
+
+
+def _require_driver(url: URL) -> None:
+    """Refuse, in one line naming the driver and the way out, a backend this project
+    does not support, an asynchronous driver (everything here is synchronous: the
+    backfill engine, Alembic's env.py), or a driver whose module is not installed."""
+    backend, masked = url.get_backend_name(), mask_url(url)
+    if backend not in ("postgresql", "sqlite"):
+        spelled = BACKEND_SPELLINGS.get(backend)
+        hint = f" (did you mean {spelled}://?)" if spelled else ""
+        raise SettingsError(
+            f"database URL {masked}: unsupported backend {backend!r}{hint}; use {SUPPORTED_FORMS}"
+        )
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise SettingsError(
+            f"database URL {masked}: SQLAlchemy has no {backend} driver "
+            f"{url.get_driver_name()!r}; use {SUPPORTED_FORMS}"
+        ) from None
+    if dialect.is_async:
+        raise SettingsError(
+            f"database URL {masked}: {dialect.driver} is an asynchronous driver and "
+            f"cowrieprocessor is synchronous; use {SUPPORTED_FORMS}"
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = (exc.name or dialect.driver).split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        raise SettingsError(
+            f"database URL {masked}: its driver {dialect.driver} is not installed (`pip "
+            f"install '{package}'` into this environment); or use {SUPPORTED_FORMS}"
+        ) from None
 
 
 def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool, path: str) -> None:
