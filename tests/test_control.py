@@ -144,7 +144,7 @@ def test_stop_ends_after_the_batch_and_a_rerun_resumes(
     assert rerun.returncode == 0, rerun.stderr
     assert f"--resume: continuing the walk phase after batch {committed}" in rerun.stderr
     status_file = json.loads((tmp_path / "snapshot_backfill.json").read_text())
-    assert status_file["phase"] == "done" and status_file["run_state"] == "running"
+    assert status_file["phase"] == "done" and status_file["run_state"] == "finished"
     assert status_file["knobs"]["batch_size"] == "1000" and status_file["waits"] == {}
     assert read(url, current_snapshots) == want
 

@@ -16,20 +16,35 @@ picked up within one batch.
 
 A command is for the job running *now*: with none running it is refused (a pause
 must never lie in wait for the next deploy), and each run discards what an earlier
-run left in its row when it starts (:func:`claim`). Which job is running: on
+run left in its row when it starts (:func:`discard_commands`). Which job is running: on
 PostgreSQL, the holder of the backfill's advisory lock (the backend pid the engine
-recorded); on SQLite, the engine's process if it is on this host, else a heartbeat
-younger than :data:`HEARTBEAT_FRESH_S`.
+recorded); on SQLite, the engine's process if it is on this host (the same pid *and* the
+same process start, so a reused pid does not count), else a heartbeat younger than
+:data:`HEARTBEAT_FRESH_S`.
+
+One job at a time (the claim, :class:`Claim`): on PostgreSQL the advisory lock
+(:mod:`.lock`); on SQLite, which has none that outlives a connection, the job's row in
+the progress table: a run starts by reading, in the ``BEGIN IMMEDIATE`` transaction that
+writes its row, whether another row names a job that still runs (the same rule as
+above), and is refused if so, before it writes anything. A row whose job is gone (its
+process killed, or on another host silent for :data:`HEARTBEAT_FRESH_S`) is taken over,
+with a warning; two starters racing are serialized by the write lock, so one of them
+sees the other's row. The claim ends when the row says ``finished``, ``stopped`` or
+``failed``, or when its process is gone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -39,10 +54,12 @@ from cowrieprocessor.backfill.errors import BackfillError
 from cowrieprocessor.backfill.knobs import BackfillKnobs, KnobError
 from cowrieprocessor.backfill.progress import progress_table, utcnow
 
+log = logging.getLogger("cowrieprocessor.backfill")
+
 PAUSE, STOP = "pause", "stop"
 # run_state values: a job that holds one of ACTIVE is running (or was, until killed)
 RUNNING, THROTTLED, PAUSED, STOPPING = "running", "throttled", "paused", "stopping"
-STOPPED, FINISHED = "stopped", "finished"
+STOPPED, FINISHED, FAILED = "stopped", "finished", "failed"
 ACTIVE = (RUNNING, THROTTLED, PAUSED, STOPPING)
 HEARTBEAT_FRESH_S = 60.0  # SQLite on another host: alive while it heartbeats this often
 SET_SOURCE = "cowrie-db control set"
@@ -50,6 +67,17 @@ SET_SOURCE = "cowrie-db control set"
 
 class NoJobRunning(BackfillError):
     """``cowrie-db control`` found no running job to steer (exit status 1)."""
+
+
+class JobRunning(BackfillError):
+    """Another job holds the database (exit status 1); this one changed nothing."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(
+            f"another backfill or clear is running on this database: {holder}; nothing "
+            "was changed: wait for it to finish (`cowrie-db status`) or stop it "
+            "(`cowrie-db control stop`), then rerun"
+        )
 
 
 @dataclass(frozen=True)
@@ -74,14 +102,39 @@ class Command:
 
 
 def runner() -> dict[str, Any]:
-    """Who runs the job: this process, on this host (``run_info``)."""
-    return {"pid": os.getpid(), "host": socket.gethostname()}
+    """Who runs the job: this process (its pid and when it started), on this host
+    (``run_info``)."""
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "started": process_started(pid)}
+
+
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started, as a mark that a later process given the same pid
+    does not share: the boot's id and the start time in clock ticks (Linux ``/proc``).
+    None where there is no ``/proc`` (then a reused pid passes for the job's process)
+    or no such process."""
+    stat = _proc_stat(pid)
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return None if stat is None else f"{boot}:{stat[19]}"  # field 22: the start time
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 first: the
+    state), or None. The name is in parentheses and may hold spaces: count after it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 # --- the engine's side -----------------------------------------------------------------
 
 
-def claim(conn: Connection, job: str) -> Command:
+def discard_commands(conn: Connection, job: str) -> Command:
     """A run starts: discard what an earlier run left in the row's control columns.
 
     Returns what was discarded (for the log). Call in a transaction, after
@@ -139,54 +192,191 @@ class RunningJob:
 def running_job(conn: Connection) -> RunningJob | None:
     """The job running now on this database, or None. Ends the read transaction."""
     try:
-        if not progress.has_table(conn):
-            return None
-        if progress.lacks_run_columns(conn):
-            return None  # written by an earlier release: nothing steerable runs
-        t = progress_table
-        rows = conn.execute(
-            sa.select(
-                t.c.job, t.c.run_state, t.c.run_info, t.c.heartbeat_at, t.c.control, t.c.control_seq
-            )
-            .where(t.c.run_state.in_(ACTIVE))
-            .order_by(t.c.heartbeat_at.desc())
-        ).all()
-        candidates = [
-            RunningJob(
-                r.job,
-                r.run_state,
-                json.loads(r.run_info) if r.run_info else {},
-                progress.as_utc(r.heartbeat_at),
-                r.control,
-                int(r.control_seq or 0),
-            )
-            for r in rows
-        ]
+        candidates = _claimants(conn)
         if conn.dialect.name == "postgresql":
-            holder = lock.holder_pid(conn)
+            holder = lock.holder_pid(conn) if candidates else None
             alive = [
                 c for c in candidates if holder is not None and c.info.get("backend") == holder
             ]
         else:
-            alive = [c for c in candidates if _alive_here(c)]
+            alive = [c for c in candidates if _why_gone(c) is None]
         return alive[0] if alive else None
     finally:
         conn.rollback()
 
 
-def _alive_here(job: RunningJob) -> bool:
+def _claimants(conn: Connection) -> list[RunningJob]:
+    """The rows that say their job runs (it may have died since), the latest heartbeat
+    first; none in a table of the first release."""
+    if not progress.has_table(conn) or progress.lacks_run_columns(conn):
+        return []
+    t = progress_table
+    rows = conn.execute(
+        sa.select(
+            t.c.job, t.c.run_state, t.c.run_info, t.c.heartbeat_at, t.c.control, t.c.control_seq
+        )
+        .where(t.c.run_state.in_(ACTIVE))
+        .order_by(t.c.heartbeat_at.desc())
+    ).all()
+    return [
+        RunningJob(
+            r.job,
+            r.run_state,
+            json.loads(r.run_info) if r.run_info else {},
+            progress.as_utc(r.heartbeat_at),
+            r.control,
+            int(r.control_seq or 0),
+        )
+        for r in rows
+    ]
+
+
+def _why_gone(job: RunningJob) -> str | None:
+    """None while ``job``'s engine runs (SQLite's rule, see the module docstring); else
+    why it is taken for gone."""
     pid, host = job.info.get("pid"), job.info.get("host")
     if host == socket.gethostname() and isinstance(pid, int):
+        if pid == os.getpid():  # this process: the job runs while a walker here holds it
+            return None if job.job in _HELD_HERE else "this process no longer runs it"
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return False
+            return f"process {pid} is gone"
         except PermissionError:
-            return True
-        return True
+            pass  # another user's process: it exists
+        stat = _proc_stat(pid)
+        if stat is not None and stat[0] in ("Z", "X"):
+            return f"process {pid} is gone (not yet reaped)"
+        started = job.info.get("started")
+        if started is not None and started != process_started(pid):
+            return f"process {pid} is another program now (its pid was reused)"
+        return None
     if job.heartbeat_at is None:
-        return False
-    return (utcnow() - job.heartbeat_at).total_seconds() < HEARTBEAT_FRESH_S
+        return f"no heartbeat from {host}"
+    silent = (utcnow() - job.heartbeat_at).total_seconds()
+    if silent < HEARTBEAT_FRESH_S:
+        return None
+    return f"no heartbeat from {host} for {silent:.0f} s"
+
+
+# --- one job at a time: the claim ------------------------------------------------------
+
+# The jobs a walker of this process holds now (SQLite): a row naming this process is a
+# running job only while a walker here holds it; one left by a walker that ended
+# without saying so (its last write failed) is taken over, as a dead process's is.
+_HELD_HERE: set[str] = set()
+
+
+class Claim(Protocol):
+    """One job at a time on a database. The walker calls these, whatever the dialect."""
+
+    backend: int | None  # PostgreSQL: the backend pid holding the lock (in ``run_info``)
+
+    def attach(self, conn: Connection) -> None:
+        """A new connection of the job's (raises :class:`JobRunning`)."""
+
+    def take(self, conn: Connection) -> None:
+        """First thing in the transaction that writes the job's row when it starts,
+        before anything is written (raises :class:`JobRunning`)."""
+
+    def detach(self, conn: Connection) -> None:
+        """The job is done with ``conn`` (it closes it next)."""
+
+    def release(self) -> None:
+        """The run ended (its row says how by now)."""
+
+
+class AdvisoryClaim:
+    """PostgreSQL: the session advisory lock (:mod:`.lock`), taken on each connection."""
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.sleep = sleep
+        self.backend: int | None = None
+
+    def attach(self, conn: Connection) -> None:
+        if not lock.try_take(conn, self.sleep):
+            job = running_job(conn)
+            raise JobRunning(job.describe() if job is not None else lock.describe_holder(conn))
+        self.backend = lock.backend_pid(conn)
+
+    def take(self, conn: Connection) -> None:
+        pass  # the lock taken on attach is the claim
+
+    def detach(self, conn: Connection) -> None:
+        """Release the lock: it is per session, and pooled sessions live on."""
+        if conn.invalidated:
+            return  # a dead session holds no lock
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            lock.release(conn)
+        except sa.exc.DBAPIError:
+            pass  # a dead session holds no lock
+
+    def release(self) -> None:
+        pass
+
+
+class RowClaim:
+    """SQLite: the job's row in the progress table names its running process."""
+
+    backend: int | None = None
+
+    def __init__(self, job: str, *, dry_run: bool = False) -> None:
+        self.job = job
+        self.dry_run = dry_run  # a dry run writes nothing: it only looks
+
+    def attach(self, conn: Connection) -> None:
+        pass
+
+    def take(self, conn: Connection) -> None:
+        """Refuse if another row names a job that runs; else mark the rows of jobs that
+        are gone ``stopped`` and count this job as running here. The caller writes the
+        job's row (``run_state`` running, this process) in the same transaction."""
+        _HELD_HERE.discard(self.job)  # a start retried: the rows decide again
+        gone = []
+        for other in _claimants(conn):
+            why = _why_gone(other)
+            if why is None:
+                raise JobRunning(other.describe())
+            gone.append((other, why))
+        if self.dry_run:
+            return
+        for other, why in gone:
+            log.warning("taking over from %s, which did not end: %s", other.describe(), why)
+            conn.execute(
+                progress_table.update()
+                .where(progress_table.c.job == other.job)
+                .values(run_state=STOPPED)
+            )
+        _HELD_HERE.add(self.job)
+
+    def detach(self, conn: Connection) -> None:
+        pass
+
+    def release(self) -> None:
+        _HELD_HERE.discard(self.job)
+
+
+def claim_for(
+    dialect: str, job: str, *, dry_run: bool, sleep: Callable[[float], None] = time.sleep
+) -> Claim:
+    """The claim of ``job`` on a database of ``dialect``."""
+    if dialect == "postgresql":
+        return AdvisoryClaim(sleep)
+    return RowClaim(job, dry_run=dry_run)
+
+
+def refuse_if_running(conn: Connection) -> None:
+    """Raise :class:`JobRunning` when a job runs on this database now: for a step that
+    must not run beside one and is no job itself. Ends the read transaction."""
+    job = running_job(conn)
+    if job is not None:
+        raise JobRunning(job.describe())
+    if conn.dialect.name == "postgresql" and lock.holder_pid(conn) is not None:
+        holder = lock.describe_holder(conn)
+        raise JobRunning(holder)
+    conn.rollback()
 
 
 def require_running(conn: Connection) -> RunningJob:

@@ -149,9 +149,10 @@ class Governor:
         """The control columns read back by the batch's save (None: a new row)."""
         self.command = Command.of(row)
 
-    def claim(self, conn: Connection, job: str) -> None:
-        """A run starts: forget what an earlier run was told (see :func:`control.claim`)."""
-        left = control.claim(conn, job)
+    def discard_commands(self, conn: Connection, job: str) -> None:
+        """A run starts: forget what an earlier run was told (see
+        :func:`control.discard_commands`)."""
+        left = control.discard_commands(conn, job)
         if left.control or left.knobs:
             log.warning(
                 "discarding control commands left by an earlier run of %s: %s",
@@ -162,14 +163,17 @@ class Governor:
                 ),
             )
 
-    def finish(self, conn: Connection, state: str) -> None:
-        """The run ends (``finished`` or ``stopped``): close the waits, take a last WAL
-        reading for the summary, and say so in the row (best effort: a failure here
-        must not hide why the run ended, and the undo drops the table before)."""
+    def finish(self, conn: Connection | None, state: str, detail: str = "") -> None:
+        """The run ends (``finished``, ``stopped`` or ``failed``, with why): close the
+        waits, take a last WAL reading for the summary, and say so in the row (best
+        effort, and not at all without a usable ``conn``: a failure here must not hide
+        why the run ended, and the undo drops the table before)."""
         for signal in list(self.holds):
             self._end_hold(signal)
         self.pace.end_wait()
-        self.state, self.detail = state, ""
+        self.state, self.detail = state, detail
+        if conn is None:
+            return
         try:
             if self._wal_last is not None and self.health is not None:
                 reading = self.health.read(conn)

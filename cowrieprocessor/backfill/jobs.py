@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row
 
-from cowrieprocessor.backfill import progress, record, shape, sql
+from cowrieprocessor.backfill import control, progress, record, shape, sql
 from cowrieprocessor.backfill.governor import describe_waits
 from cowrieprocessor.backfill.keys import SESSION_ID_ORDER, Range
 from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
@@ -199,23 +199,26 @@ def _reading(read: Callable[[Connection], T]) -> Callable[[Connection], T]:
     return run
 
 
-def _ensure_record(conn: Connection) -> None:
+def _ensure_record(conn: Connection, backfilled_before: bool) -> None:
     """Create the rollback record; a database backfilled before it existed (a progress
     row of the backfill, no record) gets a marker row that makes a downgrade clear all."""
-    with conn.begin():
-        if record.exists(conn):
-            return
-        backfilled_before = progress.load(conn, BACKFILL_JOB) is not None
-        record.ensure_table(conn)
-        if backfilled_before:
-            record.mark_incomplete(conn)
+    if record.exists(conn):
+        return
+    record.ensure_table(conn)
+    if backfilled_before:
+        record.mark_incomplete(conn)
 
 
-def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> bool:
-    """Load or start the job's state. Returns True when resuming an unfinished run.
+def _prepare(
+    walker: RangeWalker, fresh_job_to_delete: str | None = None, *, with_record: bool = False
+) -> bool:
+    """Take the claim, then load or start the job's state (and, ``with_record``, create
+    the rollback record). Returns True when resuming an unfinished run.
 
-    The job's row is written at once (with the engine's state, any command an earlier
-    run left discarded): from here on ``status`` shows it and ``control`` can steer it.
+    All in one transaction, the claim first: a job refused because another one runs
+    has written nothing. The job's row is written at once (with the engine's state, any
+    command an earlier run left discarded): from here on ``status`` shows it, ``control``
+    can steer it, and on SQLite it is the claim (:class:`~.control.RowClaim`).
     """
 
     def resumable(saved: JobState | None) -> JobState | None:
@@ -232,18 +235,22 @@ def _prepare(walker: RangeWalker, fresh_job_to_delete: str | None = None) -> boo
 
     def setup(conn: Connection) -> JobState | None:
         with walker.begin(conn):
+            walker.take_claim(conn)
             progress.ensure_table(conn)
             if fresh_job_to_delete:
                 progress.delete(conn, fresh_job_to_delete)
             saved = progress.load(conn, walker.job)
+            if with_record:
+                _ensure_record(conn, backfilled_before=saved is not None)
             walker.state = resumable(saved) or JobState(job=walker.job)
-            walker.governor.claim(conn, walker.job)
+            walker.governor.discard_commands(conn, walker.job)
             progress.save(conn, walker.state, walker.governor.run_columns())
             return saved
 
     if walker.dry_run:
 
         def peek(conn: Connection) -> JobState | None:
+            walker.take_claim(conn)  # a dry run writes nothing: it only looks
             state = progress.load(conn, walker.job)
             conn.commit()
             return state
@@ -284,11 +291,9 @@ def run_backfill(
         on_batch=on_batch,
     )
     started = time.monotonic()
-    try:
+    with walker:
         json = walker.retrying("reading the JSON columns' types", _reading(shape.detect))
-        if record and not dry_run:
-            walker.retrying("preparing the rollback record", _ensure_record)
-        resumed = _prepare(walker)
+        resumed = _prepare(walker, with_record=record and not dry_run)
         total, inventory = walker.retrying("counting sessions", table_counts)
         walker.state.sessions_total = total
         log.info(
@@ -312,9 +317,6 @@ def run_backfill(
         for phase in phases:
             if walker.state.phase == phase:
                 walker.walk(phase, run_range)
-        walker.write_status(walker.progress(DONE))
-    finally:
-        walker.close()
     s = walker.state
     result = BackfillResult(
         job=BACKFILL_JOB,
@@ -407,7 +409,7 @@ def clear_snapshots(
     """
     walker = RangeWalker(engine, knobs, job=job, stop=stop)
     started = time.monotonic()
-    try:
+    with walker:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
         total, _inventory = walker.retrying("counting sessions", table_counts)
         walker.state.sessions_total = total
@@ -422,8 +424,6 @@ def clear_snapshots(
         walker.retrying("emptying the rollback record", _forget_record)
         if drop_progress_table:
             walker.retrying("dropping the progress table", _drop_progress)
-    finally:
-        walker.close()
     return _log_cleared(walker, started)
 
 
@@ -449,7 +449,7 @@ def undo_backfill(
         return clear_snapshots(engine, knobs, stop=stop, job=CLEAR_JOB, drop_progress_table=True)
     walker = RangeWalker(engine, knobs, job=CLEAR_JOB, stop=stop)
     started = time.monotonic()
-    try:
+    with walker:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
         rows, sessions = walker.retrying("reading the rollback record", _reading(record.pending))
         walker.state.sessions_total = walker.state.sessions_walked + sessions
@@ -461,8 +461,6 @@ def undo_backfill(
         )
         walker.undo_recorded()
         walker.retrying("dropping the progress and record tables", _drop_progress)
-    finally:
-        walker.close()
     return _log_cleared(walker, started)
 
 
@@ -500,6 +498,9 @@ def refill_after_interrupted_clear(engine: Engine, knobs: BackfillKnobs) -> bool
         return state
 
     with engine.connect() as conn:
+        # the revision that calls this must not index and stamp head beside a job
+        # that is still writing (a `cowrie-db backfill` or `clear` started by hand)
+        control.refuse_if_running(conn)
         if unfinished_clear(conn) is None:
             return False
     log.warning(

@@ -1,8 +1,11 @@
 """One backfill or clear at a time on a PostgreSQL database: a session advisory lock.
 
-The walker takes it on each connection it opens and releases it when it closes the
-connection (a session lock outlives a transaction, and pooled sessions live on; a dead
-session holds none). A second job is refused, told the first one's pid and name.
+The walker's claim (:class:`~.control.AdvisoryClaim`) takes it on each connection it
+opens and releases it when it closes the connection (a session lock outlives a
+transaction, and pooled sessions live on; a dead session holds none). A second job is
+refused, told the first one's pid and host (:mod:`.control` words the refusal). SQLite
+has no such lock: its claim is the job's row in the progress table
+(:class:`~.control.RowClaim`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
-
-from cowrieprocessor.backfill.errors import BackfillError
 
 ADVISORY_LOCK_KEY = 0x636F_7772_6965  # "cowrie"
 ADVISORY_LOCK_WAIT_S = 5.0  # a backend that just lost its client may hold it a moment
@@ -28,27 +29,29 @@ _HOLDER = sa.text(
 )
 
 
-def take(conn: Connection, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Take the lock on ``conn``'s session, or raise :class:`BackfillError` naming its holder.
+def try_take(conn: Connection, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Take the lock on ``conn``'s session; False when another session holds it.
 
     A backend that was just terminated (our own, after a lost connection) can hold the
     lock for a moment while it exits: it is allowed a few seconds.
     """
     deadline = time.monotonic() + ADVISORY_LOCK_WAIT_S
     while True:
-        got = conn.execute(_TRY, {"key": ADVISORY_LOCK_KEY}).scalar()
+        got = bool(conn.execute(_TRY, {"key": ADVISORY_LOCK_KEY}).scalar())
         conn.commit()
         if got or time.monotonic() >= deadline:
-            break
+            return got
         sleep(0.2)
-    if not got:
-        holder = conn.execute(_HOLDER, {"key": ADVISORY_LOCK_KEY}).first()
-        conn.commit()
-        who = f" (pid {holder[0]}, {holder[1]!r})" if holder else ""
-        raise BackfillError(
-            f"another backfill or clear is running on this database{who}; "
-            "wait for it to finish (cowrie-db status) or stop it first"
-        )
+
+
+def describe_holder(conn: Connection) -> str:
+    """The session holding the lock, as the server shows it (its backend pid and
+    application name), for a refusal that found no job row naming it."""
+    holder = conn.execute(_HOLDER, {"key": ADVISORY_LOCK_KEY}).first()
+    conn.commit()
+    if holder is None:
+        return "its session just ended: rerun"
+    return f"backend pid {holder[0]}, application {holder[1]!r}"
 
 
 def release(conn: Connection) -> None:

@@ -7,7 +7,9 @@ than one batch, no table lock is taken, and an interrupted run resumes after the
 committed range. Transient failures (:mod:`.errors`) are retried with exponential
 backoff; a range that hits ``statement_timeout`` is split in two; a failure that
 persists stops the run with :class:`~.errors.BatchFailed`, naming the range and the
-cause. On PostgreSQL an advisory lock (:mod:`.lock`) lets one job run at a time.
+cause. One job runs at a time on a database (its claim, :class:`~.control.Claim`:
+PostgreSQL's advisory lock, SQLite's row in the progress table). When the run ends, its
+row and the status file say how: ``finished``, ``stopped`` or ``failed``.
 
 Why one module of this size: the walker is one class whose methods share the walk's
 state (position, sizer, connection, counters); everything that does not need that
@@ -24,12 +26,13 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from cowrieprocessor.backfill import control, lock, progress, record, sql
+from cowrieprocessor.backfill import control, progress, record, sql
 from cowrieprocessor.backfill.errors import (
     BackfillInterrupted,
     BatchFailed,
@@ -141,6 +144,9 @@ class RangeWalker:
         # sessions lacking a snapshot column, as this run's walk found them
         self.walk_candidates = 0
         self.governor = Governor(self)
+        # one job at a time: taken when the run starts (:meth:`take_claim`)
+        self.claim = control.claim_for(self.dialect, job, dry_run=dry_run, sleep=sleep)
+        self.claimed = False
 
     def apply_knobs(self, knobs: BackfillKnobs) -> None:
         """Knobs changed while running (``cowrie-db control set``): from the next batch."""
@@ -152,31 +158,68 @@ class RangeWalker:
     def connection(self) -> Connection:
         if self.conn is None or self.conn.closed or self.conn.invalidated:
             if self.conn is not None:
-                self.conn.close()
-            self.conn = self.engine.connect()
-            if self.dialect == "postgresql":
-                lock.take(self.conn, self.sleep)
-                self.governor.backend = lock.backend_pid(self.conn)
+                self._drop_connection()
+            conn = self.engine.connect()
+            try:
+                self.claim.attach(conn)  # PostgreSQL: the advisory lock, per session
+            except BaseException:
+                conn.close()
+                raise
+            self.conn = conn
+            self.governor.backend = self.claim.backend
         return self.conn
 
-    def close(self) -> None:
-        """Say in the progress row that the run ended, and release the advisory lock
-        (it is per session, and pooled sessions live on)."""
-        if self.conn is None:
-            return
-        if not self.conn.closed and not self.conn.invalidated:
-            ended = control.FINISHED if self.state.phase == DONE else control.STOPPED
-            self.governor.finish(self.conn, ended)
+    def take_claim(self, conn: Connection) -> None:
+        """The run starts: first thing in the transaction that writes its row (raises
+        :class:`~.control.JobRunning` while another job runs, before any write)."""
+        self.claim.take(conn)
+        self.claimed = True
+
+    def _drop_connection(self) -> None:
+        if self.conn is not None:
+            try:
+                self.claim.detach(self.conn)
+            finally:
+                self.conn.close()
+                self.conn = None
+
+    def __enter__(self) -> RangeWalker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(exc)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """The run ended, with ``error`` or not: say how in the progress row and in the
+        status file (``finished``, ``stopped`` or ``failed``), release the claim, close
+        the connection. A run that never got its claim (refused) writes neither: the
+        row and the file are the running job's."""
+        if error is None:
+            ended, detail = control.FINISHED, ""
+        elif isinstance(error, BackfillInterrupted | KeyboardInterrupt):
+            ended, detail = control.STOPPED, ""
+        else:
+            ended = control.FAILED
+            detail = mask_secrets((str(error).strip().splitlines() or [type(error).__name__])[0])
         try:
-            if self.dialect == "postgresql" and not self.conn.invalidated:
-                if self.conn.in_transaction():
-                    self.conn.rollback()
-                lock.release(self.conn)
-        except DBAPIError:
-            pass  # a dead session holds no lock
+            conn = self.conn
+            usable = conn is not None and not conn.closed and not conn.invalidated
+            self.governor.finish(conn if usable and self.claimed else None, ended, detail)
+            if self.claimed:
+                try:
+                    self.write_status(self.progress(DONE if error is None else self.phase_now))
+                except OSError as exc:  # must not hide how the run ended
+                    log.warning("could not rewrite the status file: %s", exc)
         finally:
-            self.conn.close()
-            self.conn = None
+            try:
+                self._drop_connection()
+            finally:
+                self.claim.release()
 
     def begin(self, conn: Connection) -> Any:
         """A batch transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE)."""
@@ -223,7 +266,7 @@ class RangeWalker:
                     delay,
                 )
                 if kind.needs_a_new_connection:
-                    self.close()
+                    self._drop_connection()
                 self.sleep(delay)
 
     # -- walking -------------------------------------------------------------------
