@@ -22,6 +22,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TextIO
 from urllib.parse import quote_plus, unquote_plus
 
 import platformdirs
@@ -290,3 +291,24 @@ def mask_url(url: str | URL) -> str:
     rendered = _render_masked(parsed)
     secrets = _secrets_of(parsed)
     return rendered if _shows(masked, secrets) - _shows(rendered, secrets) else masked
+
+
+class MaskedOutput:
+    """A text stream that passes what is written through :func:`mask_secrets`.
+
+    For output a library prints itself: Alembic's ``current --verbose`` prints
+    ``Current revision(s) for URL:`` with only the userinfo password hidden, so a
+    ``?password=`` would show. ``env.py`` wraps ``config.stdout`` in one (Alembic writes
+    each line in one call, so a URL is never split between two writes). Not for
+    ``--sql`` output: a reviewed script is shown exactly as it will run.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(mask_secrets(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, encoding, isatty, ...
+        return getattr(self.stream, name)

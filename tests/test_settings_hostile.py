@@ -10,6 +10,7 @@ refused, not read as "not given".
 
 from __future__ import annotations
 
+import io
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +18,14 @@ from urllib.parse import quote, quote_plus, unquote_plus
 
 import pytest
 import sqlalchemy as sa
+from alembic.config import Config
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cowrieprocessor.settings import (
     ENV_DATA_DIR,
     ENV_URL,
+    MaskedOutput,
     SettingsError,
     default_sqlite_url,
     is_secret_key,
@@ -308,3 +311,15 @@ def test_a_malformed_url_is_refused_in_one_line_that_shows_no_secret(url: str) -
     assert "is not a valid URL" in str(raised.value) and "\n" not in str(raised.value)
     whole = "".join(traceback.format_exception(raised.value))  # chained causes too
     assert SECRET not in whole, whole
+
+
+def test_alembic_printing_through_a_masked_output_shows_no_secret() -> None:
+    """What ``alembic current -v`` prints, by Alembic's own printing function."""
+    buffer = io.StringIO()
+    cfg = Config(stdout=MaskedOutput(buffer))  # type: ignore[arg-type]
+    url = sa.make_url("postgresql+psycopg2://u:S3cr3t@h/db?password=S3cr3t&sslmode=disable")
+    cfg.print_stdout("Current revision(s) for %s:", str(url))
+    assert buffer.getvalue() == (
+        "Current revision(s) for postgresql+psycopg2://u:***@h/db?password=***&sslmode=disable:\n"
+    )
+    assert MaskedOutput(buffer).getvalue() == buffer.getvalue()  # the rest is the stream's
