@@ -144,6 +144,8 @@ _CONNINFO_PAIR = re.compile(
     rf"(?:^|(?<=[\s'\"(,;{{\[<]))(?P<key>{_KEY})(?P<eq>\s*=\s*)"
     r"(?P<value>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S*)"
 )
+# A value masked already, and the punctuation of the sentence around it: kept as is.
+_ALREADY_MASKED = re.compile(r"\*\*\*[:;,.)\]'\"]*")
 # Any key inside a value: ``key=``, ``key:``, ``'key':``.
 _ANY_KEY = re.compile(rf"(?P<key>{_KEY})['\"]?\s*[=:]")
 # ``'password': 'x'`` in the repr of a dict (or JSON).
@@ -184,6 +186,8 @@ def _holds_secret(value: str) -> bool:
 
 def _mask_pair(match: re.Match[str]) -> str:
     key, value = match["key"], match["value"]
+    if _ALREADY_MASKED.fullmatch(value):  # "cannot connect to URL?password=***: ..."
+        return match[0]
     if not (is_secret_key(key) or (value and _holds_secret(value))):
         return match[0]
     if value[:1] in ("'", '"') and value[-1:] == value[:1] and len(value) > 1:

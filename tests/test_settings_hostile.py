@@ -112,6 +112,14 @@ def test_mask_secrets_hides_them_inside_an_error_message(url: str, kept: list[st
     assert shown.endswith("connection refused\nnext line")
 
 
+def test_masking_twice_keeps_the_sentence_around_the_url() -> None:
+    """``cowrie-db`` masks the URL, writes ``cannot connect to URL: detail``, and masks
+    the whole line again: the ':' after the URL stays."""
+    line = f"cannot connect to {mask_url('postgresql://h/db?password=S3cr3t')}: refused"
+    assert mask_secrets(line) == "cannot connect to postgresql://h/db?password=***: refused"
+    assert mask_secrets("password=***x: y") == "password=*** y"  # more than punctuation
+
+
 @pytest.mark.parametrize("url", PLAIN)
 def test_a_url_without_a_secret_is_shown_exactly_as_typed(url: str) -> None:
     assert mask_url(url) == url
