@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -67,6 +68,7 @@ from cowrieprocessor.backfill.jobs import KEY, join_back_mode
 from cowrieprocessor.backfill.knobs import INT_KNOBS, JOIN_BACK_CHOICES
 from cowrieprocessor.backfill.progress import DONE
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.db.integrity import UnusableDatabase, as_unusable, require_usable_sqlite
 from cowrieprocessor.errors import CowrieError, IncompatibleSchema
 from cowrieprocessor.settings import (
     ENV_URL,
@@ -145,6 +147,13 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
             dialect = conn.dialect.name
             out.write(f"Database:   {args.masked_url}\n")
             out.write(f"Dialect:    {dialect} {version_text}\n")
+            if dialect == "sqlite":
+                try:
+                    require_usable_sqlite(conn)
+                except UnusableDatabase:
+                    out.write("Integrity:  FAILED (PRAGMA quick_check; see the error)\n")
+                    raise
+                out.write("Integrity:  ok (PRAGMA quick_check)\n")
             minimum = report.MIN_VERSIONS.get(dialect, ())
             warnings = []
             if version < minimum:
@@ -272,7 +281,14 @@ class ProgressBar:
 
 
 def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per knob, generated from the knob table (name, range, help, default)."""
+    """One flag per knob, generated from the knob table (name, range, help, default),
+    and ``-x KNOB=VALUE`` as with ``alembic -x`` (the README's form)."""
+    parser.add_argument(
+        "-x",
+        action="append",
+        metavar="KEY=VALUE",
+        help="as alembic -x: a backfill knob (e.g. -x batch_time=100ms) or db=URL; repeatable",
+    )
     for knob in INT_KNOBS:
         unit = {
             "ms": " (ms, or with s / min)",
@@ -299,9 +315,36 @@ def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
-    explicit: dict[str, str | int | None] = {k.name: getattr(args, k.name) for k in INT_KNOBS}
-    explicit["join_back"] = getattr(args, "join_back", None)
+def _x_items(args: argparse.Namespace) -> dict[str, str]:
+    """The ``-x KEY=VALUE`` arguments given; ``-x db=URL`` names the database when
+    ``--db`` does not, as with alembic."""
+    items: dict[str, str] = {}
+    for item in args.x or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"-x {item!r}: expected KEY=VALUE (e.g. -x batch_time=100ms)")
+        items[key.strip()] = value.strip()
+    db = items.pop("db", None)
+    if db and args.db is None:
+        args.db = db
+    return items
+
+
+def _knob_values(args: argparse.Namespace) -> dict[str, str | int | None]:
+    """Every knob the command line gives, ``-x`` and flags, unvalidated (a flag and an
+    ``-x`` that name the same knob with different values are refused)."""
+    explicit: dict[str, str | int | None] = dict(_x_items(args))
+    flags: dict[str, str | None] = {k.name: getattr(args, k.name) for k in INT_KNOBS}
+    flags["join_back"] = getattr(args, "join_back", None)
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name in explicit and explicit[name] != value:
+            raise CliError(
+                f"--{name.replace('_', '-')} {value} and -x {name}={explicit[name]} disagree; "
+                "give one"
+            )
+        explicit[name] = value
     if args.status_dir is not None:
         status_dir = Path(args.status_dir)
         if not status_dir.is_dir():
@@ -318,7 +361,12 @@ def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
                 f"two status files; give one (--status-dir DIR writes DIR/{STATUS_FILE_NAME})"
             )
         explicit["status_file"] = checkpoint
-    return BackfillKnobs.from_sources(explicit)
+    return explicit
+
+
+def _knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
+    """The knobs of a job this process runs, validated once, before connecting."""
+    return BackfillKnobs.from_sources(_knob_values(args))
 
 
 @contextmanager
@@ -341,7 +389,10 @@ def _ctrl_c_stops() -> Iterator[threading.Event]:
 
 
 def _require_snapshot_columns(engine: sa.Engine, masked: str) -> None:
+    """Before a job's first write: a sound file, a revision this package knows, and the
+    columns the job fills."""
     with _connect(engine, masked) as conn:
+        require_usable_sqlite(conn)
         state = report.schema_state(conn)
     if not state.snapshot_columns_present:
         raise CliError(
@@ -475,8 +526,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     engine = _engine(args)
     try:
         with _connect(engine, args.masked_url) as conn:
-            jobs = report.job_status(conn)
             state = report.schema_state(conn)
+            jobs = report.job_status(conn)
     finally:
         engine.dispose()
     status_file: dict[str, Any] | None = None
@@ -566,6 +617,7 @@ def cmd_control(args: argparse.Namespace, out: TextIO) -> int:
     engine = _engine(args)
     try:
         with _connect(engine, args.masked_url) as conn:
+            report.current_revisions(conn)  # a newer release's progress row: hands off
             try:
                 job = control.request(conn, args.action, settings or None)
             except control.NoJobRunning as exc:
@@ -662,6 +714,9 @@ def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
 
     engine = _engine(args)
     try:
+        with _connect(engine, args.masked_url) as conn:
+            require_usable_sqlite(conn)
+            report.current_revisions(conn)
         spec = DemoSpec(sessions=args.sessions, ips=args.ips, seed=args.seed)
         log.info("Database: %s; generating %s", args.masked_url, spec)
         result = generate(engine, spec, force=args.force)
@@ -682,24 +737,11 @@ def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _knob_x_args(args: argparse.Namespace) -> list[str]:
-    """The knob flags and ``-x`` arguments given, as Alembic's ``-x`` list; each knob
-    is validated here, before connecting (the revision validates them again)."""
-    raw = list(args.x or [])
-    for item in raw:
-        key, sep, _ = item.partition("=")
-        if not sep or not key.strip():
-            raise CliError(f"-x {item!r}: expected KEY=VALUE (e.g. -x batch_time=100ms)")
-    given = [f"{k.name}={getattr(args, k.name)}" for k in INT_KNOBS if getattr(args, k.name)]
-    if args.status_dir is not None:
-        given.append(f"status_file={_knobs_from_args(args).status_file}")
-    if getattr(args, "join_back", None):
-        given.append(f"join_back={args.join_back}")
-    x = dict(item.split("=", 1) for item in [*raw, *given])
-    db = x.pop("db", None)  # -x db=URL, as with alembic; --db wins
-    if db and args.db is None:
-        args.db = db
-    BackfillKnobs.from_sources(x)
-    return [f"{k}={v}" for k, v in x.items()]
+    """The knob flags and ``-x`` arguments given, as Alembic's ``-x`` list; validated
+    here, once, before connecting (a bad value is refused before any revision runs)."""
+    given = _knob_values(args)
+    BackfillKnobs.from_sources(given)
+    return [f"{k}={v}" for k, v in given.items() if v is not None]
 
 
 # Alembic's command, and whether it may create the database (a SQLite file), by name.
@@ -719,7 +761,11 @@ def cmd_alembic(args: argparse.Namespace, out: TextIO) -> int:
     action, may_create = ALEMBIC_COMMANDS[args.command]
     x = _knob_x_args(args) if hasattr(args, "x") else []
     url = _database_url(args, may_create=may_create)
+    if args.command != "history" and not getattr(args, "sql", False):
+        _require_migratable(url, args.masked_url, writes=args.command != "current")
     cfg = migrate.alembic_config(url, x)
+    # env.py may skip its own quick_check: this process just ran it on this file.
+    cfg.attributes["sqlite_integrity_checked"] = True
     cfg.stdout = out
     cfg.output_buffer = out  # --sql
     if not getattr(args, "sql", False):
@@ -734,7 +780,32 @@ def cmd_alembic(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _require_migratable(url: str, masked: str, *, writes: bool) -> None:
+    """Before Alembic runs: the server answers, the file is a sound database (when the
+    command writes), and its revision is one this package knows (a newer release's
+    database is refused in our words, not as Alembic's "Can't locate revision")."""
+    engine = create_engine_from_url(url, application_name="cowrie-db")
+    try:
+        with _connect(engine, masked) as conn:
+            if writes:
+                require_usable_sqlite(conn)
+            report.current_revisions(conn)
+    finally:
+        engine.dispose()
+
+
 # --- parser ----------------------------------------------------------------------------
+
+
+def _percent(text: str) -> float:
+    """A percentage, 0 to 100 (argparse reports the problem and exits 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (0 to 100)") from None
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentage from 0 to 100")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -814,18 +885,12 @@ def build_parser() -> argparse.ArgumentParser:
     co.set_defaults(func=cmd_control)
 
     ve = command("verify", help="validate the backfill (non-zero exit on failure)")
-    ve.add_argument("--min-coverage", type=float, default=95.0, metavar="PERCENT")
+    ve.add_argument("--min-coverage", type=_percent, default=95.0, metavar="PERCENT")
     ve.add_argument("--json", action="store_true")
     ve.set_defaults(func=cmd_verify)
 
     def migration_options(made: argparse.ArgumentParser) -> None:
         made.add_argument("--sql", action="store_true", help="print the SQL, run nothing")
-        made.add_argument(
-            "-x",
-            action="append",
-            metavar="KEY=VALUE",
-            help="as alembic -x: a backfill knob (e.g. -x batch_time=100ms); repeatable",
-        )
         _add_knob_flags(made)
 
     up = command(
@@ -883,18 +948,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         code: int = args.func(args, sys.stdout)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
+    except BrokenPipeError:
+        # The reader went away (`cowrie-db check | head -1`): stop quietly, as Python's
+        # documentation recommends (stdout to devnull, so the exit's flush cannot fail).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # backfill, clear and upgrade say how to resume themselves
+        sys.stderr.write(f"\ncowrie-db {args.command}: interrupted (Ctrl-C)\n")
+        return EXIT_INTERRUPTED
     except control.NoJobRunning as exc:
         sys.stderr.write(f"cowrie-db {args.command}: {exc}\n")
         return EXIT_FAILED
     except (CliError, KnobError, SettingsError, CowrieError) as exc:
         sys.stderr.write(f"cowrie-db {args.command}: error: {mask_secrets(str(exc))}\n")
-        usage = isinstance(exc, CliError | KnobError | SettingsError | IncompatibleSchema)
+        usage = isinstance(
+            exc, CliError | KnobError | SettingsError | IncompatibleSchema | UnusableDatabase
+        )
         return EXIT_USAGE if usage else EXIT_FAILED
-    except OperationalError as exc:
+    except DBAPIError as exc:
+        # A damaged page found by a read (status, verify) is named as the check names it.
+        unusable = as_unusable(_sqlite_file(args), exc)
+        if unusable is not None:
+            sys.stderr.write(f"cowrie-db {args.command}: error: {unusable}\n")
+            return EXIT_USAGE
+        if not isinstance(exc, OperationalError):
+            raise  # a bug, not the operator's input: keep the traceback
         detail = mask_secrets(str(exc.orig).strip().splitlines()[0])
         sys.stderr.write(f"cowrie-db {args.command}: database error: {detail}\n")
         return EXIT_USAGE
+
+
+def _sqlite_file(args: argparse.Namespace) -> str:
+    """The SQLite file the command used ('' for another dialect, or before one was chosen)."""
+    try:
+        url = parse_url(resolve_database_url(args.db))
+    except SettingsError:
+        return ""
+    return str(url.database or "") if url.get_backend_name() == "sqlite" else ""
 
 
 if __name__ == "__main__":

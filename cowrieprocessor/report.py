@@ -16,13 +16,14 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
-from cowrieprocessor import migrate
+from cowrieprocessor import __version__, migrate
 from cowrieprocessor.backfill import control, progress, sql
 from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts, session_counts
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import Progress
 from cowrieprocessor.db import adoption, partitions
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
+from cowrieprocessor.errors import IncompatibleSchema
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
 RUNBOOK_QUERY = (
@@ -44,11 +45,33 @@ class SchemaState:
     assessment: adoption.Assessment | None = None
 
 
+class UnknownRevision(IncompatibleSchema):
+    """The database was migrated by a newer release than this one; nothing was changed."""
+
+
+def current_revisions(conn: Connection) -> list[str]:
+    """The database's revisions (alembic_version), each one this package knows; raises
+    :class:`UnknownRevision` for one it does not (a newer release migrated it), before
+    any command reads a schema whose shape it cannot know, or writes to it."""
+    current = list(MigrationContext.configure(conn).get_current_heads())
+    conn.rollback()
+    script = migrate.script_directory()
+    # Whole ids only: get_revision() would also accept a unique prefix of one.
+    known = [rev.revision for rev in script.walk_revisions()]
+    for rev in current:
+        if rev not in known:
+            raise UnknownRevision(
+                f"database is at revision {rev}, which this cowrieprocessor (version "
+                f"{__version__}, revisions up to {script.get_current_head()}) does not know; "
+                "it was migrated by a newer release - use that release's cowrie-db"
+            )
+    return current
+
+
 def schema_state(conn: Connection) -> SchemaState:
     script = migrate.script_directory()
     head = script.get_current_head() or ""
-    current = list(MigrationContext.configure(conn).get_current_heads())
-    conn.rollback()
+    current = current_revisions(conn)
     found = adoption.assess(conn)
     conn.rollback()
     has_columns = "session_summaries" in found.tables and not found.missing_snapshot_columns
