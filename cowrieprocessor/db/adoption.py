@@ -339,8 +339,8 @@ def find_index(
     conn: Connection, columns: Sequence[str], table: str = "session_summaries"
 ) -> Found | None:
     """A valid, plain (b-tree, not partial, no expression) index on session_summaries
-    (or ``table``: one of its partitions, PostgreSQL) whose key columns are exactly
-    ``columns``, in order; ours first when there are two."""
+    (or ``table``, a plain name in the search path, PostgreSQL) whose key columns are
+    exactly ``columns``, in order; ours first when there are two."""
     wanted = list(columns)
     candidates: list[str] = []
     if conn.dialect.name == "postgresql":
@@ -355,7 +355,7 @@ def find_index(
                    FROM pg_index i
                    JOIN pg_class c ON c.oid = i.indexrelid
                    JOIN pg_am am ON am.oid = c.relam
-                   WHERE i.indrelid = to_regclass(:table)
+                   WHERE i.indrelid = to_regclass(quote_ident(:table))
                      AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
                      AND am.amname = 'btree'
                    ORDER BY c.relname"""

@@ -6,17 +6,31 @@ waits, every later query on the table queues behind it. So each DDL statement ru
 under a short ``lock_timeout`` inside a savepoint; when the lock cannot be had in time
 the savepoint is rolled back (which releases anything it took), we wait a moment and
 try again, and after the last attempt the migration fails with a message that says so.
+Offline (``--sql``) the script a DBA reviews sets the same ``lock_timeout`` before each
+such statement (and resets it after), with no retry: psql stops at the error.
+
+Names: every identifier in a statement is quoted by the dialect it runs on
+(:class:`Statement`), whatever its source (our constants, the catalog, the partition
+tree, the ledger): a name read from the database is input, and ``"; CREATE ...; --``
+must stay a name. ``quote`` only quotes a name that needs it, so the offline script of
+the usual case reads as it always did.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import cast
 
 from alembic import op
-from sqlalchemy import text
+from sqlalchemy import Dialect, TextClause, text
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import ExecutableDDLElement
+from sqlalchemy.sql.compiler import DDLCompiler, IdentifierPreparer
 
 from cowrieprocessor.errors import CowrieError
 
@@ -32,50 +46,135 @@ DEFAULT_DDL_LOCK_TIMEOUT_MS = 3_000
 DEFAULT_DDL_ATTEMPTS = 5
 
 
+# A name in SQL: a plain identifier, or (schema, name) for a schema-qualified one.
+Name = str | tuple[str, str]
+
+
+class Statement(ExecutableDDLElement):
+    """One DDL statement: fixed SQL written in our code with ``{}`` where each of
+    ``names`` goes, each name quoted by the dialect the statement is compiled for.
+
+    ``Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", ("public", leaf), name)``.
+    Unlike ``text()``, a name's ``:`` is not a bind parameter, and its ``%`` is escaped
+    once for the driver (``psycopg2``) like the rest of the statement.
+    """
+
+    inherit_cache = False
+
+    def __init__(self, template: str, *names: Name) -> None:
+        self.parts = template.split("{}")
+        if len(self.parts) != len(names) + 1:
+            raise ValueError(f"{len(names)} name(s) for {len(self.parts) - 1} placeholder(s)")
+        self.names = names
+
+    def render(self, preparer: IdentifierPreparer, fixed: Callable[[str], str]) -> str:
+        out = [fixed(self.parts[0])]
+        for name, part in zip(self.names, self.parts[1:], strict=True):
+            out += [quote_name(preparer, name), fixed(part)]
+        return "".join(out)
+
+    def sql(self, dialect: Dialect) -> str:
+        """The statement as a person would type it (for a log line: no driver escaping)."""
+        return self.render(_typed(dialect), lambda part: part)
+
+
+@compiles(Statement)
+def _compile_statement(element: Statement, compiler: DDLCompiler, **_kw: object) -> str:
+    return element.render(compiler.preparer, compiler.sql_compiler.post_process_text)
+
+
+def quote_name(preparer: IdentifierPreparer, name: Name) -> str:
+    """``name`` (or ``(schema, name)``) as an identifier, quoted when it needs it."""
+    if isinstance(name, tuple):
+        schema, plain = name
+        return f"{preparer.quote_schema(schema)}.{preparer.quote(plain)}"
+    return preparer.quote(name)
+
+
+def show_name(dialect: Dialect, name: Name) -> str:
+    """``name`` as a person would type it in SQL on ``dialect`` (for a log line)."""
+    return quote_name(_typed(dialect), name)
+
+
+def _typed(dialect: Dialect) -> IdentifierPreparer:
+    """``dialect``'s quoting without the driver's escaping (``%`` stays one ``%``)."""
+    plain = cast(type[DefaultDialect], type(dialect))(paramstyle="named")
+    return plain.identifier_preparer
+
+
+def _as_clause(statement: str | Statement) -> Statement | TextClause:
+    return text(statement) if isinstance(statement, str) else statement
+
+
 def run_pg_ddl(
-    statement: str,
+    statement: str | Statement,
     *,
     lock_timeout_ms: int = DEFAULT_DDL_LOCK_TIMEOUT_MS,
     attempts: int = DEFAULT_DDL_ATTEMPTS,
 ) -> None:
     """Run one PostgreSQL DDL statement under ``lock_timeout``, retrying lock timeouts.
 
-    ``statement`` is fixed SQL written in a revision (identifiers only, no values).
-    In offline mode (``--sql``) the ``SET LOCAL`` and the statement are printed.
+    ``statement`` is fixed SQL written in a revision (a ``str``: no name from outside
+    our code), or a :class:`Statement` with its names. In offline mode (``--sql``) the
+    ``SET LOCAL`` and the statement are printed.
     """
     context = op.get_context()
     set_timeout = text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+    clause = _as_clause(statement)
     if context.as_sql:
         op.execute(set_timeout)
-        op.execute(text(statement))
+        op.execute(clause)
         return
     bind = op.get_bind()
     bind.execute(set_timeout)
 
     def attempt() -> None:
         with bind.begin_nested():
-            bind.execute(text(statement))
+            bind.execute(clause)
 
     _retry_lock_timeouts(attempt, lock_timeout_ms, attempts)
 
 
 def run_pg_ddl_autocommit(
-    statement: str,
+    statement: str | Statement,
     *,
     lock_timeout_ms: int = DEFAULT_DDL_LOCK_TIMEOUT_MS,
     attempts: int = DEFAULT_DDL_ATTEMPTS,
 ) -> None:
     """:func:`run_pg_ddl` for a statement that runs outside a transaction block, inside
-    ``autocommit_block()`` (no savepoint there: a failed attempt has already ended)."""
+    ``autocommit_block()`` (no savepoint there: a failed attempt has already ended).
+    Offline, the ``SET lock_timeout``, the statement and the ``RESET`` are printed."""
+    set_timeout = text(f"SET lock_timeout = {int(lock_timeout_ms)}")
+    clause = _as_clause(statement)
     if op.get_context().as_sql:
-        op.execute(text(statement))
+        op.execute(set_timeout)
+        op.execute(clause)
+        op.execute(text("RESET lock_timeout"))
         return
     bind = op.get_bind()
-    bind.execute(text(f"SET lock_timeout = {int(lock_timeout_ms)}"))
+    bind.execute(set_timeout)
     try:
-        _retry_lock_timeouts(lambda: bind.execute(text(statement)), lock_timeout_ms, attempts)
+        _retry_lock_timeouts(lambda: bind.execute(clause), lock_timeout_ms, attempts)
     finally:
         bind.execute(text("RESET lock_timeout"))
+
+
+@contextmanager
+def no_lock_timeout() -> Iterator[None]:
+    """Around ``CREATE``/``DROP INDEX CONCURRENTLY``: ``lock_timeout = 0``, said explicitly
+    (online and offline), then ``RESET``.
+
+    Such a build waits for its lock (SHARE UPDATE EXCLUSIVE, which does not queue the
+    loader's reads and writes), then for every transaction older than it to end, and
+    ``lock_timeout`` cuts that wait too: measured on PostgreSQL 15, a build with
+    ``lock_timeout = 1000`` behind a read-only transaction on *another* table fails after
+    1 s ("canceling statement due to lock timeout") and leaves an INVALID index. So a
+    build never runs under a short ``lock_timeout``, nor under a role's or the server's
+    default one, as ``statement_timeout = 0`` keeps a server-wide limit from cutting it.
+    """
+    op.execute(text("SET lock_timeout = 0"))
+    yield
+    op.execute(text("RESET lock_timeout"))
 
 
 def _retry_lock_timeouts(

@@ -116,16 +116,31 @@ def created(
 ) -> list[str]:
     """The objects of ``kind`` that ``revision`` created: what its downgrade may drop.
 
-    From the ledger when the revision left entries there. A revision without entries
-    ran before the ledger existed (or ``conn`` is None: offline): it created
-    ``before_ledger``, unless the database has upstream's ``schema_state`` (it was
-    adopted by ``stamp``), where only ``adopted_before_ledger`` can be ours.
+    ``before_ledger`` is every name of ``kind`` the revision ever creates. From the
+    ledger when the revision left entries there, but only those names: the ledger is a
+    table that other roles may write, and a row naming anything else (another table's
+    index, a column of 0001, a name made to be spliced into SQL) is left alone with a
+    warning. A revision without entries ran before the ledger existed (or ``conn`` is
+    None: offline): it created ``before_ledger``, unless the database has upstream's
+    ``schema_state`` (it was adopted by ``stamp``), where only ``adopted_before_ledger``
+    can be ours.
     """
     if conn is None:
         return list(before_ledger)
     done = entries(conn, revision)
     if done:
-        return names(done, CREATED, kind)
+        listed = names(done, CREATED, kind)
+        foreign = [name for name in listed if name not in before_ledger]
+        if foreign:
+            log.warning(
+                "the ledger says %s created %s %s, a name it never creates: left alone "
+                "(check who writes to %s)",
+                revision,
+                kind,
+                ", ".join(map(repr, foreign)),
+                LEDGER_TABLE,
+            )
+        return [name for name in listed if name in before_ledger]
     if adoption.schema_code_version(conn) is None:
         return list(before_ledger)
     log.warning(

@@ -19,6 +19,10 @@ PostgreSQL refuses three things the revisions do on a plain table
 
 Every step can be rerun: an interrupted 0004 leaves an INVALID parent index and some
 leaf indexes, and the next run builds only what is missing and attaches the rest.
+
+Every name in these statements is quoted by the dialect (:class:`ddl.Statement`): a
+partition's name and a constraint's name come from the catalog, and a role that may
+rename a partition must not get a statement of its own run by the migration's role.
 """
 
 from __future__ import annotations
@@ -32,44 +36,65 @@ from alembic import op
 from sqlalchemy import Connection
 
 from cowrieprocessor.db import partitions
-from cowrieprocessor.db.ddl import run_pg_ddl, run_pg_ddl_autocommit
+from cowrieprocessor.db.ddl import (
+    Name,
+    Statement,
+    no_lock_timeout,
+    run_pg_ddl,
+    run_pg_ddl_autocommit,
+    show_name,
+)
 
 log = logging.getLogger("cowrieprocessor.migrations.partitions")
 
 TABLE = partitions.TABLE
 FK_TARGET = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
 
-_FK_ON = sa.text(
-    """SELECT c.conname, c.convalidated, c.conparentid <> 0 AS inherited
-       FROM pg_constraint c
-       WHERE c.conrelid = to_regclass(:table) AND c.contype = 'f'
+# The foreign keys source_ip -> ip_inventory of every leaf below :table.
+_LEAF_FKS = sa.text(
+    """SELECT t.relid::regclass::text AS leaf, n.nspname AS schema, r.relname,
+              c.conname, c.convalidated, c.conparentid <> 0 AS inherited
+       FROM pg_partition_tree(to_regclass(quote_ident(:table))) AS t
+       JOIN pg_class r ON r.oid = t.relid
+       JOIN pg_namespace n ON n.oid = r.relnamespace
+       JOIN pg_constraint c ON c.conrelid = t.relid
+       WHERE t.isleaf AND c.contype = 'f'
          AND c.confrelid = to_regclass('ip_inventory')
          AND c.conkey = ARRAY(SELECT a.attnum FROM pg_attribute a
                               WHERE a.attrelid = c.conrelid AND a.attname = 'source_ip')::int2[]
-       ORDER BY c.conname"""
+       ORDER BY t.relid::regclass::text COLLATE "C", c.conname"""
 )
+# An index by (schema, name), as the catalog has them: no name is parsed.
 _INDEX_STATE = sa.text(
     """SELECT i.indisvalid, EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
-       FROM pg_index i WHERE i.indexrelid = to_regclass(:index)"""
+       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = :schema AND c.relname = :name"""
 )
 
 
 @dataclass(frozen=True)
 class LeafKey:
-    leaf: str
+    leaf: str  # regclass text (quoted by PostgreSQL): to show
     name: str
     valid: bool
     inherited: bool  # attached to the parent's key
+    table: tuple[str, str]  # (schema, leaf) as in the catalog: for statements
 
 
-def leaf_keys(conn: Connection, leaves: list[str] | None = None) -> list[LeafKey]:
-    """The foreign keys ``source_ip -> ip_inventory`` of every leaf of session_summaries
-    (``leaves``: those leaves, when the caller has read them already)."""
-    found = []
-    for leaf in partitions.leaves(conn) or [] if leaves is None else leaves:
-        for row in conn.execute(_FK_ON, {"table": leaf}).all():
-            found.append(LeafKey(leaf, str(row.conname), bool(row.convalidated), row.inherited))
-    return found
+def leaf_keys(conn: Connection) -> list[LeafKey]:
+    """The foreign keys ``source_ip -> ip_inventory`` of every leaf of session_summaries,
+    by leaf (in name order) then name."""
+    return [
+        LeafKey(
+            str(r.leaf),
+            str(r.conname),
+            bool(r.convalidated),
+            bool(r.inherited),
+            (str(r.schema), str(r.relname)),
+        )
+        for r in conn.execute(_LEAF_FKS, {"table": TABLE}).all()
+    ]
 
 
 # --- 0002 ------------------------------------------------------------------------------
@@ -77,13 +102,17 @@ def leaf_keys(conn: Connection, leaves: list[str] | None = None) -> list[LeafKey
 
 def add_leaf_keys(conn: Connection, name: str) -> list[str]:
     """0002: the foreign key ``NOT VALID`` on each leaf that has none; returns the leaves."""
-    leaves = partitions.leaves(conn) or []
-    have = {k.leaf for k in leaf_keys(conn, leaves)}
+    leaves = [m for m in partitions.tree(conn) if m.leaf]
+    have = {k.table for k in leaf_keys(conn)}
     added = []
-    for leaf in leaves:
-        if leaf not in have:
-            run_pg_ddl(f"ALTER TABLE {leaf} ADD CONSTRAINT {name} {FK_TARGET} NOT VALID")
-            added.append(leaf)
+    for leaf in sorted(leaves, key=lambda m: m.name):
+        if leaf.table not in have:
+            run_pg_ddl(
+                Statement(
+                    f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {FK_TARGET} NOT VALID", leaf.table, name
+                )
+            )
+            added.append(leaf.name)
     return added
 
 
@@ -92,7 +121,9 @@ def drop_leaf_keys(conn: Connection, name: str) -> None:
     (those go with the parent's)."""
     for key in leaf_keys(conn):
         if key.name == name and not key.inherited:
-            run_pg_ddl(f'ALTER TABLE {key.leaf} DROP CONSTRAINT IF EXISTS "{key.name}"')
+            run_pg_ddl(
+                Statement("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", key.table, key.name)
+            )
 
 
 # --- 0004: the foreign key ---------------------------------------------------------------
@@ -110,30 +141,31 @@ def validate_leaf_keys(conn: Connection, name: str, violations: str, examples: i
     for key in leaf_keys(conn):
         if key.valid:
             continue
-        where = f"FROM {key.leaf} s WHERE {violations}"
-        bad = conn.execute(sa.text(f"SELECT count(*) {where}")).scalar_one()
+        schema, table = key.table
+        rows = sa.table(table, sa.column("session_id"), schema=schema).alias("s")
+        bad_rows = sa.select(rows.c.session_id).where(sa.text(violations))
+        bad = conn.execute(sa.select(sa.func.count()).select_from(bad_rows.subquery())).scalar_one()
+        validate = Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", key.table, key.name)
         if bad:
             clean = False
-            sample = conn.execute(
-                sa.text(f"SELECT s.session_id {where} ORDER BY s.session_id LIMIT :n"),
-                {"n": examples},
-            ).scalars()
+            sample = conn.execute(bad_rows.order_by(rows.c.session_id).limit(examples)).scalars()
             log.warning(
                 "constraint %s of partition %s left NOT VALID: %d rows violate it (e.g. "
-                "session_id %s); fix them, then run: ALTER TABLE %s VALIDATE CONSTRAINT %s",
-                key.name,
+                "session_id %s); fix them, then run: %s",
+                show_name(conn.dialect, key.name),
                 key.leaf,
                 bad,
                 ", ".join(map(repr, sample)),
-                key.leaf,
-                key.name,
+                validate.sql(conn.dialect),
             )
             continue
-        op.execute(f'ALTER TABLE {key.leaf} VALIDATE CONSTRAINT "{key.name}"')
+        run_pg_ddl_autocommit(validate)
     if not clean:
         log.warning("so session_summaries gets no foreign key on source_ip until they are fixed")
         return False
-    run_pg_ddl_autocommit(f"ALTER TABLE {TABLE} ADD CONSTRAINT {name} {FK_TARGET}")
+    run_pg_ddl_autocommit(
+        Statement(f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {FK_TARGET}", TABLE, name)
+    )
     log.info("constraint %s validated on every partition and added to %s", name, TABLE)
     return True
 
@@ -143,41 +175,69 @@ def validate_leaf_keys(conn: Connection, name: str, violations: str, examples: i
 
 def build_index(conn: Connection, name: str, columns: Sequence[str]) -> None:
     """0004: index ``columns`` on every partition without blocking writes (module doc)."""
-    cols = ", ".join(columns)
+    cols = ", ".join("{}" for _ in columns)
     members = partitions.tree(conn)
-    run_pg_ddl_autocommit(f"CREATE INDEX IF NOT EXISTS {name} ON ONLY {TABLE} ({cols})")
-    index_of = {TABLE: name}  # each table of the tree -> its index (qualified)
+    run_pg_ddl_autocommit(
+        Statement(f"CREATE INDEX IF NOT EXISTS {{}} ON ONLY {{}} ({cols})", name, TABLE, *columns)
+    )
+    index_of: dict[tuple[str, str] | str, Name] = {TABLE: name}  # each table -> its index
+    owned: dict[tuple[str, str], tuple[str, str]] = {}  # each partition -> its index
     for m in members:  # parents before their children
         plain = partitions.child_name(name, m.name)
-        own = index_of[m.name] = m.qualified(plain)
+        own = index_of[m.table] = owned[m.table] = m.qualified(plain)
         if not m.leaf:
-            run_pg_ddl_autocommit(f"CREATE INDEX IF NOT EXISTS {plain} ON ONLY {m.name} ({cols})")
+            run_pg_ddl_autocommit(
+                Statement(
+                    f"CREATE INDEX IF NOT EXISTS {{}} ON ONLY {{}} ({cols})",
+                    plain,
+                    m.table,
+                    *columns,
+                )
+            )
             continue
         # always our own index, never a user's equivalent one: the downgrade drops
         # the parent's index, and with it every index attached to it
         if _index_state(conn, own)[0] is False:
-            log.warning("index %s is INVALID (an earlier build failed): rebuilding", own)
-            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {own}")
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {plain} ON {m.name} ({cols})")
-    for m in sorted(members, key=lambda m: -m.level):  # children before their parents
-        if not _index_state(conn, index_of[m.name])[1]:
-            run_pg_ddl_autocommit(
-                f"ALTER INDEX {index_of[m.parent]} ATTACH PARTITION {index_of[m.name]}"
+            log.warning(
+                "index %s is INVALID (an earlier build failed): rebuilding",
+                show_name(conn.dialect, own),
             )
+            with no_lock_timeout():
+                op.execute(Statement("DROP INDEX CONCURRENTLY IF EXISTS {}", own))
+        with no_lock_timeout():
+            op.execute(
+                Statement(
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {{}} ON {{}} ({cols})",
+                    plain,
+                    m.table,
+                    *columns,
+                )
+            )
+    for m in sorted(members, key=lambda m: -m.level):  # children before their parents
+        own = owned[m.table]
+        if not _index_state(conn, own)[1]:
+            parent = index_of[TABLE if m.level == 1 else m.parent_table]
+            run_pg_ddl_autocommit(Statement("ALTER INDEX {} ATTACH PARTITION {}", parent, own))
     log.info("index %s built on %d partition(s) and attached", name, len(members))
 
 
-def _index_state(conn: Connection, index: str) -> tuple[bool | None, bool]:
-    """(valid, attached to a parent index) of ``index``; (None, False) when missing."""
-    row = conn.execute(_INDEX_STATE, {"index": index}).first()
+def _index_state(conn: Connection, index: tuple[str, str]) -> tuple[bool | None, bool]:
+    """(valid, attached to a parent index) of ``index`` (schema, name); (None, False)
+    when missing."""
+    schema, name = index
+    row = conn.execute(_INDEX_STATE, {"schema": schema, "name": name}).first()
     return (None, False) if row is None else (bool(row[0]), bool(row[1]))
 
 
 def drop_index(conn: Connection, name: str) -> None:
     """0004's downgrade: the parent's index (its attached children go with it), then any
     leaf index of ours that an interrupted build left unattached."""
-    run_pg_ddl_autocommit(f"DROP INDEX IF EXISTS {name}")
+    run_pg_ddl_autocommit(Statement("DROP INDEX IF EXISTS {}", name))
     for m in partitions.tree(conn):
         own = m.qualified(partitions.child_name(name, m.name))
         if _index_state(conn, own)[0] is not None:
-            op.execute(f"DROP INDEX {'CONCURRENTLY ' if m.leaf else ''}IF EXISTS {own}")
+            if m.leaf:
+                with no_lock_timeout():
+                    op.execute(Statement("DROP INDEX CONCURRENTLY IF EXISTS {}", own))
+            else:
+                run_pg_ddl_autocommit(Statement("DROP INDEX IF EXISTS {}", own))

@@ -14,8 +14,10 @@ keeps its sequence and an index). Foreign keys *from* the converted tables are
 carried over; none points *to* them in our schema.
 
 Used by the tests and the benchmarks, on a database at 0001 (partitioned before the
-deploy) or later. PostgreSQL only; every statement is fixed text built from catalog
-names and these constants, no value from a row.
+deploy) or later. PostgreSQL only; every statement is fixed text with names, each quoted
+by the dialect (:class:`cowrieprocessor.db.ddl.Statement`) wherever it comes from (these
+constants, the catalog), or SQL that PostgreSQL wrote (``pg_get_indexdef``), no value
+from a row.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from cowrieprocessor.db.ddl import Statement
+
 HASH, RANGE = "hash", "range"
 KINDS = (HASH, RANGE)
 RANGE_START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -33,20 +37,21 @@ RANGE_MONTHS = 12
 _INDEXES = sa.text(
     """SELECT i.relname, pg_get_indexdef(i.oid) AS definition
        FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-       WHERE x.indrelid = to_regclass(:table)
+       WHERE x.indrelid = to_regclass(quote_ident(:table))
          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)
        ORDER BY i.relname"""
 )
 _FOREIGN_KEYS = sa.text(
     """SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint
-       WHERE conrelid = to_regclass(:table) AND contype = 'f' ORDER BY conname"""
+       WHERE conrelid = to_regclass(quote_ident(:table)) AND contype = 'f' ORDER BY conname"""
 )
 _OWNED_SEQUENCES = sa.text(
-    """SELECT s.oid::regclass::text AS sequence, a.attname AS column_name
+    """SELECT n.nspname AS schema, s.relname AS sequence, a.attname AS column_name
        FROM pg_depend d
        JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+       JOIN pg_namespace n ON n.oid = s.relnamespace
        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-       WHERE d.refobjid = to_regclass(:table) AND d.deptype = 'a'"""
+       WHERE d.refobjid = to_regclass(quote_ident(:table)) AND d.deptype = 'a'"""
 )
 
 
@@ -75,40 +80,78 @@ def _convert(conn: Connection, table: str, by: str, primary_key: list[str] | Non
     sequences = conn.execute(_OWNED_SEQUENCES, {"table": table}).all()
     pk = conn.execute(
         sa.text(
-            "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(:table) "
+            "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(quote_ident(:table)) "
             "AND contype = 'p'"
         ),
         {"table": table},
     ).scalar()
-    conn.execute(sa.text(f"ALTER TABLE {table} RENAME TO {old}"))
+    conn.execute(Statement("ALTER TABLE {} RENAME TO {}", table, old))
     for index in indexes:
-        conn.execute(sa.text(f'ALTER INDEX "{index.relname}" RENAME TO "{index.relname}_old"'))
+        conn.execute(
+            Statement("ALTER INDEX {} RENAME TO {}", index.relname, f"{index.relname}_old")
+        )
     if pk is not None:
-        conn.execute(sa.text(f'ALTER TABLE {old} RENAME CONSTRAINT "{pk}" TO "{pk}_old"'))
+        conn.execute(Statement("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", old, pk, f"{pk}_old"))
     conn.execute(
-        sa.text(
-            f"CREATE TABLE {table} (LIKE {old} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-            f"INCLUDING STORAGE INCLUDING COMMENTS) PARTITION BY {by}"
+        Statement(
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+            f"INCLUDING STORAGE INCLUDING COMMENTS) PARTITION BY {by}",
+            table,
+            old,
         )
     )
     for seq in sequences:
-        conn.execute(sa.text(f'ALTER SEQUENCE {seq.sequence} OWNED BY {table}."{seq.column_name}"'))
+        conn.execute(
+            Statement(
+                "ALTER SEQUENCE {} OWNED BY {}.{}",
+                (seq.schema, seq.sequence),
+                table,
+                seq.column_name,
+            )
+        )
     if pk is not None and primary_key:
-        columns = ", ".join(primary_key)
-        conn.execute(sa.text(f'ALTER TABLE {table} ADD CONSTRAINT "{pk}" PRIMARY KEY ({columns})'))
+        columns = ", ".join("{}" for _ in primary_key)
+        conn.execute(
+            Statement(
+                f"ALTER TABLE {{}} ADD CONSTRAINT {{}} PRIMARY KEY ({columns})",
+                table,
+                pk,
+                *primary_key,
+            )
+        )
     for index in indexes:  # read before the renames: the original name, on the new table
-        conn.execute(sa.text(str(index.definition)))
-    for key in keys:
-        definition = f'ADD CONSTRAINT "{key.conname}" {key.definition}'
-        conn.execute(sa.text(f"ALTER TABLE {table} {definition}"))
+        _run_as_written(conn, str(index.definition))
+    for key in keys:  # the definition as PostgreSQL writes it
+        conn.execute(
+            Statement(
+                f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {_braces(key.definition)}",
+                table,
+                key.conname,
+            )
+        )
+
+
+def _braces(definition: str) -> str:
+    """SQL that PostgreSQL wrote, as the fixed part of a :class:`Statement` (no ``{}``)."""
+    if "{}" in definition:
+        raise ValueError(f"cannot carry over {definition!r}")
+    return str(definition)
+
+
+def _run_as_written(conn: Connection, statement: str) -> None:
+    """A statement PostgreSQL wrote (``pg_get_indexdef``), sent to the server as it is:
+    no bind parameters (a ``:`` in a name), no driver formatting (a ``%``)."""
+    conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
 
 def _hash_partitions(conn: Connection, table: str, partitions: int) -> None:
     for n in range(partitions):
         conn.execute(
-            sa.text(
-                f"CREATE TABLE {table}_p{n} PARTITION OF {table} "
-                f"FOR VALUES WITH (MODULUS {int(partitions)}, REMAINDER {n})"
+            Statement(
+                "CREATE TABLE {} PARTITION OF {} "
+                f"FOR VALUES WITH (MODULUS {int(partitions)}, REMAINDER {int(n)})",
+                f"{table}_p{n}",
+                table,
             )
         )
     _copy_rows(conn, table)
@@ -121,17 +164,20 @@ def _month_partitions(conn: Connection, table: str) -> None:
         lo = start.replace(year=start.year + year, month=month + 1)
         year, month = divmod(start.month + n, 12)
         hi = start.replace(year=start.year + year, month=month + 1)
+        # the bounds: timestamps computed here from RANGE_START, never from a row
         conn.execute(
-            sa.text(
-                f"CREATE TABLE {table}_{lo:%Y_%m} PARTITION OF {table} "
-                f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+            Statement(
+                "CREATE TABLE {} PARTITION OF {} "
+                f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')",
+                f"{table}_{lo:%Y_%m}",
+                table,
             )
         )
-    conn.execute(sa.text(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT"))
+    conn.execute(Statement("CREATE TABLE {} PARTITION OF {} DEFAULT", f"{table}_default", table))
     _copy_rows(conn, table)
 
 
 def _copy_rows(conn: Connection, table: str) -> None:
     old = f"{table}_unpartitioned"
-    conn.execute(sa.text(f"INSERT INTO {table} SELECT * FROM {old}"))  # noqa: S608
-    conn.execute(sa.text(f"DROP TABLE {old}"))
+    conn.execute(Statement("INSERT INTO {} SELECT * FROM {}", table, old))
+    conn.execute(Statement("DROP TABLE {}", old))

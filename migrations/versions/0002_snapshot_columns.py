@@ -27,6 +27,9 @@ code before its own fix script) is left alone beside the new ``snapshot_ip_type`
 On SQLite a constraint cannot be added to a column that already exists without
 rebuilding the table; that case is logged as a warning and the constraint is left out.
 
+Names: every identifier in a statement is quoted by the dialect; the downgrade drops
+only names this revision creates, whatever else the ledger lists (:mod:`ledger`).
+
 A partitioned ``session_summaries``: PostgreSQL refuses a ``NOT VALID`` foreign key on
 a partitioned table, so each leaf gets it ``NOT VALID`` and 0004 puts it on the table
 (:mod:`cowrieprocessor.db.partitioned_ddl`). Offline (``--sql``) renders the plain path.
@@ -40,7 +43,7 @@ from alembic import op
 
 from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
-from cowrieprocessor.db.ddl import run_pg_ddl
+from cowrieprocessor.db.ddl import Statement, run_pg_ddl
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
 revision: str = "0002_snapshot_columns"
@@ -117,13 +120,13 @@ def _add_pg(
     ck: adoption.Found | None,
     partitioned: bool = False,
 ) -> None:
-    actions = [f"ADD COLUMN IF NOT EXISTS {name} {COLUMNS[name]}" for name in missing]
+    actions = [f"ADD COLUMN IF NOT EXISTS {{}} {COLUMNS[name]}" for name in missing]
     if fk is None and not partitioned:
         actions.append(f"ADD {PG_FK} NOT VALID")
     if ck is None:
         actions.append(f"ADD {PG_CK} NOT VALID")
     if actions:
-        run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(actions))
+        run_pg_ddl(Statement("ALTER TABLE {} " + ", ".join(actions), TABLE, *missing))
     if fk is None and partitioned:
         # PostgreSQL refuses a NOT VALID foreign key on a partitioned table: each leaf
         # gets it instead; 0004 validates them and adds it to the table (they attach)
@@ -149,7 +152,11 @@ def _add_sqlite(
         constraint, inline = SQLITE_INLINE.get(name, ("", ""))
         if name in missing:
             op.execute(
-                f"ALTER TABLE {TABLE} ADD COLUMN {name} {SQLITE_TYPES[name]} {inline}".strip()
+                Statement(
+                    f"ALTER TABLE {{}} ADD COLUMN {{}} {SQLITE_TYPES[name]} {inline}".strip(),
+                    TABLE,
+                    name,
+                )
             )
         elif constraint and present[constraint] is None:
             log.warning(
@@ -179,10 +186,13 @@ def downgrade() -> None:
     if op.get_context().dialect.name == "postgresql":
         if bind is not None and FK_NAME in constraints and partitions.is_partitioned(bind):
             partitioned_ddl.drop_leaf_keys(bind, FK_NAME)
-        drops = [f"DROP CONSTRAINT IF EXISTS {name}" for name in constraints]
-        drops += [f"DROP COLUMN IF EXISTS {name}" for name in columns]
+        # names read back from the ledger (ours only: ledger.created), quoted all the same
+        drops = ["DROP CONSTRAINT IF EXISTS {}"] * len(constraints)
+        drops += ["DROP COLUMN IF EXISTS {}"] * len(columns)
         if drops:
-            run_pg_ddl(f"ALTER TABLE {TABLE} " + ", ".join(drops))
+            run_pg_ddl(
+                Statement("ALTER TABLE {} " + ", ".join(drops), TABLE, *constraints, *columns)
+            )
     elif columns or CK_NAME in constraints:
         _drop_sqlite(columns, drop_check=CK_NAME in constraints)
     ledger.finish_downgrade(bind, revision)

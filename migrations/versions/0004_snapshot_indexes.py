@@ -21,9 +21,15 @@ the loader keeps writing while they build. A concurrent build that failed earlie
 leaves an INVALID index that ``IF NOT EXISTS`` would silently keep: such an index is
 dropped and rebuilt. Then ``VACUUM (ANALYZE)`` sets the visibility map, without
 which an index-only scan still visits the heap. Then the ``NOT VALID`` constraints of
-0002 are validated (SHARE UPDATE EXCLUSIVE: writes go on). Rows that violate one (an
-adopted database's old data) leave that constraint unvalidated with a warning naming
-the count and a few session ids: a deploy must not fail on old data it did not write.
+0002 are validated (SHARE UPDATE EXCLUSIVE: writes go on), each under the short
+``lock_timeout`` of every DDL here, retried (:mod:`cowrieprocessor.db.ddl`). The builds
+run with ``statement_timeout = 0`` and ``lock_timeout = 0``, said explicitly: a build
+waits for every older transaction, and either limit would cut it and leave an INVALID
+index. The offline script (``--sql``) sets the same timeouts around the same statements.
+A constraint is validated under the name the catalog gives it, quoted by the dialect.
+Rows that violate one (an adopted database's old data) leave that constraint
+unvalidated with a warning naming the count and a few session ids: a deploy must not
+fail on old data it did not write.
 
 Adoption: an index whose key columns are the ones needed, whatever its name (upstream's
 ``idx_session_source_ip`` and the like), is reused and never duplicated; the ledger
@@ -54,6 +60,7 @@ from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
 from cowrieprocessor.backfill.jobs import refill_after_interrupted_clear
 from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
 from cowrieprocessor.db.adoption import CK_NAME, COVERING_INDEX, FK_NAME, SNAPSHOT_INDEXES
+from cowrieprocessor.db.ddl import Statement, no_lock_timeout, run_pg_ddl_autocommit
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
 revision: str = "0004_snapshot_indexes"
@@ -90,7 +97,7 @@ def upgrade() -> None:
         op.execute("SET statement_timeout = 0")  # a server-wide limit must not cut a build
         build_indexes(concurrently=True)
         op.execute(f"VACUUM (ANALYZE) {TABLE}")
-        for kind in VIOLATIONS:
+        for kind in VIOLATIONS:  # each under the short lock_timeout, retried
             validate_or_report(kind)
         op.execute("RESET statement_timeout")
 
@@ -123,16 +130,20 @@ def build_indexes(*, concurrently: bool) -> None:
                 continue
             if concurrently and _index_is_invalid(name):
                 log.warning("index %s is INVALID (an earlier build failed): rebuilding", name)
-                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                with no_lock_timeout():
+                    op.drop_index(
+                        name, table_name=TABLE, postgresql_concurrently=True, if_exists=True
+                    )
             # recorded before the build: a build cut short is still ours to drop
             ledger.record(bind, revision, "index", name, CREATED, ", ".join(columns))
-        op.create_index(
-            name,
-            TABLE,
-            list(columns),
-            postgresql_concurrently=concurrently,
-            if_not_exists=True,
-        )
+        with no_lock_timeout() if concurrently else nullcontext():
+            op.create_index(
+                name,
+                TABLE,
+                list(columns),
+                postgresql_concurrently=concurrently,
+                if_not_exists=True,
+            )
 
 
 def _index_is_invalid(name: str) -> bool:
@@ -154,7 +165,7 @@ def validate_or_report(kind: str) -> None:
     """VALIDATE the constraint of ``kind`` (FK or CHECK) if it is NOT VALID, unless old
     rows violate it: then it stays NOT VALID, with a warning naming a few of them."""
     if op.get_context().as_sql:
-        op.execute(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {OUR_CONSTRAINTS[kind]}")
+        run_pg_ddl_autocommit(_validate(OUR_CONSTRAINTS[kind]))
         return
     bind = op.get_bind()
     finder = adoption.find_source_ip_fk if kind == "FK" else adoption.find_country_check
@@ -167,7 +178,7 @@ def validate_or_report(kind: str) -> None:
         return
     if found.valid:
         return
-    statement = f'ALTER TABLE {TABLE} VALIDATE CONSTRAINT "{found.name}"'
+    statement = _validate(found.name)  # a name from the catalog: quoted by the dialect
     violation = VIOLATIONS[kind]
     bad = bind.execute(
         sa.text(f"SELECT count(*) FROM {TABLE} s WHERE {violation}")  # noqa: S608 - fixed SQL
@@ -190,11 +201,15 @@ def validate_or_report(kind: str) -> None:
             found.name,
             bad,
             ", ".join(map(repr, examples)),
-            statement,
+            statement.sql(bind.dialect),
         )
         return
-    op.execute(statement)
+    run_pg_ddl_autocommit(statement)
     log.info("constraint %s validated", found.name)
+
+
+def _validate(name: str) -> Statement:
+    return Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", TABLE, name)
 
 
 def downgrade() -> None:
@@ -208,12 +223,17 @@ def downgrade() -> None:
     concurrently = migration.dialect.name == "postgresql"
     partitioned = bind is not None and partitions.is_partitioned(bind)
     with migration.autocommit_block() if concurrently else nullcontext():
+        if concurrently and drop:
+            op.execute("SET statement_timeout = 0")  # as for the builds
         for name in drop:
             if partitioned:
                 assert bind is not None
                 partitioned_ddl.drop_index(bind, name)
                 continue
-            op.drop_index(
-                name, table_name=TABLE, postgresql_concurrently=concurrently, if_exists=True
-            )
+            with no_lock_timeout() if concurrently else nullcontext():
+                op.drop_index(
+                    name, table_name=TABLE, postgresql_concurrently=concurrently, if_exists=True
+                )
+        if concurrently and drop:
+            op.execute("RESET statement_timeout")
     ledger.finish_downgrade(bind, revision)
