@@ -325,6 +325,7 @@ class RowClaim:
     def __init__(self, job: str, *, dry_run: bool = False) -> None:
         self.job = job
         self.dry_run = dry_run  # a dry run writes nothing: it only looks
+        self.held = False  # this claim counts its job in _HELD_HERE
 
     def attach(self, conn: Connection) -> None:
         pass
@@ -333,7 +334,7 @@ class RowClaim:
         """Refuse if another row names a job that runs; else mark the rows of jobs that
         are gone ``stopped`` and count this job as running here. The caller writes the
         job's row (``run_state`` running, this process) in the same transaction."""
-        _HELD_HERE.discard(self.job)  # a start retried: the rows decide again
+        self.release()  # a start retried: the rows decide again
         gone = []
         for other in _claimants(conn):
             why = _why_gone(other)
@@ -350,12 +351,15 @@ class RowClaim:
                 .values(run_state=STOPPED)
             )
         _HELD_HERE.add(self.job)
+        self.held = True
 
     def detach(self, conn: Connection) -> None:
         pass
 
     def release(self) -> None:
-        _HELD_HERE.discard(self.job)
+        if self.held:
+            _HELD_HERE.discard(self.job)
+            self.held = False
 
 
 def claim_for(
