@@ -29,6 +29,7 @@ from alembic import command
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from cowrieprocessor.db import partitions
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE
@@ -451,3 +452,20 @@ def test_hostile_ledger_rows_are_neither_run_nor_dropped_on_sqlite(
         f"unexpected {sorted(after - at_0001, key=repr)}; missing "
         f"{sorted(at_0001 - after, key=repr)}"
     )
+
+
+# --- derived names ------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(name=HOSTILE.map(lambda n: n * 3), leaf=HOSTILE)
+def test_a_partition_index_name_fits_in_63_bytes_whole_characters(name: str, leaf: str) -> None:
+    """PostgreSQL cuts a longer name at 63 bytes, maybe inside a character, and two cut
+    names may then clash: child_name cuts it itself, by bytes, on a character boundary."""
+    child = partitions.child_name(name, leaf)
+    assert len(child.encode()) <= 63
+    head, _, digest = child.rpartition("_")
+    assert name.startswith(head) and len(digest) == 10
+    assert len(name.encode()) <= 52 or len(head.encode()) > 52 - 4  # at most one char short
+    if name.isascii():  # as it always was: existing indexes keep their names
+        assert head == name[:52]

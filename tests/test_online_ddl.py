@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import run_alembic
+from tests.helpers import alembic_config, run_alembic
 from tests.seed import migrate
 
 
@@ -73,3 +76,94 @@ def test_constraints_are_added_not_valid_then_validated_by_0004(pg_url: str) -> 
     with engine.connect() as conn:
         assert all(valid for _name, valid in conn.execute(query).all())
     engine.dispose()
+
+
+# --- the reviewed script sets what the online run sets -----------------------------------
+
+# what bounds a lock wait or a statement, and the statements that wait for a lock
+TIMEOUTS_AND_DDL = re.compile(
+    r"^(SET (LOCAL )?(lock|statement)_timeout|RESET (lock|statement)_timeout|ALTER TABLE|"
+    r"(CREATE|DROP) INDEX|VACUUM)"
+)
+
+
+def _statements_online(url: str, *args: str) -> list[str]:
+    """The timeouts and DDL that ``alembic upgrade/downgrade`` sends, in order."""
+    sent: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        flat = " ".join(statement.split())
+        if TIMEOUTS_AND_DDL.match(flat):
+            sent.append(flat)
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", capture)
+    try:
+        (command.upgrade if args[0] == "upgrade" else command.downgrade)(
+            alembic_config(url), args[1]
+        )
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", capture)
+    return sent
+
+
+def _statements_offline(url: str, *args: str) -> list[str]:
+    out = run_alembic(url, *args, "--sql")
+    assert out.returncode == 0, out.stderr
+    script = "\n".join(line for line in out.stdout.splitlines() if not line.startswith("--"))
+    flat = [" ".join(s.split()) for s in script.split(";\n")]
+    return [s for s in flat if TIMEOUTS_AND_DDL.match(s)]
+
+
+def _under_timeouts(statements: list[str]) -> tuple[list[tuple[str, str, str]], set[str]]:
+    """Each statement that takes a lock with the lock_timeout and statement_timeout in
+    force for it, in a stable order (the ledger's order of the drops is not the script's);
+    and what is left SET (not LOCAL, not reset) at the end."""
+    timeouts: dict[str, str] = {}
+    left_set = set()
+    found = []
+    for statement in statements:
+        if m := re.match(r"SET (LOCAL )?(lock|statement)_timeout = (\d+)", statement):
+            timeouts[m[2]] = m[3]
+            if not m[1]:
+                left_set.add(m[2])
+        elif m := re.match(r"RESET (lock|statement)_timeout", statement):
+            timeouts.pop(m[1], None)
+            left_set.discard(m[1])
+        elif not statement.startswith("VACUUM"):
+            if statement.startswith("ALTER TABLE"):  # one ALTER, its actions in any order
+                words = statement.split(" ", 3)  # ALTER TABLE name actions
+                statement = " ".join([*words[:3], ", ".join(sorted(words[3].split(", ")))])
+            found.append(
+                (statement, timeouts.get("lock", "unset"), timeouts.get("statement", "unset"))
+            )
+    return sorted(found), left_set
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("start", "action", "span"),
+    [
+        ("0001_baseline", "upgrade", "0001_baseline:0002_snapshot_columns"),
+        ("0003_backfill_session_snapshots", "upgrade", "0003_backfill_session_snapshots:head"),
+        ("head", "downgrade", "head:0003_backfill_session_snapshots"),
+        ("0002_snapshot_columns", "downgrade", "0002_snapshot_columns:0001_baseline"),
+    ],
+)
+def test_the_offline_script_sets_the_timeouts_of_the_online_run(
+    pg_url: str, start: str, action: str, span: str
+) -> None:
+    """Around each statement that takes a lock, the ``--sql`` script a DBA reviews sets
+    the same ``lock_timeout`` and ``statement_timeout`` as the online run (which also
+    retries): the short one before an ALTER and a VALIDATE, 0 (said explicitly) around a
+    CONCURRENTLY build or drop, which waits for older transactions; all reset after."""
+    migrate(pg_url, start)
+    online, online_left = _under_timeouts(_statements_online(pg_url, action, span.split(":")[1]))
+    offline, offline_left = _under_timeouts(_statements_offline(pg_url, action, span))
+    assert offline, "no DDL in this revision?"
+    assert offline == online
+    assert not online_left and not offline_left, "a timeout is left set for the session"
+    for statement, lock_timeout, statement_timeout in offline:
+        if "CONCURRENTLY" in statement:
+            assert (lock_timeout, statement_timeout) == ("0", "0"), statement
+        else:
+            assert lock_timeout == "3000", statement
