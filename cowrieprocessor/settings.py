@@ -130,8 +130,11 @@ def parse_url(url: str) -> URL:
 MASK = "***"
 _SECRET_WORDS = ("pass", "pwd", "secret", "token")
 _NOT_SECRET = frozenset({"passfile"})  # libpq's passfile= is a path, not a password
-_SCHEME = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*)?://")
+# (each pattern starts only where a scheme or a key can start, so that a long run of
+# letters is read once, not once per position: masking stays linear on hostile text)
+_SCHEME = re.compile(r"(?<![A-Za-z0-9+.\-])(?:[A-Za-z][A-Za-z0-9+.\-]*)?://")
 _SPACE = re.compile(r"\s")
+_USER_END = re.compile(r"[:/]")
 # the port of a URL's authority (after its '@', outside IPv6 brackets)
 _PORT = re.compile(r"(?P<head>://(?:[^/?#]*@)?(?:\[[^\]/?#]*\]|[^:/?#\[]*):)[^/?#]*")
 _KEY = r"[^\s=&?#'\"(),;{}\[\]<>]+"
@@ -147,7 +150,7 @@ _CONNINFO_PAIR = re.compile(
 # A value masked already, and the punctuation of the sentence around it: kept as is.
 _ALREADY_MASKED = re.compile(r"\*\*\*[:;,.)\]'\"]*")
 # Any key inside a value: ``key=``, ``key:``, ``'key':``.
-_ANY_KEY = re.compile(rf"(?P<key>{_KEY})['\"]?\s*[=:]")
+_ANY_KEY = re.compile(rf"(?<![^\s=&?#'\"(),;{{}}\[\]<>])(?P<key>{_KEY})['\"]?\s*[=:]")
 # ``'password': 'x'`` in the repr of a dict (or JSON).
 _DICT_PAIR = re.compile(
     r"(?P<q>['\"])(?P<key>[^'\"]+)(?P=q)(?P<eq>\s*:\s*)"
@@ -210,20 +213,29 @@ def _mask_userinfo(text: str, *, whole: bool) -> str:
     """
     out: list[str] = []
     done = 0
+    # the next '@' (and whitespace, ':' or '/') at or after a position, found once and
+    # reused by the schemes that follow, so that text like '://' * 100_000 stays linear
+    next_at = next_space = next_stop = -2
     for scheme in _SCHEME.finditer(text):
         start = scheme.end()
         if start < done:  # inside a password already hidden
             continue
-        space = None if whole else _SPACE.search(text, start)
-        end = space.start() if space else len(text)
+        if not whole and next_space < start:
+            space = _SPACE.search(text, start)
+            next_space = space.start() if space else len(text)
+        end = len(text) if whole else next_space
         # the user name as SQLAlchemy reads it: anything up to ':' that is not '/'
-        colon = start
-        while colon < end and text[colon] not in ":/":
-            colon += 1
+        if next_stop < start:
+            stop = _USER_END.search(text, start)
+            next_stop = stop.start() if stop else len(text)
+        colon = next_stop
         if colon >= end or text[colon] != ":":
             continue
-        first_at = text.find("@", colon + 1, end)
-        if first_at < 0:
+        if next_at <= colon:
+            next_at = text.find("@", colon + 1)
+            next_at = len(text) if next_at < 0 else next_at
+        first_at = next_at
+        if first_at >= end:
             continue
         query = text.find("?", first_at, end)
         last_at = text.rfind("@", colon + 1, query if query >= 0 else end)
