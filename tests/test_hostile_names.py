@@ -19,6 +19,7 @@ and derandomized, so the run is the same in CI.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from cowrieprocessor.db import partitions
@@ -347,6 +348,8 @@ def partitioned_run(bases: Bases, names: tuple[str, ...]) -> list[Catalog]:
 @example(names=(PAYLOAD, "Session_Summaries_P1; --", "k\"'; DROP TABLE ip_inventory; --"))
 @example(names=(_to_63_bytes("漢"), _to_63_bytes("Ab%s"), _to_63_bytes('"')))
 def test_partition_and_leaf_key_with_hostile_names(fresh: Bases, names: tuple[str, ...]) -> None:
+    # a leaf named like a bind parameter breaks the backfill (the xfail test below)
+    assume(not any(BIND_LIKE.search(n) for n in names[:2]))
     tame = Reference.of("partitioned", lambda n: partitioned_run(fresh, n))
     got = partitioned_run(fresh, names)
     leaf0, leaf1, key = names
@@ -358,6 +361,24 @@ def test_partition_and_leaf_key_with_hostile_names(fresh: Bases, names: tuple[st
     keys = {r[1]: r for r in at_head if r[0] == "constraint" and r[3] == "f" and r[5]}
     assert keys[leaf0][2] == key and keys[leaf0][4], "the renamed leaf key is not validated"
     same_up_to_names(got, tame, names, PARTITION_STEPS)
+
+
+# SQLAlchemy's text() reads ":name" after a character that is not a word character as a
+# bind parameter, inside quotes too, and "\\:" as an escaped ":"
+BIND_LIKE = re.compile(r"(?<![:\w]):\w")
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    raises=sa.exc.StatementError,
+    reason="backfill/sql.py puts a leaf's regclass text into text(): ':x' in a partition's "
+    "name is read as a bind parameter (issue #21; the backfill's part)",
+)
+def test_a_partition_named_like_a_bind_parameter(fresh: Bases) -> None:
+    names = (":x; --", "a :offset %s %%", "(\\:z)")
+    tame = Reference.of("partitioned", lambda n: partitioned_run(fresh, n))
+    same_up_to_names(partitioned_run(fresh, names), tame, names, PARTITION_STEPS)
 
 
 # --- the ledger: names a downgrade reads back ---------------------------------------------
