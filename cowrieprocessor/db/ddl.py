@@ -7,7 +7,8 @@ under a short ``lock_timeout`` inside a savepoint; when the lock cannot be had i
 the savepoint is rolled back (which releases anything it took), we wait a moment and
 try again, and after the last attempt the migration fails with a message that says so.
 Offline (``--sql``) the script a DBA reviews sets the same ``lock_timeout`` before each
-such statement (and resets it after), with no retry: psql stops at the error.
+such statement (and resets it after), with no retry: psql stops at the error. A
+``CONCURRENTLY`` build or drop is the exception, on both paths: :func:`no_lock_timeout`.
 
 Names: every identifier in a statement is quoted by the dialect it runs on
 (:class:`Statement`), whatever its source (our constants, the catalog, the partition
@@ -75,7 +76,7 @@ class Statement(ExecutableDDLElement):
 
     def sql(self, dialect: Dialect) -> str:
         """The statement as a person would type it (for a log line: no driver escaping)."""
-        return self.render(_typed(dialect), lambda part: part)
+        return self.render(_plain_preparer(dialect), lambda part: part)
 
 
 @compiles(Statement)
@@ -93,10 +94,10 @@ def quote_name(preparer: IdentifierPreparer, name: Name) -> str:
 
 def show_name(dialect: Dialect, name: Name) -> str:
     """``name`` as a person would type it in SQL on ``dialect`` (for a log line)."""
-    return quote_name(_typed(dialect), name)
+    return quote_name(_plain_preparer(dialect), name)
 
 
-def _typed(dialect: Dialect) -> IdentifierPreparer:
+def _plain_preparer(dialect: Dialect) -> IdentifierPreparer:
     """``dialect``'s quoting without the driver's escaping (``%`` stays one ``%``)."""
     plain = cast(type[DefaultDialect], type(dialect))(paramstyle="named")
     return plain.identifier_preparer
