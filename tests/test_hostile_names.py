@@ -19,7 +19,6 @@ and derandomized, so the run is the same in CI.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cowrieprocessor.db import partitions
@@ -348,8 +347,6 @@ def partitioned_run(bases: Bases, names: tuple[str, ...]) -> list[Catalog]:
 @example(names=(PAYLOAD, "Session_Summaries_P1; --", "k\"'; DROP TABLE ip_inventory; --"))
 @example(names=(_to_63_bytes("漢"), _to_63_bytes("Ab%s"), _to_63_bytes('"')))
 def test_partition_and_leaf_key_with_hostile_names(fresh: Bases, names: tuple[str, ...]) -> None:
-    # a leaf named like a bind parameter breaks the backfill (the xfail test below)
-    assume(not any(BIND_LIKE.search(n) for n in names[:2]))
     tame = Reference.of("partitioned", lambda n: partitioned_run(fresh, n))
     got = partitioned_run(fresh, names)
     leaf0, leaf1, key = names
@@ -363,18 +360,7 @@ def test_partition_and_leaf_key_with_hostile_names(fresh: Bases, names: tuple[st
     same_up_to_names(got, tame, names, PARTITION_STEPS)
 
 
-# SQLAlchemy's text() reads ":name" after a character that is not a word character as a
-# bind parameter, inside quotes too, and "\\:" as an escaped ":"
-BIND_LIKE = re.compile(r"(?<![:\w]):\w")
-
-
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    raises=sa.exc.StatementError,
-    reason="backfill/sql.py puts a leaf's regclass text into text(): ':x' in a partition's "
-    "name is read as a bind parameter (issue #21; the backfill's part)",
-)
 def test_a_partition_named_like_a_bind_parameter(fresh: Bases) -> None:
     names = (":x; --", "a :offset %s %%", "(\\:z)")
     tame = Reference.of("partitioned", lambda n: partitioned_run(fresh, n))

@@ -93,6 +93,17 @@ def range_predicate(has_lo: bool, has_hi: bool, column: str = "s.session_id") ->
     return " AND ".join(parts) or "TRUE"
 
 
+# --- a table's name in a statement ---------------------------------------------------
+
+
+def in_text(table: str) -> str:
+    """A table's name for the ``text()`` statements below: ``session_summaries``, or a
+    partition as PostgreSQL prints its regclass (quoted by ``quote_ident`` where it needs
+    it). Its ``:`` is escaped, or ``text()`` would read ``":x"`` as a bind parameter; the
+    quotes around such a name are PostgreSQL's, so the name stays one identifier."""
+    return table.replace(":", "\\:")
+
+
 # --- walking the key space ---------------------------------------------------------
 
 
@@ -103,7 +114,9 @@ def next_bound(has_lo: bool, table: str = TABLE) -> TextClause:
     bound; never an OFFSET from the start of the table.
     """
     where = "WHERE session_id > :lo " if has_lo else ""
-    return text(f"SELECT session_id FROM {table} {where}ORDER BY session_id LIMIT 1 OFFSET :offset")
+    return text(
+        f"SELECT session_id FROM {in_text(table)} {where}ORDER BY session_id LIMIT 1 OFFSET :offset"
+    )
 
 
 def next_rowid_bound(has_lo: bool) -> TextClause:
@@ -128,7 +141,7 @@ def catchup_keys(has_lo: bool, table: str = TABLE) -> TextClause:
     and a sort of what it finds), at most ``:limit``: the catch-up's list."""
     after = "AND session_id > :lo " if has_lo else ""
     return text(
-        f"SELECT session_id FROM {table} WHERE source_ip IS NULL {after}"
+        f"SELECT session_id FROM {in_text(table)} WHERE source_ip IS NULL {after}"
         "ORDER BY session_id LIMIT :limit"
     )
 
@@ -136,7 +149,9 @@ def catchup_keys(has_lo: bool, table: str = TABLE) -> TextClause:
 def count_range(
     has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = TABLE
 ) -> TextClause:
-    return text(f"SELECT count(*) FROM {table} s WHERE {range_predicate(has_lo, has_hi, column)}")
+    return text(
+        f"SELECT count(*) FROM {in_text(table)} s WHERE {range_predicate(has_lo, has_hi, column)}"
+    )
 
 
 # --- PostgreSQL --------------------------------------------------------------------
@@ -184,7 +199,7 @@ def _pg_candidates(se: JsonColumn, range_sql: str, needs: str, table: str, extra
            s.enrichment_at AS old_at,
            {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
            {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
-    FROM {table} s
+    FROM {in_text(table)} s
     WHERE {range_sql} AND {needs}"""
 
 
@@ -296,7 +311,7 @@ def pg_backfill(
     return text(
         f"""{resolve},
 upd AS (
-    UPDATE {table} AS s SET {SET_NULL_ONLY}
+    UPDATE {in_text(table)} AS s SET {SET_NULL_ONLY}
     FROM matched m
     WHERE {JOIN_BACK} AND {WOULD_CHANGE}
     RETURNING {returning}
@@ -315,7 +330,7 @@ def pg_dry_run(
     return text(
         f"""{resolve}
 SELECT {PG_COUNTS},{PG_SOURCE_COUNTS},
-    (SELECT count(*) FROM matched m JOIN {table} s ON {JOIN_BACK}
+    (SELECT count(*) FROM matched m JOIN {in_text(table)} s ON {JOIN_BACK}
       WHERE {WOULD_CHANGE}) AS updated"""
     )
 
@@ -427,7 +442,7 @@ def pg_key_update(
     range_sql = range_predicate(has_lo, has_hi)
     resolve = pg_resolve_flat(json, range_sql, needs, table)
     return text(
-        f"""UPDATE {table} AS s SET {SET_NULL_ONLY}
+        f"""UPDATE {in_text(table)} AS s SET {SET_NULL_ONLY}
 FROM {resolve}
 WHERE s.session_id = m.session_id AND {range_sql} AND m.ip_address IS NOT NULL
   AND {UNCHANGED} AND {WOULD_CHANGE}
@@ -708,7 +723,7 @@ def clear_snapshots(
 ) -> TextClause:
     """NULL the five columns in one range, touching only rows that have a value."""
     return text(
-        f"""UPDATE {table} AS s SET
+        f"""UPDATE {in_text(table)} AS s SET
     source_ip = NULL, snapshot_asn = NULL, snapshot_country = NULL,
     snapshot_ip_type = NULL, enrichment_at = NULL
 WHERE {range_predicate(has_lo, has_hi, column)} AND {HAS_SNAPSHOT}"""
