@@ -97,7 +97,7 @@ def _database_url(args: argparse.Namespace, *, may_create: bool = False) -> str:
     typed must exist, unless the command creates databases (``upgrade``): a typo must not
     create a database (and its folders) that then looks empty. The embedded default may
     not exist yet."""
-    url = resolve_database_url(args.db)
+    url = resolve_database_url(args.db, option=getattr(args, "db_option", "--db"))
     args.masked_url = mask_url(url)
     given = args.db or os.environ.get(ENV_URL)
     parsed = parse_url(url)
@@ -325,8 +325,8 @@ def _x_items(args: argparse.Namespace) -> dict[str, str]:
             raise CliError(f"-x {item!r}: expected KEY=VALUE (e.g. -x batch_time=100ms)")
         items[key.strip()] = value.strip()
     db = items.pop("db", None)
-    if db and args.db is None:
-        args.db = db
+    if db is not None and args.db is None:  # an empty -x db= is refused, as --db "" is
+        args.db, args.db_option = db, "-x db"
     return items
 
 
