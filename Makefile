@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/actionlint .github/workflows/*.yml
+	.ci/lint-revisions $(BIN)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -45,6 +45,10 @@ class DdlLockTimeout(CowrieError):
 LOCK_NOT_AVAILABLE = "55P03"
 DEFAULT_DDL_LOCK_TIMEOUT_MS = 3_000
 DEFAULT_DDL_ATTEMPTS = 5
+# Our transactional DDL changes the catalog only (nullable columns, NOT VALID constraints,
+# drops): milliseconds once it has its lock. A bound all the same, should a statement
+# ever do more than that (it includes the lock wait, which lock_timeout cuts far sooner).
+DDL_STATEMENT_TIMEOUT_MS = 60_000
 
 
 # A name in SQL: a plain identifier, or (schema, name) for a schema-qualified one.
@@ -119,21 +123,26 @@ def run_pg_ddl(
     our code), or a :class:`Statement` with its names. In offline mode (``--sql``) the
     ``SET LOCAL`` and the statement are printed.
     """
-    context = op.get_context()
-    set_timeout = text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
     clause = _as_clause(statement)
-    if context.as_sql:
-        op.execute(set_timeout)
+    set_local_timeouts(lock_timeout_ms)
+    if op.get_context().as_sql:
         op.execute(clause)
         return
     bind = op.get_bind()
-    bind.execute(set_timeout)
 
     def attempt() -> None:
         with bind.begin_nested():
             bind.execute(clause)
 
     _retry_lock_timeouts(attempt, lock_timeout_ms, attempts)
+
+
+def set_local_timeouts(lock_timeout_ms: int = DEFAULT_DDL_LOCK_TIMEOUT_MS) -> None:
+    """``SET LOCAL`` the DDL ``lock_timeout`` and ``statement_timeout`` for the rest of the
+    revision's transaction (printed too, offline). ``SET`` takes no bind parameter: the
+    values are integers, rendered as such."""
+    op.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
+    op.execute(text(f"SET LOCAL statement_timeout = {int(DDL_STATEMENT_TIMEOUT_MS)}"))
 
 
 def run_pg_ddl_autocommit(

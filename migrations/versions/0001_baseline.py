@@ -30,6 +30,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 from cowrieprocessor.db import adoption, ledger
+from cowrieprocessor.db.ddl import set_local_timeouts
 from cowrieprocessor.errors import IncompatibleSchema
 
 revision: str = "0001_baseline"
@@ -90,6 +91,8 @@ def upgrade() -> None:
 
 
 def _create(dialect: str) -> None:
+    if dialect == "postgresql":  # new tables, but their foreign keys lock what they reference
+        set_local_timeouts()
     json_type = postgresql.JSONB() if dialect == "postgresql" else sa.JSON()
     ip_types_type = postgresql.ARRAY(sa.Text()) if dialect == "postgresql" else sa.JSON()
     tstz = sa.DateTime(timezone=True)
@@ -204,6 +207,8 @@ def downgrade() -> None:
         ours = ledger.created(
             bind, revision, "table", before_ledger=TABLES, adopted_before_ledger=()
         )
+    if op.get_context().dialect.name == "postgresql":  # never queue the loader behind a drop
+        set_local_timeouts()
     for table in TABLES:
         if table in ours:
             op.drop_table(table)
