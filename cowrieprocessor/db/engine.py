@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError
 
-from cowrieprocessor.db.integrity import as_unusable, require_sqlite_header
+from cowrieprocessor.db.integrity import as_unusable, require_not_a_folder
 from cowrieprocessor.settings import SettingsError, mask_url, parse_url
 
 _SQLITE_BEGIN_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
@@ -120,9 +120,7 @@ def _require_driver(url: URL) -> None:
 def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool, path: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # A text file would fail the pragmas below with SQLite's bare "file is not a
-        # database": name the file and what to do instead.
-        require_sqlite_header(path)
+        require_not_a_folder(path)
         # Hand transaction control to SQLAlchemy (see the module docstring).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -135,7 +133,8 @@ def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int, *, wal: bool, 
                 # only an OS crash can lose the very last commits.
                 cursor.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
-            # journal_mode reads page 1: a truncated or garbled file fails here.
+            # journal_mode reads page 1: a text file (SQLITE_NOTADB), a truncated or a
+            # garbled one fails here, named with the file and what to do instead.
             unusable = as_unusable(path, exc)
             if unusable is None:
                 raise

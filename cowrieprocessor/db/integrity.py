@@ -21,7 +21,6 @@ from sqlalchemy.exc import DatabaseError
 
 from cowrieprocessor.errors import CowrieError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 QUICK_CHECK_OK = "ok"
 # A few lines of quick_check are enough to name the problem (it reports up to 100 by
 # default); the first may be a "*** in database main ***" heading, skipped when named.
@@ -53,24 +52,20 @@ def _damaged(path: str, problem: str, found_by: str = "PRAGMA quick_check") -> U
     )
 
 
-def require_sqlite_header(path: str) -> None:
-    """Raise :class:`UnusableDatabase` when the file at ``path`` exists, is not empty,
-    and does not start with SQLite's header. Cheap (16 bytes): the engine asks it on
-    every new connection, before its pragmas would fail on such a file with SQLite's
-    bare "file is not a database"."""
-    if not path or path == ":memory:" or path.startswith("file:"):
-        return  # in memory, or a URI (its query may name a VFS): SQLite's own read decides
-    try:
-        with open(os.path.expanduser(path), "rb") as f:
-            header = f.read(len(SQLITE_HEADER))
-    except FileNotFoundError:
-        return  # not created yet: SQLite creates it on the first write
-    except IsADirectoryError:
+def require_not_a_folder(path: str) -> None:
+    """Raise :class:`UnusableDatabase` when ``path`` is a folder (SQLite would only say
+    "unable to open database file").
+
+    Only ``stat``, never ``open``: closing any file descriptor of a database file drops
+    every POSIX lock this process holds on it (SQLite's "How To Corrupt", 2.2), and then
+    another process's last connection deletes the WAL of a job still writing. A file that
+    is not a database is named by SQLite's own SQLITE_NOTADB instead (:func:`as_unusable`).
+    """
+    in_memory_or_uri = not path or path == ":memory:" or path.startswith("file:")
+    if not in_memory_or_uri and os.path.isdir(os.path.expanduser(path)):
         raise UnusableDatabase(
             f"{path} is a folder, not a SQLite database file: check --db / COWRIE_DB_URL"
-        ) from None
-    if header and header != SQLITE_HEADER:
-        raise _not_a_database(path)
+        )
 
 
 def as_unusable(path: str, exc: BaseException) -> UnusableDatabase | None:
@@ -116,7 +111,7 @@ def require_usable_sqlite(conn: sa.Connection) -> None:
     if conn.dialect.name != "sqlite":
         return
     path = sqlite_file(conn)
-    require_sqlite_header(path)
+    require_not_a_folder(path)
     result = quick_check(conn)
     if result != QUICK_CHECK_OK:
         raise _damaged(path, result)
