@@ -10,3 +10,8 @@ class CowrieError(RuntimeError):
 
 class IncompatibleSchema(CowrieError):
     """The database's schema cannot be adopted or read as it is; nothing was changed."""
+
+
+class CannotConnect(CowrieError):
+    """The database cannot be reached, or refused us; the message names it (masked),
+    the server's reason and what to check. Nothing was changed."""

@@ -15,6 +15,12 @@ Each revision runs in its own transaction (``transaction_per_migration=True``): 
 revision that fails leaves the ones before it committed and stamped, and the data
 revision can commit batch by batch inside ``autocommit_block()`` without holding one
 transaction open for the whole backfill.
+
+Run by Alembic's own command line, a failure an operator can act on (a bad knob or URL,
+a server that refuses us, an unknown revision) is one line and an exit status, and
+Ctrl-C or SIGTERM says what was kept and how to resume
+(:mod:`cowrieprocessor.deploy_errors`); ``--raiseerr`` gives the traceback instead.
+Run in-process (``cowrie-db upgrade``, tests), the exceptions reach the caller as they are.
 """
 
 from __future__ import annotations
@@ -24,16 +30,21 @@ import os
 from logging.config import fileConfig
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import context
 from sqlalchemy import Connection, Engine, pool
 
+from cowrieprocessor import deploy_errors
+from cowrieprocessor.backfill import progress
+from cowrieprocessor.backfill.jobs import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.knobs import BackfillKnobs
-from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.progress import DONE, PROGRESS_TABLE
 from cowrieprocessor.backfill.record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.db.integrity import require_usable_sqlite
 from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.db.models import Base
-from cowrieprocessor.settings import mask_url, parse_url, resolve_database_url
+from cowrieprocessor.settings import SettingsError, mask_url, parse_url, resolve_database_url
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -46,6 +57,8 @@ target_metadata = Base.metadata
 # rollback record, the ledger of what each revision created), not to the schema the
 # models describe.
 OPERATIONAL_TABLES = frozenset({PROGRESS_TABLE, RECORD_TABLE, LEDGER_TABLE})
+# Alembic's own (the default name), read after an interruption to say where the run stands.
+VERSION_TABLE = sa.table("alembic_version", sa.column("version_num", sa.String))
 
 
 def include_object(
@@ -57,7 +70,14 @@ def include_object(
 
 def database_url() -> str:
     x_args = context.get_x_argument(as_dictionary=True)
-    return resolve_database_url(x_args.get("db"))
+    given = x_args.get("db")
+    if given is not None and not given.strip():
+        # `-x db=$URL` with $URL unset must not fall through to another database.
+        raise SettingsError(
+            "-x db= is empty (an unset variable?): give a URL, or leave -x db out to use "
+            "COWRIE_DB_URL or the embedded default; nothing was changed"
+        )
+    return resolve_database_url(given)
 
 
 def _configure_kwargs(dialect: str) -> dict[str, Any]:
@@ -90,6 +110,9 @@ def run_migrations_offline() -> None:
 
 
 def _run_with_connection(connection: Connection) -> None:
+    # A SQLite file that is not a database, or a damaged one, is refused before any
+    # revision writes to it (PRAGMA quick_check; a no-op on PostgreSQL).
+    require_usable_sqlite(connection)
     if connection.dialect.name == "sqlite":
         # A revision reads the catalog, then writes (DDL, the ledger). In a deferred
         # transaction a writer that commits in between turns that first write into an
@@ -110,24 +133,71 @@ def run_migrations_online() -> None:
             _run_with_connection(connection)
         return
     url = parse_url(database_url())
-    log.info("Database: %s", mask_url(url))
+    masked = mask_url(url)
+    log.info("Database: %s", masked)
     # SQLite: the migration's own connection waits for the write lock as long as a batch
     # does (the lock_timeout knob), so a locked database fails a deploy in bounded time.
     knobs = BackfillKnobs.from_sources(context.get_x_argument(as_dictionary=True), os.environ)
-    engine = create_engine_from_url(
-        url,
-        application_name="cowrieprocessor-alembic",
-        poolclass=pool.NullPool,
-        sqlite_busy_timeout_ms=knobs.lock_timeout,
-    )
+    with deploy_errors.connecting(masked):  # a SQLite file's folder is created here
+        engine = create_engine_from_url(
+            url,
+            application_name="cowrieprocessor-alembic",
+            poolclass=pool.NullPool,
+            sqlite_busy_timeout_ms=knobs.lock_timeout,
+        )
+    RUN.standing = lambda: _where_it_stands(engine)
+    RUN.revisions = lambda: _revisions(engine)
     try:
-        with engine.connect() as connection:
+        with deploy_errors.connecting(masked):
+            connection = engine.connect()
+        with connection:
             _run_with_connection(connection)
     finally:
         engine.dispose()
 
 
-if context.is_offline_mode():
-    run_migrations_offline()
+def _revisions(engine: Engine) -> tuple[str, ...]:
+    """The revisions the database is stamped at, read on a fresh connection (after a
+    failure or an interruption: the run's own connection was rolled back)."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(VERSION_TABLE.name):
+            return ()
+        found = tuple(str(v) for v in conn.scalars(sa.select(VERSION_TABLE.c.version_num)))
+        conn.rollback()
+    return found
+
+
+def _where_it_stands(engine: Engine) -> str:
+    """After an interruption: the revision the database is stamped at, and the batches
+    of the backfill (or of its undo) that stay committed, read on a fresh connection."""
+    job = CLEAR_JOB if RUN.command.startswith("alembic downgrade") else BACKFILL_JOB
+    with engine.connect() as conn:
+        state = progress.load(conn, job) if progress.has_table(conn) else None
+        conn.rollback()
+    at = ", ".join(_revisions(engine)) or "no revision"
+    where = f"the database is at {at}; the running revision was rolled back, not stamped"
+    if state is not None and state.phase != DONE and state.batches:
+        what = "backfill" if job == BACKFILL_JOB else "undo of the backfill"
+        where += (
+            f"; the {what} keeps its {state.batches:,} committed batches "
+            f"({state.sessions_walked:,} of {state.sessions_total:,} sessions walked)"
+        )
+    return where
+
+
+def _command(cmd_opts: object) -> str:
+    """The command to run again to resume, as the operator typed its revision."""
+    name = getattr(getattr(cmd_opts, "cmd", (None,))[0], "__name__", "upgrade")
+    revision = getattr(cmd_opts, "revision", None) or "head"
+    return f"alembic {name} {revision}"
+
+
+RUN = deploy_errors.Run()
+migrate = run_migrations_offline if context.is_offline_mode() else run_migrations_online
+if deploy_errors.from_alembic_cli(config.cmd_opts):
+    RUN.command = _command(config.cmd_opts)
+    deploy_errors.one_line_failures(
+        migrate, RUN, raiseerr=bool(getattr(config.cmd_opts, "raiseerr", False))
+    )
 else:
-    run_migrations_online()
+    migrate()
