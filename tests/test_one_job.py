@@ -167,6 +167,31 @@ def test_alembic_upgrade_head_at_0003_is_refused_while_a_clear_runs(
         engine.dispose()
 
 
+def test_alembic_downgrade_from_head_is_refused_while_a_clear_runs(
+    seeded: tuple[str, dict[str, Any]],
+) -> None:
+    """0004's downgrade must not drop the indexes and stamp 0003 beside a running job."""
+    url, _want = seeded
+    migrate(url, "head")
+    engine = create_engine_from_url(url)
+    holder = CowrieDb("clear", "--all", "--yes", "--db", url, *SLOW_FLAGS)
+    try:
+        assert holder.wait_for_batches(engine, "snapshot_clear_all", 1), holder.output
+        assert control_cmd(url, "pause").returncode == 0
+        before = read(url, everything)
+        done = run_alembic(url, "downgrade", "0003_backfill_session_snapshots")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"snapshot_clear_all (pid {holder.proc.pid} on" in refusal_line(done)
+        assert read(url, everything) == before
+        assert before["version"] == ["0004_snapshot_indexes"]
+        assert control_cmd(url, "stop").returncode == 0
+        assert holder.wait() == 130, holder.output
+    finally:
+        if holder.running():
+            holder.kill()
+        engine.dispose()
+
+
 def test_a_holder_killed_with_kill_9_is_taken_over_and_the_rerun_finishes(
     seeded: tuple[str, dict[str, Any]],
 ) -> None:

@@ -56,7 +56,8 @@ from contextlib import nullcontext
 import sqlalchemy as sa
 from alembic import op
 
-from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
+from cowrieprocessor.backfill import control
+from cowrieprocessor.backfill.alembic_ops import batch_engine, engine_for_bind, migration_knobs
 from cowrieprocessor.backfill.jobs import refill_after_interrupted_clear
 from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
 from cowrieprocessor.db.adoption import CK_NAME, COVERING_INDEX, FK_NAME, SNAPSHOT_INDEXES
@@ -212,10 +213,24 @@ def _validate(name: str) -> Statement:
     return Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", TABLE, name)
 
 
+def refuse_beside_a_running_job(bind: sa.Connection) -> None:
+    """A backfill or clear that runs now (started by hand) would go on beside a database
+    stamped back at 0003 without its indexes: refuse before dropping anything. Asked on
+    a connection of its own, which it ends (the migration's transaction stays as it is)."""
+    engine = engine_for_bind(bind, migration_knobs())
+    try:
+        with engine.connect() as conn:
+            control.refuse_if_running(conn)
+    finally:
+        engine.dispose()
+
+
 def downgrade() -> None:
     """Drop the snapshot indexes this revision created; keep the ones it adopted."""
     migration = op.get_context()
     bind = None if migration.as_sql else op.get_bind()
+    if bind is not None:
+        refuse_beside_a_running_job(bind)
     # adopted before the ledger existed: only the covering index's name is ours alone
     drop = ledger.created(
         bind, revision, "index", before_ledger=list(INDEXES), adopted_before_ledger=[COVERING_INDEX]
