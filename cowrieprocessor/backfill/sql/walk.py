@@ -1,0 +1,110 @@
+"""Walking the key space: the table, a range of keys, the next bound, the counts.
+
+Ranges are of ``session_id`` (both dialects) or, on SQLite, of ``rowid``: the table's
+physical order, so that a batch reads and rewrites neighbouring pages instead of
+rows scattered over the whole file (session ids are random). The only text that varies
+in a range statement is the *shape* of its predicate (no lower bound on the first
+range, no upper bound on the last), picked from fixed fragments, never a value.
+"""
+
+# Fixed fragments joined with f-strings, every value bound: see the package docstring.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+from sqlalchemy import TextClause, text
+
+from cowrieprocessor.backfill.sql.rules import NEEDS_SNAPSHOT
+
+TABLE = "session_summaries"
+
+
+def range_predicate(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> str:
+    """``lo < key <= hi``, leaving out a missing bound (first / last range)."""
+    parts = []
+    if has_lo:
+        parts.append(f"{column} > :lo")
+    if has_hi:
+        parts.append(f"{column} <= :hi")
+    return " AND ".join(parts) or "TRUE"
+
+
+# --- a table's name in a statement ---------------------------------------------------
+
+
+def in_text(table: str) -> str:
+    """A table's name for the ``text()`` statements below: ``session_summaries``, or a
+    partition as PostgreSQL prints its regclass (quoted by ``quote_ident`` where it needs
+    it). Its ``:`` is escaped, or ``text()`` would read ``":x"`` as a bind parameter; the
+    quotes around such a name are PostgreSQL's, so the name stays one identifier."""
+    return table.replace(":", "\\:")
+
+
+# --- walking the key space ---------------------------------------------------------
+
+
+def next_bound(has_lo: bool, table: str = TABLE) -> TextClause:
+    """The key ``:n`` places after ``:lo``: the inclusive upper bound of the next range.
+
+    An index-only walk of ``:n`` entries of the primary key starting at the previous
+    bound; never an OFFSET from the start of the table.
+    """
+    where = "WHERE session_id > :lo " if has_lo else ""
+    return text(
+        f"SELECT session_id FROM {in_text(table)} {where}ORDER BY session_id LIMIT 1 OFFSET :offset"
+    )
+
+
+def next_rowid_bound(has_lo: bool) -> TextClause:
+    """SQLite: the ``rowid`` (and its session) ``:n`` rows after ``:lo``, in table order.
+
+    A walk of the table's own b-tree from the previous bound; the session id comes
+    along so that the position can be checked later (see ``ROWID_OF``).
+    """
+    where = "WHERE rowid > :lo " if has_lo else ""
+    return text(
+        f"SELECT rowid, session_id FROM {TABLE} {where}ORDER BY rowid LIMIT 1 OFFSET :offset"
+    )
+
+
+# SQLite: where a session sits now. VACUUM may renumber the rowids of a table without an
+# INTEGER PRIMARY KEY; a rowid position is trusted only while its session still has it.
+ROWID_OF = text(f"SELECT rowid FROM {TABLE} WHERE session_id = :sid")
+
+
+def catchup_keys(has_lo: bool, table: str = TABLE) -> TextClause:
+    """The keys of the sessions without ``source_ip`` after ``:lo`` (one sequential scan
+    and a sort of what it finds), at most ``:limit``: the catch-up's list."""
+    after = "AND session_id > :lo " if has_lo else ""
+    return text(
+        f"SELECT session_id FROM {in_text(table)} WHERE source_ip IS NULL {after}"
+        "ORDER BY session_id LIMIT :limit"
+    )
+
+
+def count_range(
+    has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = TABLE
+) -> TextClause:
+    return text(
+        f"SELECT count(*) FROM {in_text(table)} s WHERE {range_predicate(has_lo, has_hi, column)}"
+    )
+
+
+# Per batch transaction. JIT off: a batch's estimated cost can cross jit_above_cost, and
+# compiling its plan (tens to hundreds of ms) would cost more than running it.
+# synchronous_commit off: a batch's commit does not wait for its WAL to reach the disk
+# (or a synchronous standby). Nothing is lost that a rerun does not redo: a batch and its
+# progress row commit atomically, so after a server crash that loses the last commits
+# (at most 3 x wal_writer_delay) the progress row points before them, and the final
+# stamp of the revision, a synchronous commit, flushes every batch's WAL before it.
+PG_SET_TIMEOUTS = text(
+    "SELECT set_config('lock_timeout', :lock_timeout, true), "
+    "set_config('statement_timeout', :statement_timeout, true), "
+    "set_config('jit', 'off', true), set_config('synchronous_commit', 'off', true)"
+)
+
+# --- counts for the start of a run ----------------------------------------------------
+
+COUNT_SESSIONS = text(f"SELECT count(*) FROM {TABLE}")
+COUNT_NEEDING = text(f"SELECT count(*) FROM {TABLE} s WHERE {NEEDS_SNAPSHOT}")
+COUNT_INVENTORY = text("SELECT count(*) FROM ip_inventory")
