@@ -21,7 +21,7 @@ columns, under other names than ours. This module lets the revisions:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -34,7 +34,10 @@ from cowrieprocessor.errors import IncompatibleSchema
 SCHEMA_STATE_TABLE = "schema_state"  # upstream's own version table
 BASELINE_TABLES = ("asn_inventory", "ip_inventory", "session_summaries", "raw_events")
 
-# Our names for what 0002 and 0004 create when no equivalent exists.
+# Today's names for what 0002 and 0004 create when no equivalent exists, for the
+# callers that are not revisions (the report, the benchmarks, the tests). A revision
+# never reads these: it states its own names as literals and passes them in
+# (:class:`OurNames`), so that an edit here never changes what an old revision does.
 FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
 CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 # 0004: name -> key columns. The covering index serves the runbook's query
@@ -48,6 +51,21 @@ SNAPSHOT_INDEXES: dict[str, tuple[str, ...]] = {
     "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
     COVERING_INDEX: ("snapshot_country", "snapshot_asn", "session_id"),
 }
+
+
+@dataclass(frozen=True)
+class OurNames:
+    """The names our revisions give what they create when no equivalent exists: the
+    ``source_ip`` foreign key, the country CHECK, and the indexes (name -> key columns;
+    empty when the caller plans none). Used to plan (:func:`assess`) and to prefer ours
+    among equivalent indexes (:func:`find_index`)."""
+
+    fk: str
+    check: str
+    indexes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+CURRENT_NAMES = OurNames(FK_NAME, CK_NAME, SNAPSHOT_INDEXES)
 
 # --- column types ---------------------------------------------------------------------
 
@@ -153,8 +171,9 @@ def schema_code_version(conn: Connection) -> str | None:
     return None if value is None else str(value)
 
 
-def assess(conn: Connection) -> Assessment:
-    """Read the catalog and say what the database is and what adopting it needs."""
+def assess(conn: Connection, names: OurNames = CURRENT_NAMES) -> Assessment:
+    """Read the catalog and say what the database is and what adopting it needs: what
+    is reused, and what would be created under ``names``."""
     inspector = sa.inspect(conn)
     dialect = conn.dialect.name
     tables = set(inspector.get_table_names())
@@ -195,7 +214,7 @@ def assess(conn: Connection) -> Assessment:
     found.legacy_columns = [c for c in LEGACY_SNAPSHOT_COLUMNS if c in columns]
     if found.problems or "ip_inventory" not in tables:
         return found
-    _plan_constraints(conn, found)
+    _plan_constraints(conn, found, names)
     return found
 
 
@@ -218,10 +237,10 @@ def _check_column(
     return True
 
 
-def _plan_constraints(conn: Connection, found: Assessment) -> None:
+def _plan_constraints(conn: Connection, found: Assessment, names: OurNames) -> None:
     constraints = (
-        ("CHECK", "snapshot_country", find_country_check, CK_NAME),
-        ("FK", "source_ip", find_source_ip_fk, FK_NAME),
+        ("CHECK", "snapshot_country", find_country_check, names.check),
+        ("FK", "source_ip", find_source_ip_fk, names.fk),
     )
     for kind, column, finder, ours in constraints:
         hit = finder(conn) if column in found.snapshot_columns else None
@@ -230,8 +249,8 @@ def _plan_constraints(conn: Connection, found: Assessment) -> None:
         elif column in found.snapshot_columns or column in found.missing_snapshot_columns:
             found.create.append(f"{kind} {ours}")
     present = set(found.snapshot_columns) | {"session_id"}
-    for name, columns in SNAPSHOT_INDEXES.items():
-        index = find_index(conn, columns) if present >= set(columns) else None
+    for name, columns in names.indexes.items():
+        index = find_index(conn, columns, ours=names.indexes) if present >= set(columns) else None
         if index:
             found.reuse.append(f"index {index.name} ({', '.join(columns)})")
         else:
@@ -336,11 +355,15 @@ def find_source_ip_fk(conn: Connection) -> Found | None:
 
 
 def find_index(
-    conn: Connection, columns: Sequence[str], table: str = "session_summaries"
+    conn: Connection,
+    columns: Sequence[str],
+    table: str = "session_summaries",
+    *,
+    ours: Collection[str] = frozenset(SNAPSHOT_INDEXES),
 ) -> Found | None:
     """A valid, plain (b-tree, not partial, no expression) index on session_summaries
     (or ``table``, a plain name in the search path, PostgreSQL) whose key columns are
-    exactly ``columns``, in order; ours first when there are two."""
+    exactly ``columns``, in order; one named in ``ours`` first when there are two."""
     wanted = list(columns)
     candidates: list[str] = []
     if conn.dialect.name == "postgresql":
@@ -370,5 +393,5 @@ def find_index(
                 candidates.append(str(index["name"]))
     if not candidates:
         return None
-    ours = [name for name in candidates if name in SNAPSHOT_INDEXES]
-    return Found((ours or candidates)[0])
+    preferred = [name for name in candidates if name in ours]
+    return Found((preferred or candidates)[0])

@@ -54,6 +54,24 @@ GEO_COUNTRY_SQL = {
         "json_extract(enrichment, '$.dshield.ip.ascountry'), 'XX'))"
     ),
 }
+# What 0002 and 0004 will create where nothing equivalent exists, under these names:
+# the plan this revision logs when it adopts a database (stated here, not read from
+# the library, so that this revision keeps meaning what it meant).
+LATER_NAMES = adoption.OurNames(
+    fk="fk_session_summaries_source_ip_ip_inventory",
+    check="ck_session_summaries_snapshot_country_iso2",
+    indexes={
+        "ix_session_summaries_source_ip": ("source_ip",),
+        "ix_session_summaries_snapshot_asn": ("snapshot_asn",),
+        "ix_session_summaries_snapshot_country": ("snapshot_country",),
+        "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
+        "ix_session_summaries_snapshot_country_snapshot_asn_session_id": (
+            "snapshot_country",
+            "snapshot_asn",
+            "session_id",
+        ),
+    },
+)
 
 
 def _timestamps() -> list[sa.Column[Any]]:
@@ -77,7 +95,7 @@ def upgrade() -> None:
     if dialect not in GEO_COUNTRY_SQL:
         raise IncompatibleSchema(f"unsupported dialect {dialect!r}: use PostgreSQL 13+ or SQLite")
     if not op.get_context().as_sql:
-        found = adoption.assess(op.get_bind())
+        found = adoption.assess(op.get_bind(), LATER_NAMES)
         if not found.empty:
             adoption.require_adoptable(found)
             for table in found.tables:

@@ -42,7 +42,6 @@ import sqlalchemy as sa
 from alembic import op
 
 from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
-from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.ddl import Statement, run_pg_ddl
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
@@ -54,6 +53,11 @@ depends_on: str | Sequence[str] | None = None
 log = logging.getLogger("cowrieprocessor.migrations.0002")
 
 TABLE = "session_summaries"
+# Our names for the constraints, when the database has no equivalent (stated here, never
+# read from the library: a later edit there must not change what this revision does).
+FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
+CK_NAME = "ck_session_summaries_snapshot_country_iso2"
+NAMES = adoption.OurNames(fk=FK_NAME, check=CK_NAME)  # no index: 0004 plans its own
 COLUMNS = {
     "source_ip": "VARCHAR(45)",
     "snapshot_asn": "INTEGER",
@@ -80,7 +84,7 @@ def upgrade() -> None:
         add(list(COLUMNS), fk=None, ck=None)
         return
     bind = op.get_bind()
-    found = adoption.assess(bind)
+    found = adoption.assess(bind, NAMES)
     adoption.require_adoptable(found)
     missing = found.missing_snapshot_columns
     fk = adoption.find_source_ip_fk(bind)

@@ -11,18 +11,20 @@ canonical IP is in the inventory, each snapshot column that is still NULL:
 ``enrichment_at``. Nothing that has a value is overwritten; unmatched sessions keep
 NULLs.
 
-How: it walks ``session_id`` in ranges of ``batch_size`` keys, one set-based
+How: it walks the table in key ranges (``session_id`` on PostgreSQL, partition by
+partition when the table is partitioned; ``rowid`` on SQLite), one set-based
 ``UPDATE ... FROM ip_inventory`` per range, each committed on its own (outside the
-migration's transaction, in ``autocommit_block()``) together with its progress
-record and its rollback record (what it wrote, so that the downgrade NULLs exactly
-that: values the loader wrote, before or since, survive). Progress is logged every few
-seconds; an interrupted upgrade resumes where it stopped. The engine is
-:mod:`cowrieprocessor.backfill`, shared with ``cowrie-db backfill``; it carries its own
-SQL and never imports the ORM models.
+migration's transaction, in ``autocommit_block()``) together with its progress record
+and its rollback record (what it wrote, so that the downgrade NULLs exactly that:
+values the loader wrote, before or since, survive). Ranges are sized to take about
+``batch_time`` each unless fixed by the knobs. Progress is logged; an interrupted
+upgrade resumes where it stopped. The engine is :mod:`cowrieprocessor.backfill`, shared
+with ``cowrie-db backfill``; it carries its own SQL and never imports the ORM models.
 
-Knobs (``-x name=value`` or ``COWRIE_BACKFILL_<NAME>``): ``batch_size``,
-``pause_ms``, ``lock_timeout``, ``statement_timeout``, ``max_retries``,
-``status_file``. They are validated before anything is written.
+Knobs: ``-x name=value`` or ``COWRIE_BACKFILL_<NAME>``, validated before anything is
+written. Their names, defaults and meaning are in one table,
+:mod:`cowrieprocessor.backfill.knobs` (``cowrie-db backfill --help``, docs/runbook.md
+section 3); this revision does not repeat them.
 
 Offline (``--sql``): PostgreSQL gets a DO block running the same batches with a
 COMMIT after each; SQLite gets one statement over the whole table. Both write the

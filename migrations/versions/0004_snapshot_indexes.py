@@ -60,7 +60,6 @@ from cowrieprocessor.backfill import control
 from cowrieprocessor.backfill.alembic_ops import batch_engine, engine_for_bind, migration_knobs
 from cowrieprocessor.backfill.jobs import refill_after_interrupted_clear
 from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
-from cowrieprocessor.db.adoption import CK_NAME, COVERING_INDEX, FK_NAME, SNAPSHOT_INDEXES
 from cowrieprocessor.db.ddl import Statement, no_lock_timeout, run_pg_ddl_autocommit
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
@@ -72,7 +71,20 @@ depends_on: str | Sequence[str] | None = None
 log = logging.getLogger("cowrieprocessor.migrations.0004")
 
 TABLE = "session_summaries"
-INDEXES = SNAPSHOT_INDEXES
+# Our names, stated here and never read from the library: a later edit there must not
+# change what this revision does. Index name -> key columns; the covering index serves
+# the analysts' query (module docstring) and its name is ours alone.
+COVERING_INDEX = "ix_session_summaries_snapshot_country_snapshot_asn_session_id"
+INDEXES: dict[str, tuple[str, ...]] = {
+    "ix_session_summaries_source_ip": ("source_ip",),
+    "ix_session_summaries_snapshot_asn": ("snapshot_asn",),
+    "ix_session_summaries_snapshot_country": ("snapshot_country",),
+    "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
+    COVERING_INDEX: ("snapshot_country", "snapshot_asn", "session_id"),
+}
+# The constraints 0002 created under its names (validated here when 0002 created them).
+FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
+CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 # Each constraint's kind with the rows that would violate it.
 VIOLATIONS: dict[str, str] = {
     "FK": (
@@ -119,7 +131,7 @@ def build_indexes(*, concurrently: bool) -> None:
     partitioned = bind is not None and partitions.is_partitioned(bind)
     for name, columns in INDEXES.items():
         if bind is not None:
-            existing = adoption.find_index(bind, columns)
+            existing = adoption.find_index(bind, columns, ours=INDEXES)
             if existing is not None:
                 if existing.name not in ours:
                     ledger.record(bind, revision, "index", existing.name, ADOPTED)
