@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from cowrieprocessor.backfill.governor import Pace
 from cowrieprocessor.backfill.knobs import BackfillKnobs, KnobError
 from cowrieprocessor.backfill.progress import JobState, Progress
+from cowrieprocessor.backfill.run import Pace
 
 MB = 1024**2
 

@@ -1,96 +1,75 @@
 """What may hold the next batch back, and for how long: the operator, the server's health.
 
-Before each batch the walker asks its :class:`Governor`, which waits (holding no
-transaction: each look at the server or at the progress row commits at once) while
+Before each batch the walker asks its :class:`Governor` for a :class:`Decision`: go
+(after ``pause_ms``), wait so many seconds and ask again (why is in the decision), or
+stop. It holds the batch back while
 
-1. the operator paused the job (``cowrie-db control pause``, :mod:`.control`), or
-   raises :class:`~.errors.BackfillInterrupted` if they asked it to stop;
+1. the operator paused the job (``cowrie-db control pause``, :mod:`.control`), and
+   says stop when they asked it to stop;
 2. a standby or an active replication slot is more than ``max_replica_lag`` behind
    (PostgreSQL, :mod:`.health`);
 3. the WAL written since the previous batch began, at ``max_wal_rate``, needs more time
-   than has passed: batches are spaced so that the rate stays under the knob;
+   than has passed: batches are spaced so that the rate stays under the knob.
 
-and then sleeps ``pause_ms``. Knobs changed by ``cowrie-db control set`` are applied
-here, before the batch they first apply to. While it waits, it looks again every
-second (:data:`POLL_S`), writes its state to the progress row (a heartbeat that
-``status`` and ``control`` read), and rewrites the status file.
+Knobs changed by ``cowrie-db control set`` are applied here, before the batch they
+first apply to. While it holds, it is asked again every second (:data:`POLL_S`), and
+each time writes its state to the progress row (a heartbeat that ``status`` and
+``control`` read); the walker rewrites the status file.
 
-Each wait is logged when it starts and when it ends (which signal, its value, the
-limit, how long), counted per signal for the summary, ``status`` and the status file.
-The time waited counts in the ETA: :class:`Pace` keeps the share of the recent wall
-clock spent waiting, and the ETA is the batches' own rate slowed by that share.
+Its input is narrow, as GitLab's health indicators take a small context rather than
+the whole migration: the run it records on (:class:`~.run.Run`: the knobs in force,
+the engine's state, the waits), a clock, a heartbeat (write the run's columns, read
+the commands back) and a health reading. Each wait is logged when it starts and when
+it ends (which signal, its value, the limit, how long), counted per signal on the run
+for the summary, ``status`` and the status file; the time waited counts in the ETA
+(:class:`~.run.Pace`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection
 
 from cowrieprocessor.backfill import control
 from cowrieprocessor.backfill.control import PAUSE, STOP, Command
-from cowrieprocessor.backfill.errors import BackfillInterrupted
-from cowrieprocessor.backfill.health import HealthMonitor, Reading
+from cowrieprocessor.backfill.health import Reading
 from cowrieprocessor.backfill.knobs import KnobError, show_bytes
-from cowrieprocessor.backfill.progress import as_utc, utcnow
-
-if TYPE_CHECKING:
-    from cowrieprocessor.backfill.walker import RangeWalker
+from cowrieprocessor.backfill.progress import as_utc
+from cowrieprocessor.backfill.run import Clock, Run
 
 log = logging.getLogger("cowrieprocessor.backfill")
 
 POLL_S = 1.0  # while waiting: how often the server and the progress row are looked at
 PAUSED_LOG_EVERY_S = 60.0  # "paused by operator since ..." once a minute
-PACE_WINDOW_S = 120.0  # the ETA's "recent" share of waiting is over this much wall clock
 # the signals a wait is counted under
 PAUSED, REPLICA_LAG, WAL_RATE = "paused", "replica_lag", "wal_rate"
+GO, WAIT, STOP_RUN = "go", "wait", "stop"
+
+Heartbeat = Callable[[], Command]  # write the run's columns, read the commands back
+HealthReading = Callable[[], Reading]  # the server's health now (retried by the caller)
 
 
-class Pace:
-    """How much of the recent wall clock went to waiting, for an honest ETA."""
+@dataclass(frozen=True)
+class Decision:
+    """What the next batch may do: ``go`` after ``seconds`` (``pause_ms``), ``wait``
+    ``seconds`` and ask again, or ``stop`` (the run ends; ``reason`` says why)."""
 
-    def __init__(self, clock: Any = time.monotonic) -> None:
-        self.clock = clock
-        self.started = clock()
-        self.waited = 0.0  # seconds waited since the phase started
-        self._waits: deque[tuple[float, float]] = deque()  # (start, end) of recent waits
-        self._open: float | None = None
+    action: str
+    seconds: float = 0.0
+    reason: str = ""
 
-    def restart(self) -> None:
-        self.started, self.waited = self.clock(), 0.0
-        self._waits.clear()
+    @property
+    def go(self) -> bool:
+        return self.action == GO
 
-    def begin_wait(self) -> None:
-        if self._open is None:
-            self._open = self.clock()
-
-    def end_wait(self) -> None:
-        if self._open is not None:
-            end = self.clock()
-            self.waited += end - self._open
-            self._waits.append((self._open, end))
-            self._open = None
-
-    def waited_now(self) -> float:
-        """Seconds waited in this phase, the wait going on included."""
-        return self.waited + (self.clock() - self._open if self._open is not None else 0.0)
-
-    def wait_share(self) -> float:
-        """The share of the last :data:`PACE_WINDOW_S` seconds spent waiting (0..1)."""
-        now = self.clock()
-        since = max(self.started, now - PACE_WINDOW_S)
-        while self._waits and self._waits[0][1] <= since:
-            self._waits.popleft()
-        spans = list(self._waits) + ([(self._open, now)] if self._open is not None else [])
-        waited = sum(end - max(start, since) for start, end in spans)
-        window = now - since
-        return min(1.0, waited / window) if window > 0 else 0.0
+    @property
+    def stop(self) -> bool:
+        return self.action == STOP_RUN
 
 
 @dataclass
@@ -104,146 +83,100 @@ class _Hold:
 
 
 class Governor:
-    """Decides, before each batch, whether it may start; see the module docstring."""
+    """Decides, before each batch, whether it may start; see the module docstring.
 
-    def __init__(self, walker: RangeWalker) -> None:
-        self.walker = walker
-        self.start_knobs = walker.knobs
-        self.pace = Pace()
-        self.health = HealthMonitor() if walker.dialect == "postgresql" else None
-        self.steered = not walker.dry_run  # a dry run writes no progress row to steer by
+    ``heartbeat`` is None when nothing steers the run (a dry run writes no progress
+    row); ``health`` is None when there is no server to read (SQLite, a dry run).
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        heartbeat: Heartbeat | None = None,
+        health: HealthReading | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.run = run
+        self.start_knobs = run.knobs
+        self.heartbeat = heartbeat
+        self.health = health
+        self.clock = clock or run.clock
         self.command = Command()
-        self.applied_seq = 0
-        self.state = control.RUNNING
-        self.detail = ""
-        self.waits: dict[str, dict[str, float]] = {}
         self.holds: dict[str, _Hold] = {}
-        self.backend: int | None = None
+        self._held: set[str] = set()  # the signals that held the coming batch back
+        self._waiting: tuple[float, set[str]] | None = None  # the wait asked for last
         self._wal_first: tuple[float, int] | None = None
         self._wal_last: tuple[float, int] | None = None  # (when, WAL lsn): the last batch
         self._first_look = True
-
-    # -- the progress row's run columns ------------------------------------------------
-
-    def run_columns(self) -> dict[str, Any]:
-        """What the engine writes beside its progress: state, knobs, waits, heartbeat."""
-        snap = self.walker.progress(self.walker.phase_now)
-        info = {
-            **control.runner(),
-            "backend": self.backend,
-            "detail": self.detail,
-            "knobs": self.walker.knobs.describe(),
-            "waits": self.waits,
-            "control_seq_applied": self.applied_seq,
-            "rate": snap.rate,
-            "eta_seconds": snap.eta_seconds,
-            "wait_share": snap.wait_share,
-        }
-        return {
-            "run_state": self.state,
-            "run_info": json.dumps(info, sort_keys=True),
-            "heartbeat_at": utcnow(),
-        }
 
     def received(self, row: dict[str, Any] | None) -> None:
         """The control columns read back by the batch's save (None: a new row)."""
         self.command = Command.of(row)
 
-    def discard_commands(self, conn: Connection, job: str) -> None:
-        """A run starts: forget what an earlier run was told (see
-        :func:`control.discard_commands`)."""
-        left = control.discard_commands(conn, job)
-        if left.control or left.knobs:
-            log.warning(
-                "discarding control commands left by an earlier run of %s: %s",
-                job,
-                ", ".join(
-                    ([left.control] if left.control else [])
-                    + [f"set {k}={v}" for k, v in sorted(left.knobs.items())]
-                ),
-            )
-
-    def finish(self, conn: Connection | None, state: str, detail: str = "") -> None:
-        """The run ends (``finished``, ``stopped`` or ``failed``, with why): close the
-        waits, take a last WAL reading for the summary, and say so in the row (best
-        effort, and not at all without a usable ``conn``: a failure here must not hide
-        why the run ended, and the undo drops the table before)."""
-        for signal in list(self.holds):
-            self._end_hold(signal)
-        self.pace.end_wait()
-        self.state, self.detail = state, detail
-        if conn is None:
-            return
-        try:
-            if self._wal_last is not None and self.health is not None:
-                reading = self.health.read(conn)
-                if reading.wal_lsn is not None:
-                    self._wal_last = (time.monotonic(), reading.wal_lsn)
-            if self.steered:
-                with self.walker.begin(conn):
-                    control.heartbeat(conn, self.walker.job, self.run_columns())
-        except Exception as exc:
-            if conn.in_transaction():
-                conn.rollback()
-            log.debug("could not record the end of the run: %s", exc)
-
     # -- before each batch -------------------------------------------------------------
 
-    def before_batch(self) -> None:
-        """Wait while anything holds the next batch back; raise if told to stop."""
-        reading: Reading | None = None
-        held_now: set[str] = set()  # the signals that held this batch back
+    def decide(self) -> Decision:
+        """One look: may the next batch go? Asked again after each ``wait``."""
+        self._count_waited()
         if self._first_look:  # a command sent while the run was starting up
             self._first_look = False
             self._poll()
-        while True:
-            self._apply_knobs()
-            if self.command.control == STOP:
-                self.state, self.detail = control.STOPPING, "stop asked by operator"
-                self._poll()
-                raise BackfillInterrupted(
-                    f"stopped by operator (cowrie-db control stop at {_at(self.command.at)}) "
-                    f"after batch {self.walker.state.batches}; rerun to resume"
-                )
-            reading = self._read_health()
-            holding = self._holding(reading)
-            for signal in [s for s in self.holds if s not in holding]:
-                # WAL spacing is one episode over many batches: it ends only when a
-                # batch finds nothing to wait for from the start
-                if signal != WAL_RATE or not held_now:
-                    self._end_hold(signal)
-            if not holding:
-                break
-            for signal, detail in holding.items():
-                self._hold(signal, detail, first=signal not in held_now)
-            held_now |= set(holding)
-            self.state = control.PAUSED if PAUSED in holding else control.THROTTLED
-            self.detail = "; ".join(holding.values())
-            self.pace.begin_wait()
+        self._apply_knobs()
+        run = self.run
+        if self.command.control == STOP:
+            run.stopping("stop asked by operator")
             self._poll()
-            self.walker.write_status()
-            began = time.monotonic()
-            self.walker.stop.wait(self._step(reading, holding))
-            for signal in holding:
-                waited = time.monotonic() - began
+            return Decision(
+                STOP_RUN,
+                reason=f"stopped by operator (cowrie-db control stop at "
+                f"{_at(self.command.at)}) after batch {run.state.batches}; rerun to resume",
+            )
+        reading = self._read_health()
+        holding = self._holding(reading)
+        for signal in [s for s in self.holds if s not in holding]:
+            # WAL spacing is one episode over many batches: it ends only when a batch
+            # finds nothing to wait for from the start
+            if signal != WAL_RATE or not self._held:
+                self._end_hold(signal)
+        if not holding:
+            self._held = set()
+            run.running()
+            if reading is not None and reading.wal_lsn is not None:
+                now = self.clock()
+                self._wal_first = self._wal_first or (now, reading.wal_lsn)
+                self._wal_last = (now, reading.wal_lsn)
+            return Decision(GO, run.knobs.pause_ms / 1000)
+        for signal, detail in holding.items():
+            self._hold(signal, detail, first=signal not in self._held)
+        self._held |= set(holding)
+        reason = "; ".join(holding.values())
+        run.held(paused=PAUSED in holding, detail=reason)
+        self._poll()
+        self._waiting = (self.clock(), set(holding))
+        return Decision(WAIT, self._step(reading, holding), reason)
+
+    def end(self) -> None:
+        """The run ends: count the last wait, close the holds (with their log lines)."""
+        self._count_waited()
+        for signal in list(self.holds):
+            self._end_hold(signal)
+
+    def _count_waited(self) -> None:
+        """The wait asked for last is over: its seconds go to each signal that held."""
+        if self._waiting is None:
+            return
+        began, signals = self._waiting
+        self._waiting = None
+        waited = self.clock() - began
+        for signal in signals:
+            if signal in self.holds:
                 self.holds[signal].waited += waited
-                counted = self.waits[signal]
-                counted["seconds"] = round(counted["seconds"] + waited, 3)
-            if self.walker.stop.is_set():
-                break  # the walker raises BackfillInterrupted
-        self.pace.end_wait()
-        self.state, self.detail = control.RUNNING, ""
-        if reading is not None and reading.wal_lsn is not None:
-            now = time.monotonic()
-            self._wal_first = self._wal_first or (now, reading.wal_lsn)
-            self._wal_last = (now, reading.wal_lsn)
-        pause = self.walker.knobs.pause_ms
-        if pause and not self.walker.stop.is_set():
-            self.walker.stop.wait(pause / 1000)
+            self.run.add_waited(signal, waited)
 
     def _holding(self, reading: Reading | None) -> dict[str, str]:
         """Each signal over its limit now, with what it says."""
-        knobs = self.walker.knobs
+        knobs = self.run.knobs
         found: dict[str, str] = {}
         if self.command.control == PAUSE:
             found[PAUSED] = f"paused by operator since {_at(self.command.at)}"
@@ -269,12 +202,12 @@ class Governor:
     def _wal_spacing(self, reading: Reading) -> float:
         """Seconds still to wait so that the WAL since the last batch began stays under
         ``max_wal_rate`` (0 when off, unmeasured, or already under)."""
-        rate = self.walker.knobs.max_wal_rate
+        rate = self.run.knobs.max_wal_rate
         if not rate or reading.wal_lsn is None or self._wal_last is None:
             return 0.0
         began, lsn = self._wal_last
         due = began + max(reading.wal_lsn - lsn, 0) / rate
-        return max(0.0, due - time.monotonic())
+        return max(0.0, due - self.clock())
 
     def _step(self, reading: Reading | None, holding: dict[str, str]) -> float:
         """How long to wait before looking again: a second, or less if WAL spacing
@@ -284,29 +217,25 @@ class Governor:
         return POLL_S
 
     def _read_health(self) -> Reading | None:
-        if self.health is None or self.walker.dry_run:
+        knobs = self.run.knobs
+        if self.health is None or (not knobs.max_replica_lag and not knobs.max_wal_rate):
             return None
-        knobs = self.walker.knobs
-        if not knobs.max_replica_lag and not knobs.max_wal_rate:
-            return None
-        monitor = self.health
-        return self.walker.retrying("reading the server's health", monitor.read)  # type: ignore[no-any-return]
+        return self.health()
 
     # -- holds: logged once when they start and once when they end ---------------------
 
     def _hold(self, signal: str, detail: str, *, first: bool) -> None:
         """``signal`` holds the next batch back; ``first``: the first look before it."""
-        now = time.monotonic()
+        now = self.clock()
         hold = self.holds.get(signal)
         if first:
-            counted = self.waits.setdefault(signal, {"waits": 0, "seconds": 0.0})
-            counted["waits"] += 1
+            self.run.count_wait(signal)
         if hold is None:
             self.holds[signal] = _Hold(now, detail, now)
             log.warning(
                 "%s: waiting before batch %d%s",
                 detail,
-                self.walker.state.batches + 1,
+                self.run.state.batches + 1,
                 "; `cowrie-db control resume` to go on" if signal == PAUSED else "",
             )
             return
@@ -322,13 +251,13 @@ class Governor:
         elif signal == REPLICA_LAG:
             log.warning(
                 "replica lag is under max_replica_lag %s again: waited %.1f s",
-                show_bytes(self.walker.knobs.max_replica_lag),
+                show_bytes(self.run.knobs.max_replica_lag),
                 hold.waited,
             )
         else:
             log.info(
                 "WAL spacing ended (max_wal_rate %s/s): batches were held back %.1f s in all",
-                show_bytes(self.walker.knobs.max_wal_rate),
+                show_bytes(self.run.knobs.max_wal_rate),
                 hold.waited,
             )
 
@@ -336,37 +265,38 @@ class Governor:
 
     def _poll(self) -> None:
         """Heartbeat: write the engine's state, read the commands (one statement)."""
-        if not self.steered:
-            return
-        job = self.walker.job
-        columns = self.run_columns()
-
-        def beat(conn: Connection) -> Command:
-            with self.walker.begin(conn):
-                return control.heartbeat(conn, job, columns)
-
-        self.command = self.walker.retrying("reading control commands", beat)
+        if self.heartbeat is not None:
+            self.command = self.heartbeat()
 
     def _apply_knobs(self) -> None:
         cmd = self.command
-        if cmd.seq <= self.applied_seq:
+        if cmd.seq <= self.run.applied_seq:
             return
-        self.applied_seq = cmd.seq
+        self.run.applied_seq = cmd.seq
         try:
             new = self.start_knobs.with_overrides(cmd.knobs, control.SET_SOURCE)
         except KnobError as exc:
             log.error("ignoring cowrie-db control set: %s", exc)
             return
-        changed = self.walker.knobs.changes(new)
-        self.walker.apply_knobs(new)
+        changed = self.run.change_knobs(new)
         log.warning(
             "knobs changed by operator (cowrie-db control set at %s), from batch %d: %s",
             _at(cmd.at),
-            self.walker.state.batches + 1,
+            self.run.state.batches + 1,
             "; ".join(changed) or "no change",
         )
 
     # -- the summary ---------------------------------------------------------------------
+
+    @property
+    def measures_wal(self) -> bool:
+        """Whether a batch's WAL position was read (then the run's end is read too)."""
+        return self._wal_last is not None
+
+    def wal_at_end(self, reading: Reading) -> None:
+        """The WAL position when the run ended, for :meth:`wal_written`."""
+        if reading.wal_lsn is not None:
+            self._wal_last = (self.clock(), reading.wal_lsn)
 
     def wal_written(self) -> tuple[int, float] | None:
         """WAL bytes written from the first batch's start to the run's end, and seconds
@@ -375,6 +305,21 @@ class Governor:
             return None
         (t0, lsn0), (t1, lsn1) = self._wal_first, self._wal_last
         return lsn1 - lsn0, t1 - t0
+
+
+def discard_commands(conn: Connection, job: str) -> None:
+    """A run starts: forget what an earlier run was told (see
+    :func:`control.discard_commands`), with a warning naming it."""
+    left = control.discard_commands(conn, job)
+    if left.control or left.knobs:
+        log.warning(
+            "discarding control commands left by an earlier run of %s: %s",
+            job,
+            ", ".join(
+                ([left.control] if left.control else [])
+                + [f"set {k}={v}" for k, v in sorted(left.knobs.items())]
+            ),
+        )
 
 
 def _at(when: datetime | None) -> str:

@@ -1,8 +1,9 @@
 """The jobs: backfill, clear everything, undo the backfill; their results and summary.
 
-Each job is a :class:`~.walker.RangeWalker` given one statement per range (or, for the
-undo, the rollback record). See the package docstring for what the backfill does and
-in which order.
+Each job is a :class:`~.walker.RangeWalker` given one statement per range (from
+:mod:`.ranges`; for the undo, the rollback record). A job starts by taking the claim and
+loading or starting its state (:func:`_prepare`), walks, and sums up. See the package
+docstring for what the backfill does and in which order.
 """
 
 from __future__ import annotations
@@ -12,25 +13,30 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, Row
+from sqlalchemy import Connection, Engine
 
-from cowrieprocessor.backfill import control, progress, record, shape, sql
-from cowrieprocessor.backfill.governor import describe_waits
-from cowrieprocessor.backfill.keys import SESSION_ID_ORDER, Range
+from cowrieprocessor.backfill import control, progress, record, shape
+from cowrieprocessor.backfill.governor import describe_waits, discard_commands
 from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
-from cowrieprocessor.backfill.shape import JsonTypes
+from cowrieprocessor.backfill.ranges import CTID, backfill_range, clear_range, table_counts
+
+# KEY, join_back_mode, dry_run_counts, session_counts: imported from here by the CLI and
+# the reports (their home is :mod:`.ranges`)
+from cowrieprocessor.backfill.ranges import KEY as KEY
+from cowrieprocessor.backfill.ranges import dry_run_counts as dry_run_counts
+from cowrieprocessor.backfill.ranges import join_back_mode as join_back_mode
+from cowrieprocessor.backfill.ranges import session_counts as session_counts
 from cowrieprocessor.backfill.sizing import describe_sizing
-from cowrieprocessor.backfill.walker import BatchCounts, BatchReport, RangeWalker, RunRange
+from cowrieprocessor.backfill.walker import BatchReport, RangeWalker
 from cowrieprocessor.db import partitions
 
 log = logging.getLogger("cowrieprocessor.backfill")
 T = TypeVar("T")
 
 BACKFILL_JOB = "snapshot_backfill"
-CTID, KEY = "ctid", "key"  # the join-back of a PostgreSQL batch (knob join_back)
 CLEAR_JOB = "snapshot_clear"  # the downgrade of 0003
 CLEAR_ALL_JOB = "snapshot_clear_all"  # cowrie-db clear --all
 # Each job's phases, in order: the catch-up pass re-walks what the walk may have missed.
@@ -70,126 +76,13 @@ class BackfillResult:
         return self.sessions_total / self.seconds if self.seconds > 0 else 0.0
 
 
-# --- the two jobs ---------------------------------------------------------------------
-
-
-def _backfill_range(
-    dialect: str, dry_run: bool, json: JsonTypes, record: bool, join_back: str = CTID
-) -> RunRange:
-    """The statement(s) of one backfill range, rendered for this database's JSON types,
-    joining back by ``ctid`` or by key (:func:`join_back_mode`)."""
-    job = {"job": BACKFILL_JOB}
-
-    def resolved_by_source(row: Row[Any]) -> tuple[int, ...]:
-        """How many sessions each of sql.IP_SOURCES resolved (columns src_1..src_4)."""
-        return tuple(int(row._mapping[f"src_{n}"]) for n in range(1, len(sql.IP_SOURCES) + 1))
-
-    def run_pg(conn: Connection, r: Range) -> BatchCounts:
-        table = r.order.table
-        if dry_run:
-            stmt = sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs, table)
-            row = conn.execute(stmt, r.params).one()
-            by_source = resolved_by_source(row)
-        else:
-            stmt = sql.pg_backfill(json, r.has_lo, r.has_hi, r.needs, record=record, table=table)
-            row = conn.execute(stmt, {**r.params, **job} if record else r.params).one()
-            by_source = ()
-        return BatchCounts(
-            int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated), by_source
-        )
-
-    def run_pg_by_key(conn: Connection, r: Range) -> BatchCounts:
-        table = r.order.table
-        counts = sql.pg_key_counts(json, r.has_lo, r.has_hi, r.needs, table)
-        row = conn.execute(counts, r.params).one()
-        updated = int(row.updated)
-        by_source: tuple[int, ...] = ()
-        if dry_run:
-            by_source = resolved_by_source(row)
-        else:
-            stmt = sql.pg_key_update(json, r.has_lo, r.has_hi, r.needs, table)
-            written = conn.execute(stmt, r.params).all()
-            updated = len(written)
-            if record and written:
-                # one bound array per record column, in WRITTEN's order
-                columns = zip(*written, strict=True)
-                values = dict(zip(sql.RECORD_ARRAYS, map(list, columns), strict=True))
-                conn.execute(sql.PG_RECORD_VALUES, {**job, "n": len(written), **values})
-        return BatchCounts(
-            int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source
-        )
-
-    def run_sqlite(conn: Connection, r: Range) -> BatchCounts:
-        conn.execute(sql.SQLITE_BATCH_TABLE)
-        conn.execute(sql.SQLITE_BATCH_CLEAR)
-        conn.execute(sql.sqlite_resolve(r.has_lo, r.has_hi, r.order.column, r.needs), r.params)
-        row = conn.execute(sql.SQLITE_COUNTS).one()
-        if dry_run:
-            updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
-        else:
-            updated = conn.execute(sql.SQLITE_UPDATE).rowcount
-            if record and updated:
-                conn.execute(sql.SQLITE_RECORD, job)
-        conn.execute(sql.SQLITE_BATCH_CLEAR)
-        by_source = resolved_by_source(row)
-        return BatchCounts(
-            int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source
-        )
-
-    if dialect != "postgresql":
-        return run_sqlite
-    return run_pg_by_key if join_back == KEY else run_pg
-
-
-def join_back_mode(conn: Connection, knobs: BackfillKnobs) -> str:
-    """``ctid`` or ``key``: the knob, or when it says ``auto``, ``key`` where the citus
-    extension is installed (Citus cannot use ctid across shards)."""
-    if knobs.join_back != "auto":
-        return knobs.join_back
-    return KEY if partitions.has_citus(conn) else CTID
-
-
-def dry_run_counts(conn: Connection, hi: str | None = None) -> BatchCounts:
-    """The backfill's counts over ``session_id`` range (start, ``hi``] (the whole table
-    when ``hi`` is None), written nowhere: what ``check`` and ``verify`` report."""
-    json = shape.detect(conn)
-    mode = join_back_mode(conn, BackfillKnobs())  # auto, as a run with no knob given
-    run = _backfill_range(conn.dialect.name, True, json, False, mode)
-    return run(conn, Range(WALK, SESSION_ID_ORDER, None, hi))
-
-
-def _clear_range(conn: Connection, r: Range) -> BatchCounts:
-    stmt = sql.clear_snapshots(r.has_lo, r.has_hi, r.order.column, r.order.table)
-    return BatchCounts(updated=conn.execute(stmt, r.params).rowcount)
-
-
-def session_counts(conn: Connection) -> tuple[int, int, int]:
-    """Sessions, sessions needing snapshots, inventory IPs (ends the read transaction).
-
-    For the reports: counting the sessions that need snapshots reads the whole table
-    (3.8 s at 1.68M sessions), so the jobs leave it out (:func:`table_counts`) and the
-    walk counts them as it goes."""
-    total, inventory = table_counts(conn)
-    needing = int(conn.execute(sql.COUNT_NEEDING).scalar_one())
-    conn.commit()
-    return total, needing, inventory
-
-
-def table_counts(conn: Connection) -> tuple[int, int]:
-    """Sessions (an index-only count) and inventory IPs (ends the read transaction)."""
-    total = int(conn.execute(sql.COUNT_SESSIONS).scalar_one())
-    inventory = int(conn.execute(sql.COUNT_INVENTORY).scalar_one())
-    conn.commit()
-    return total, inventory
-
-
 def _in_leaf(walker: RangeWalker) -> str:
-    leaf = walker.state.leaf
-    return f" in partition {leaf}" if leaf is not None and walker.leaves else ""
+    leaf = walker.run.state.leaf
+    return f" in partition {leaf}" if leaf is not None and walker.run.leaves else ""
 
 
 def _reading(read: Callable[[Connection], T]) -> Callable[[Connection], T]:
-    """``read``, then the end of the read transaction it opened (for ``walker.retrying``)."""
+    """``read``, then the end of the read transaction it opened (for ``walker.tx.retrying``)."""
 
     def run(conn: Connection) -> T:
         found = read(conn)
@@ -224,41 +117,41 @@ def _prepare(
     def resumable(saved: JobState | None) -> JobState | None:
         return saved if saved is not None and saved.phase != DONE else None
 
-    walker.leaves = walker.retrying(
-        "reading the partitions of session_summaries", _reading(partitions.leaves)
-    )
-    if walker.leaves is not None:
+    run, tx = walker.run, walker.tx
+    leaves = tx.retrying("reading the partitions of session_summaries", _reading(partitions.leaves))
+    run.found_leaves(leaves)
+    if leaves is not None:
         log.info(
             "session_summaries is partitioned: %d leaf partition(s), walked one after the other",
-            len(walker.leaves),
+            len(leaves),
         )
 
     def setup(conn: Connection) -> JobState | None:
-        with walker.begin(conn):
-            walker.take_claim(conn)
+        with tx.begin(conn):
+            tx.take_claim(conn)
             progress.ensure_table(conn)
             if fresh_job_to_delete:
                 progress.delete(conn, fresh_job_to_delete)
-            saved = progress.load(conn, walker.job)
+            saved = progress.load(conn, run.job)
             if with_record:
                 _ensure_record(conn, backfilled_before=saved is not None)
-            walker.state = resumable(saved) or JobState(job=walker.job)
-            walker.governor.discard_commands(conn, walker.job)
-            progress.save(conn, walker.state, walker.governor.run_columns())
+            run.resume(resumable(saved))
+            discard_commands(conn, run.job)
+            progress.save(conn, run.state, run.columns())
             return saved
 
-    if walker.dry_run:
+    if run.dry_run:
 
         def peek(conn: Connection) -> JobState | None:
-            walker.take_claim(conn)  # a dry run writes nothing: it only looks
-            state = progress.load(conn, walker.job)
+            tx.take_claim(conn)  # a dry run writes nothing: it only looks
+            state = progress.load(conn, run.job)
             conn.commit()
             return state
 
-        walker.retrying("reading the progress table", peek)
-        walker.state = JobState(job=walker.job)
+        tx.retrying("reading the progress table", peek)
+        run.resume(None)
         return False
-    unfinished = resumable(walker.retrying("preparing the progress table", setup))
+    unfinished = resumable(tx.retrying("preparing the progress table", setup))
     return unfinished is not None and (unfinished.batches > 0 or unfinished.phase != WALK)
 
 
@@ -292,37 +185,38 @@ def run_backfill(
     )
     started = time.monotonic()
     with walker:
-        json = walker.retrying("reading the JSON columns' types", _reading(shape.detect))
+        json = walker.tx.retrying("reading the JSON columns' types", _reading(shape.detect))
         resumed = _prepare(walker, with_record=record and not dry_run)
-        total, inventory = walker.retrying("counting sessions", table_counts)
-        walker.state.sessions_total = total
+        total, inventory = walker.tx.retrying("counting sessions", table_counts)
+        walker.run.count_sessions(total)
+        s = walker.run.state
         log.info(
             "%sbackfill: %d sessions, %d IPs in inventory; %s%s",
             "DRY RUN (no changes) - " if dry_run else "",
             total,
             inventory,
             describe_sizing(knobs, walker.fresh_order),
-            f"; resuming {walker.state.phase}{_in_leaf(walker)} after {walker.state.last_key!r}"
-            if resumed
-            else "",
+            f"; resuming {s.phase}{_in_leaf(walker)} after {s.last_key!r}" if resumed else "",
         )
         mode = CTID
         if walker.dialect == "postgresql":
             log.info("JSON columns: %s", json.describe())
-            mode = walker.retrying(
+            mode = walker.tx.retrying(
                 "looking for the citus extension", _reading(lambda c: join_back_mode(c, knobs))
             )
             log.info("join-back: by %s", "session_id" if mode == KEY else "ctid")
-        run_range = _backfill_range(walker.dialect, dry_run, json, record, mode)
+        run_range = backfill_range(
+            walker.dialect, dry_run, json, BACKFILL_JOB if record else None, mode
+        )
         for phase in phases:
-            if walker.state.phase == phase:
+            if walker.run.state.phase == phase:
                 walker.walk(phase, run_range)
-    s = walker.state
+    s = walker.run.state
     result = BackfillResult(
         job=BACKFILL_JOB,
         dry_run=dry_run,
         sessions_total=total,
-        needing_snapshots=walker.walk_candidates,
+        needing_snapshots=walker.run.walk_candidates,
         inventory_size=inventory,
         rows_updated=s.rows_updated,
         matched=s.matched,
@@ -333,8 +227,8 @@ def run_backfill(
         splits=s.splits,
         seconds=time.monotonic() - started,
         resumed=resumed,
-        batch_seconds=walker.batch_seconds,
-        waits=walker.governor.waits,
+        batch_seconds=walker.run.batch_seconds,
+        waits=walker.run.waits,
     )
     wal = walker.governor.wal_written()
     if wal is not None:
@@ -411,19 +305,19 @@ def clear_snapshots(
     started = time.monotonic()
     with walker:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
-        total, _inventory = walker.retrying("counting sessions", table_counts)
-        walker.state.sessions_total = total
+        total, _inventory = walker.tx.retrying("counting sessions", table_counts)
+        walker.run.count_sessions(total)
         log.info(
             "clearing all snapshot values: %d sessions; %s%s",
             total,
             describe_sizing(knobs, walker.fresh_order),
-            f"; resuming after {walker.state.last_key!r}" if resumed else "",
+            f"; resuming after {walker.run.state.last_key!r}" if resumed else "",
         )
-        if walker.state.phase == WALK:
-            walker.walk(WALK, _clear_range)
-        walker.retrying("emptying the rollback record", _forget_record)
+        if walker.run.state.phase == WALK:
+            walker.walk(WALK, clear_range)
+        walker.tx.retrying("emptying the rollback record", _forget_record)
         if drop_progress_table:
-            walker.retrying("dropping the progress table", _drop_progress)
+            walker.tx.retrying("dropping the progress table", _drop_progress)
     return _log_cleared(walker, started)
 
 
@@ -451,8 +345,8 @@ def undo_backfill(
     started = time.monotonic()
     with walker:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
-        rows, sessions = walker.retrying("reading the rollback record", _reading(record.pending))
-        walker.state.sessions_total = walker.state.sessions_walked + sessions
+        rows, sessions = walker.tx.retrying("reading the rollback record", _reading(record.pending))
+        walker.run.count_sessions(walker.run.state.sessions_walked + sessions)
         log.info(
             "undoing the backfill: %d recorded sessions in %d batches%s",
             sessions,
@@ -460,7 +354,7 @@ def undo_backfill(
             " (resuming)" if resumed else "",
         )
         walker.undo_recorded()
-        walker.retrying("dropping the progress and record tables", _drop_progress)
+        walker.tx.retrying("dropping the progress and record tables", _drop_progress)
     return _log_cleared(walker, started)
 
 
@@ -468,12 +362,12 @@ def _log_cleared(walker: RangeWalker, started: float) -> ClearResult:
     seconds = time.monotonic() - started
     log.info(
         "Cleared snapshot values in %d rows, %d batches, %.1f s; held back: %s",
-        walker.state.rows_updated,
-        walker.state.batches,
+        walker.run.state.rows_updated,
+        walker.run.state.batches,
         seconds,
-        describe_waits(walker.governor.waits),
+        describe_waits(walker.run.waits),
     )
-    return ClearResult(walker.state.rows_updated, walker.state.batches, seconds)
+    return ClearResult(walker.run.state.rows_updated, walker.run.state.batches, seconds)
 
 
 def _forget_record(conn: Connection) -> None:
