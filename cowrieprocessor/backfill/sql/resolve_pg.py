@@ -61,7 +61,7 @@ def pg_candidates(se: JsonColumn, range_sql: str, needs: str, table: str, extra:
 
 
 def pg_resolve(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
-    """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (see module doc).
+    """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (the rules: :mod:`.rules`).
 
     Every lookup is one index probe per candidate, whatever the sizes of the tables and
     of the batch: the earliest ``raw_events`` IP and the inventory row are ``LATERAL``

@@ -1,5 +1,19 @@
-"""PostgreSQL, the join-back by key (Citus; ``join_back=key``): one range in three
-statements, the counts, the UPDATE, the rollback record's row (see the comment below).
+"""PostgreSQL, the join-back by key (Citus; ``join_back=key``).
+
+The same mapping without ``ctid``, without CTEs and without LIMIT in a subquery, so that
+Citus can push every statement down to the shards when session_summaries and
+raw_events are distributed by session_id and ip_inventory is a reference table
+(docs/scale-out.md): the range predicate is on session_id, the earliest raw_events IP
+is a LATERAL aggregate correlated on session_id (no LIMIT), the inventory is a plain
+join, no function is volatile. Three statements a batch instead of one: the counts,
+the UPDATE, and the rollback record's row, written from the UPDATE's RETURNING with
+bound arrays (the record lives on the coordinator).
+
+The join-back cannot check a row version as the ctid does, so it checks the values:
+the UPDATE writes a row only while its five columns still hold what the resolution
+read (``UNCHANGED``; re-checked on the newest version when a concurrent writer got
+there first), so the old values in the record are exactly the values replaced, and a
+row changed meanwhile is left for the catch-up pass, as on the ctid path.
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
@@ -22,22 +36,6 @@ from cowrieprocessor.backfill.sql.rules import (
 )
 from cowrieprocessor.backfill.sql.walk import TABLE, in_text, range_predicate
 
-#
-# The same mapping without ``ctid``, without CTEs and without LIMIT in a subquery, so that
-# Citus can push every statement down to the shards when session_summaries and
-# raw_events are distributed by session_id and ip_inventory is a reference table
-# (docs/scale-out.md): the range predicate is on session_id, the earliest raw_events IP
-# is a LATERAL aggregate correlated on session_id (no LIMIT), the inventory is a plain
-# join, no function is volatile. Three statements a
-# batch instead of one: the counts, the UPDATE, and the rollback record's row, written
-# from the UPDATE's RETURNING with bound arrays (the record lives on the coordinator).
-#
-# The join-back cannot check a row version as the ctid does, so it checks the values:
-# the UPDATE writes a row only while its five columns still hold what the resolution
-# read (``UNCHANGED``; re-checked on the newest version when a concurrent writer got
-# there first), so the old values in the record are exactly the values replaced, and a
-# row changed meanwhile is left for the catch-up pass, as on the ctid path.
-
 
 def _pg_spur_type_flat(col: JsonColumn) -> str:
     """``resolve_pg._pg_spur_type`` without a subquery: a type of SPUR_PRIORITY present in the
@@ -55,7 +53,7 @@ def _pg_spur_type_flat(col: JsonColumn) -> str:
 
 def pg_resolve_flat(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
     """One range's candidates with their IP and inventory row (NULLs when unmatched), as
-    one subquery: the key path's resolution (see above).
+    one subquery: the key path's resolution (see the module doc).
 
     The earliest raw_events IP is a ``LATERAL`` aggregate correlated on session_id (no
     LIMIT): computed once per candidate, and for a candidate that has an IP already its
@@ -90,7 +88,7 @@ def pg_resolve_flat(json: JsonTypes, range_sql: str, needs: str, table: str = TA
 ) m"""
 
 
-# The row still holds what the resolution read (see above).
+# The row still holds what the resolution read (see the module doc).
 UNCHANGED = """s.source_ip IS NOT DISTINCT FROM m.old_ip
       AND s.snapshot_asn IS NOT DISTINCT FROM m.old_asn
       AND s.snapshot_country IS NOT DISTINCT FROM m.old_country

@@ -33,7 +33,7 @@ def range_predicate(has_lo: bool, has_hi: bool, column: str = "s.session_id") ->
 
 
 def in_text(table: str) -> str:
-    """A table's name for the ``text()`` statements below: ``session_summaries``, or a
+    """A table's name for the package's ``text()`` statements: ``session_summaries``, or a
     partition as PostgreSQL prints its regclass (quoted by ``quote_ident`` where it needs
     it). Its ``:`` is escaped, or ``text()`` would read ``":x"`` as a bind parameter; the
     quotes around such a name are PostgreSQL's, so the name stays one identifier."""
