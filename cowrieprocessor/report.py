@@ -2,6 +2,8 @@
 
 Each function takes a connection, reads, and returns a plain dataclass; the CLI
 decides how to print it (text or ``--json``). Nothing here writes to the database.
+The statements are in :mod:`cowrieprocessor.backfill.sql.reports` (used as ``sql.X``), and
+"has a snapshot" is its definition (``sql.HAS_SOURCE_IP``, ``sql.HAS_SNAPSHOT``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
@@ -26,10 +27,6 @@ from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 from cowrieprocessor.errors import IncompatibleSchema
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
-RUNBOOK_QUERY = (
-    "SELECT session_id, snapshot_country, snapshot_asn FROM session_summaries "
-    "WHERE snapshot_country = 'CN' AND snapshot_asn = 4134"
-)
 STALLED_AFTER_S = 120.0
 
 
@@ -99,9 +96,9 @@ def schema_state(conn: Connection) -> SchemaState:
 def server_version(conn: Connection) -> tuple[str, tuple[int, ...]]:
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        text = str(conn.execute(sa.text("SHOW server_version")).scalar())
+        text = str(conn.execute(sql.PG_SERVER_VERSION).scalar())
     else:
-        text = str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
+        text = str(conn.execute(sql.SQLITE_SERVER_VERSION).scalar())
     conn.rollback()
     numbers = tuple(int(p) for p in text.split()[0].split(".") if p.isdigit())
     return text, numbers
@@ -124,11 +121,7 @@ class Coverage:
 def coverage(conn: Connection) -> Coverage:
     """Whole-table counts, using the backfill's own resolution in a dry run (no writes)."""
     total, needing, inventory = session_counts(conn)
-    with_snapshot = int(
-        conn.execute(
-            sa.text("SELECT count(*) FROM session_summaries WHERE source_ip IS NOT NULL")
-        ).scalar_one()
-    )
+    with_snapshot = int(conn.execute(sql.COUNT_WITH_SNAPSHOT).scalar_one())
     counts = dry_run_counts(conn)
     conn.rollback()
     return Coverage(
@@ -156,24 +149,13 @@ class PartitionState:
     state: str = ""
 
 
-_PER_LEAF = sa.text(
-    f"SELECT s.tableoid::regclass::text AS leaf, count(*) AS sessions, "  # noqa: S608
-    f"count(*) FILTER (WHERE {sql.NEEDS_SNAPSHOT}) AS needing "
-    "FROM session_summaries s GROUP BY 1"
-)
-_ESTIMATES = sa.text(
-    "SELECT c.oid::regclass::text, greatest(c.reltuples, 0)::bigint FROM pg_class c "
-    "WHERE c.oid = ANY (SELECT relid FROM pg_partition_tree('session_summaries') WHERE isleaf)"
-)
-
-
 def partition_counts(conn: Connection) -> list[PartitionState]:
     """``check``: each leaf's sessions and those lacking a snapshot column, counted in
     one scan ([] when session_summaries is not partitioned)."""
     leaves = partitions.leaves(conn)
     if not leaves:
         return []
-    counted = {r.leaf: r for r in conn.execute(_PER_LEAF).all()}
+    counted = {r.leaf: r for r in conn.execute(sql.LEAF_COUNTS).all()}
     conn.rollback()
     found = []
     for leaf in leaves:
@@ -190,7 +172,7 @@ def leaf_estimates(conn: Connection) -> dict[str, int]:
     leaves = partitions.leaves(conn)
     if not leaves:
         return {}
-    estimates = {str(k): int(v) for k, v in conn.execute(_ESTIMATES).all()}
+    estimates = {str(k): int(v) for k, v in conn.execute(sql.LEAF_ESTIMATES).all()}
     return {leaf: estimates.get(leaf, 0) for leaf in leaves}
 
 
@@ -299,9 +281,7 @@ def _run_columns(conn: Connection, job: str) -> dict[str, Any]:
     """The engine's columns of ``job``'s row ({} in a table of an earlier release)."""
     if progress.lacks_run_columns(conn):
         return {}
-    t = progress.progress_table
-    columns = (t.c.run_state, t.c.run_info, t.c.heartbeat_at)
-    found = conn.execute(sa.select(*columns).where(t.c.job == job)).mappings().first()
+    found = conn.execute(sql.RUN_COLUMNS, {"job": job}).mappings().first()
     return dict(found) if found is not None else {}
 
 
@@ -328,32 +308,9 @@ class Verification:
 def verify(conn: Connection, min_coverage: float) -> Verification:
     cov = coverage(conn)
     percent = 100.0 * cov.with_snapshot / cov.sessions if cov.sessions else 100.0
-    asn_div = int(
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
-                "ON i.ip_address = s.source_ip WHERE s.snapshot_asn <> i.current_asn"
-            )
-        ).scalar_one()
-    )
-    country_div = int(
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FROM session_summaries s JOIN ip_inventory i "
-                "ON i.ip_address = s.source_ip WHERE s.snapshot_country <> i.geo_country"
-            )
-        ).scalar_one()
-    )
-    sample = [
-        dict(r._mapping)
-        for r in conn.execute(
-            sa.text(
-                "SELECT session_id, source_ip, snapshot_asn, snapshot_country, snapshot_ip_type, "
-                "enrichment_at FROM session_summaries WHERE source_ip IS NOT NULL "
-                "ORDER BY session_id LIMIT 5"
-            )
-        )
-    ]
+    asn_div = int(conn.execute(sql.ASN_DIVERGENT).scalar_one())
+    country_div = int(conn.execute(sql.COUNTRY_DIVERGENT).scalar_one())
+    sample = [dict(r._mapping) for r in conn.execute(sql.SNAPSHOT_SAMPLE)]
     for row in sample:
         if row["enrichment_at"] is not None:
             row["enrichment_at"] = str(row["enrichment_at"])
@@ -391,33 +348,20 @@ def verify(conn: Connection, min_coverage: float) -> Verification:
 def query_plan(conn: Connection) -> tuple[list[str], bool | None]:
     """The runbook query's plan and whether it is index-only (None: cannot tell)."""
     if conn.dialect.name == "postgresql":
-        lines = [
-            str(r) for r in conn.execute(sa.text("EXPLAIN (COSTS OFF) " + RUNBOOK_QUERY)).scalars()
-        ]
+        lines = [str(r) for r in conn.execute(sql.PG_RUNBOOK_PLAN).scalars()]
         conn.rollback()
         return lines, any("Index Only Scan" in line for line in lines)
-    rows = conn.execute(sa.text("EXPLAIN QUERY PLAN " + RUNBOOK_QUERY)).all()
+    rows = conn.execute(sql.SQLITE_RUNBOOK_PLAN).all()
     lines = [str(r[-1]) for r in rows]
     return lines, any("COVERING INDEX" in line for line in lines)
 
 
 def constraint_state(conn: Connection) -> dict[str, str]:
     if conn.dialect.name == "postgresql":
-        rows = conn.execute(
-            sa.text(
-                "SELECT conname, convalidated FROM pg_constraint "
-                "WHERE conrelid = to_regclass('session_summaries') AND contype IN ('c', 'f') "
-                "ORDER BY conname"
-            )
-        ).all()
+        rows = conn.execute(sql.PG_CONSTRAINTS).all()
         conn.rollback()
         return {str(name): "valid" if ok else "NOT VALID" for name, ok in rows}
-    table_sql = str(
-        conn.execute(
-            sa.text("SELECT sql FROM sqlite_master WHERE name = 'session_summaries'")
-        ).scalar()
-        or ""
-    )
+    table_sql = str(conn.execute(sql.SQLITE_TABLE_SQL).scalar() or "")
     names = (
         "fk_session_summaries_source_ip_ip_inventory",
         "ck_session_summaries_snapshot_country_iso2",
