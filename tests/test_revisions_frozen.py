@@ -1,9 +1,11 @@
 """A revision keeps meaning what it meant the day it was written (docs/architecture.md).
 
 The names of the objects a revision creates are written in the revision and passed to
-the library (:mod:`cowrieprocessor.db.adoption`, :mod:`cowrieprocessor.db.partitioned_ddl`);
-a revision never reads the library's own constants nor relies on its defaults, so an edit
-there cannot change what an old revision does. Read from the source: no database.
+the library (:mod:`cowrieprocessor.db.adoption`, :mod:`cowrieprocessor.db.partitioned_ddl`,
+whose revision-only functions take the table and the key's definition as required
+keywords); a revision never reads the library's own constants nor relies on its
+defaults, so an edit there cannot change what an old revision does. Read from the
+source: no database.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ VERSIONS = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 REVISIONS = sorted(VERSIONS.glob("0*.py"))
 LIBRARY = ("adoption", "partitioned_ddl")
 # library call -> what a revision must pass itself (positional count, or a keyword)
-NAMED_BY_THE_CALLER: dict[str, tuple[int, str]] = {
-    "assess": (2, "names"),
-    "find_index": (99, "ours"),
+NAMED_BY_THE_CALLER: dict[tuple[str, str], tuple[int, str]] = {
+    ("adoption", "assess"): (2, "names"),
+    ("adoption", "find_index"): (99, "ours"),
+    ("partitioned_ddl", "leaf_keys"): (2, "table"),
 }
 
 
@@ -63,11 +66,10 @@ def test_a_revision_passes_its_own_names_where_the_library_has_defaults(path: Pa
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "adoption"
-            and node.func.attr in NAMED_BY_THE_CALLER
+            and (node.func.value.id, node.func.attr) in NAMED_BY_THE_CALLER
         ):
             continue
-        positions, keyword = NAMED_BY_THE_CALLER[node.func.attr]
+        positions, keyword = NAMED_BY_THE_CALLER[(node.func.value.id, node.func.attr)]
         if len(node.args) < positions and keyword not in {k.arg for k in node.keywords}:
-            relying.append(f"adoption.{node.func.attr} (line {node.lineno})")
+            relying.append(f"{node.func.value.id}.{node.func.attr} (line {node.lineno})")
     assert relying == [], "pass the revision's own names, not the library's defaults"

@@ -47,6 +47,9 @@ from cowrieprocessor.db.ddl import (
 
 log = logging.getLogger("cowrieprocessor.migrations.partitions")
 
+# Today's table and foreign key, for callers that are not revisions (the benchmarks).
+# A revision passes its own (``table=``, ``definition=``): an edit here must not change
+# what an old revision does.
 TABLE = partitions.TABLE
 FK_TARGET = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
 
@@ -82,9 +85,9 @@ class LeafKey:
     table: tuple[str, str]  # (schema, leaf) as in the catalog: for statements
 
 
-def leaf_keys(conn: Connection) -> list[LeafKey]:
-    """The foreign keys ``source_ip -> ip_inventory`` of every leaf of session_summaries,
-    by leaf (in name order) then name."""
+def leaf_keys(conn: Connection, table: str = TABLE) -> list[LeafKey]:
+    """The foreign keys ``source_ip -> ip_inventory`` of every leaf of ``table``, by leaf
+    (in name order) then name."""
     return [
         LeafKey(
             str(r.leaf),
@@ -93,33 +96,35 @@ def leaf_keys(conn: Connection) -> list[LeafKey]:
             bool(r.inherited),
             (str(r.schema), str(r.relname)),
         )
-        for r in conn.execute(_LEAF_FKS, {"table": TABLE}).all()
+        for r in conn.execute(_LEAF_FKS, {"table": table}).all()
     ]
 
 
 # --- 0002 ------------------------------------------------------------------------------
 
 
-def add_leaf_keys(conn: Connection, name: str) -> list[str]:
-    """0002: the foreign key ``NOT VALID`` on each leaf that has none; returns the leaves."""
-    leaves = [m for m in partitions.tree(conn) if m.leaf]
-    have = {k.table for k in leaf_keys(conn)}
+def add_leaf_keys(conn: Connection, name: str, *, table: str, definition: str) -> list[str]:
+    """0002: the foreign key ``name`` (``definition``, e.g. ``FOREIGN KEY (source_ip)
+    REFERENCES ...``) ``NOT VALID`` on each leaf of ``table`` that has none; returns the
+    leaves."""
+    leaves = [m for m in partitions.tree(conn, table) if m.leaf]
+    have = {k.table for k in leaf_keys(conn, table)}
     added = []
     for leaf in sorted(leaves, key=lambda m: m.name):
         if leaf.table not in have:
             run_pg_ddl(
                 Statement(
-                    f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {FK_TARGET} NOT VALID", leaf.table, name
+                    f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {definition} NOT VALID", leaf.table, name
                 )
             )
             added.append(leaf.name)
     return added
 
 
-def drop_leaf_keys(conn: Connection, name: str) -> None:
-    """0002's downgrade: the leaves' keys named ``name`` that no parent key took over
-    (those go with the parent's)."""
-    for key in leaf_keys(conn):
+def drop_leaf_keys(conn: Connection, name: str, *, table: str) -> None:
+    """0002's downgrade: the keys named ``name`` of the leaves of ``table`` that no parent
+    key took over (those go with the parent's)."""
+    for key in leaf_keys(conn, table):
         if key.name == name and not key.inherited:
             run_pg_ddl(
                 Statement("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", key.table, key.name)
@@ -129,8 +134,11 @@ def drop_leaf_keys(conn: Connection, name: str) -> None:
 # --- 0004: the foreign key ---------------------------------------------------------------
 
 
-def validate_leaf_keys(conn: Connection, name: str, violations: str, examples: int) -> bool:
-    """0004: validate each leaf's NOT VALID key, then add the parent's (it attaches them).
+def validate_leaf_keys(
+    conn: Connection, name: str, violations: str, examples: int, *, table: str, definition: str
+) -> bool:
+    """0004: validate each leaf's NOT VALID key, then add the parent's, ``name`` with
+    ``definition`` on ``table`` (it attaches them).
 
     A leaf whose rows violate the key keeps it NOT VALID, with a warning naming a few
     session ids, and the parent gets no key: a deploy must not fail on old data.
@@ -138,11 +146,11 @@ def validate_leaf_keys(conn: Connection, name: str, violations: str, examples: i
     True when the parent has its key.
     """
     clean = True
-    for key in leaf_keys(conn):
+    for key in leaf_keys(conn, table):
         if key.valid:
             continue
-        schema, table = key.table
-        rows = sa.table(table, sa.column("session_id"), schema=schema).alias("s")
+        schema, leaf = key.table
+        rows = sa.table(leaf, sa.column("session_id"), schema=schema).alias("s")
         bad_rows = sa.select(rows.c.session_id).where(sa.text(violations))
         bad = conn.execute(sa.select(sa.func.count()).select_from(bad_rows.subquery())).scalar_one()
         validate = Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", key.table, key.name)
@@ -161,26 +169,27 @@ def validate_leaf_keys(conn: Connection, name: str, violations: str, examples: i
             continue
         run_pg_ddl_autocommit(validate)
     if not clean:
-        log.warning("so session_summaries gets no foreign key on source_ip until they are fixed")
+        log.warning("so %s gets no foreign key on source_ip until they are fixed", table)
         return False
     run_pg_ddl_autocommit(
-        Statement(f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {FK_TARGET}", TABLE, name)
+        Statement(f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {definition}", table, name)
     )
-    log.info("constraint %s validated on every partition and added to %s", name, TABLE)
+    log.info("constraint %s validated on every partition and added to %s", name, table)
     return True
 
 
 # --- 0004: the indexes -------------------------------------------------------------------
 
 
-def build_index(conn: Connection, name: str, columns: Sequence[str]) -> None:
-    """0004: index ``columns`` on every partition without blocking writes (module doc)."""
+def build_index(conn: Connection, name: str, columns: Sequence[str], *, table: str) -> None:
+    """0004: index ``columns`` of ``table`` as ``name`` on every partition without
+    blocking writes (module doc)."""
     cols = ", ".join("{}" for _ in columns)
-    members = partitions.tree(conn)
+    members = partitions.tree(conn, table)
     run_pg_ddl_autocommit(
-        Statement(f"CREATE INDEX IF NOT EXISTS {{}} ON ONLY {{}} ({cols})", name, TABLE, *columns)
+        Statement(f"CREATE INDEX IF NOT EXISTS {{}} ON ONLY {{}} ({cols})", name, table, *columns)
     )
-    index_of: dict[tuple[str, str] | str, Name] = {TABLE: name}  # each table -> its index
+    index_of: dict[tuple[str, str] | str, Name] = {table: name}  # each table -> its index
     owned: dict[tuple[str, str], tuple[str, str]] = {}  # each partition -> its index
     for m in members:  # parents before their children
         plain = partitions.child_name(name, m.name)
@@ -216,7 +225,7 @@ def build_index(conn: Connection, name: str, columns: Sequence[str]) -> None:
     for m in sorted(members, key=lambda m: -m.level):  # children before their parents
         own = owned[m.table]
         if not _index_state(conn, own)[1]:
-            parent = index_of[TABLE if m.level == 1 else m.parent_table]
+            parent = index_of[table if m.level == 1 else m.parent_table]
             run_pg_ddl_autocommit(Statement("ALTER INDEX {} ATTACH PARTITION {}", parent, own))
     log.info("index %s built on %d partition(s) and attached", name, len(members))
 
@@ -229,11 +238,11 @@ def _index_state(conn: Connection, index: tuple[str, str]) -> tuple[bool | None,
     return (None, False) if row is None else (bool(row[0]), bool(row[1]))
 
 
-def drop_index(conn: Connection, name: str) -> None:
-    """0004's downgrade: the parent's index (its attached children go with it), then any
-    leaf index of ours that an interrupted build left unattached."""
+def drop_index(conn: Connection, name: str, *, table: str) -> None:
+    """0004's downgrade: the parent's index ``name`` on ``table`` (its attached children
+    go with it), then any leaf index of ours that an interrupted build left unattached."""
     run_pg_ddl_autocommit(Statement("DROP INDEX IF EXISTS {}", name))
-    for m in partitions.tree(conn):
+    for m in partitions.tree(conn, table):
         own = m.qualified(partitions.child_name(name, m.name))
         if _index_state(conn, own)[0] is not None:
             if m.leaf:

@@ -56,6 +56,7 @@ TABLE = "session_summaries"
 # Our names for the constraints, when the database has no equivalent (stated here, never
 # read from the library: a later edit there must not change what this revision does).
 FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
+FK_DEFINITION = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
 CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 NAMES = adoption.OurNames(fk=FK_NAME, check=CK_NAME)  # no index: 0004 plans its own
 COLUMNS = {
@@ -66,7 +67,7 @@ COLUMNS = {
     "enrichment_at": "TIMESTAMP WITH TIME ZONE",
 }
 SQLITE_TYPES = {**COLUMNS, "enrichment_at": "DATETIME"}
-PG_FK = f"CONSTRAINT {FK_NAME} FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
+PG_FK = f"CONSTRAINT {FK_NAME} {FK_DEFINITION}"
 PG_CK = f"CONSTRAINT {CK_NAME} CHECK (snapshot_country ~ '^[A-Z]{{2}}$')"
 SQLITE_INLINE = {
     "source_ip": (FK_NAME, f"CONSTRAINT {FK_NAME} REFERENCES ip_inventory (ip_address)"),
@@ -134,7 +135,9 @@ def _add_pg(
     if fk is None and partitioned:
         # PostgreSQL refuses a NOT VALID foreign key on a partitioned table: each leaf
         # gets it instead; 0004 validates them and adds it to the table (they attach)
-        added = partitioned_ddl.add_leaf_keys(op.get_bind(), FK_NAME)
+        added = partitioned_ddl.add_leaf_keys(
+            op.get_bind(), FK_NAME, table=TABLE, definition=FK_DEFINITION
+        )
         log.info(
             "%s is partitioned: foreign key %s added NOT VALID to %d partition(s)",
             TABLE,
@@ -189,7 +192,7 @@ def downgrade() -> None:
     )
     if op.get_context().dialect.name == "postgresql":
         if bind is not None and FK_NAME in constraints and partitions.is_partitioned(bind):
-            partitioned_ddl.drop_leaf_keys(bind, FK_NAME)
+            partitioned_ddl.drop_leaf_keys(bind, FK_NAME, table=TABLE)
         # names read back from the ledger (ours only: ledger.created), quoted all the same
         drops = ["DROP CONSTRAINT IF EXISTS {}"] * len(constraints)
         drops += ["DROP COLUMN IF EXISTS {}"] * len(columns)

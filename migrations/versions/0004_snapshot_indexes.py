@@ -82,8 +82,10 @@ INDEXES: dict[str, tuple[str, ...]] = {
     "ix_session_summaries_snapshot_ip_type": ("snapshot_ip_type",),
     COVERING_INDEX: ("snapshot_country", "snapshot_asn", "session_id"),
 }
-# The constraints 0002 created under its names (validated here when 0002 created them).
+# The constraints 0002 created under its names (validated here when 0002 created them);
+# on a partitioned table the foreign key is added to the table here.
 FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
+FK_DEFINITION = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
 CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 # Each constraint's kind with the rows that would violate it.
 VIOLATIONS: dict[str, str] = {
@@ -139,7 +141,7 @@ def build_indexes(*, concurrently: bool) -> None:
                 continue
             if partitioned:  # INVALID there means: not every partition attached yet
                 ledger.record(bind, revision, "index", name, CREATED, ", ".join(columns))
-                partitioned_ddl.build_index(bind, name, columns)
+                partitioned_ddl.build_index(bind, name, columns, table=TABLE)
                 continue
             if concurrently and _index_is_invalid(name):
                 log.warning("index %s is INVALID (an earlier build failed): rebuilding", name)
@@ -184,7 +186,9 @@ def validate_or_report(kind: str) -> None:
     finder = adoption.find_source_ip_fk if kind == "FK" else adoption.find_country_check
     found = finder(bind)
     if found is None and kind == "FK" and partitions.is_partitioned(bind):
-        partitioned_ddl.validate_leaf_keys(bind, FK_NAME, VIOLATIONS[kind], EXAMPLES)
+        partitioned_ddl.validate_leaf_keys(
+            bind, FK_NAME, VIOLATIONS[kind], EXAMPLES, table=TABLE, definition=FK_DEFINITION
+        )
         return
     if found is None:
         log.warning("no %s constraint on %s; nothing to validate", kind, TABLE)
@@ -255,7 +259,7 @@ def downgrade() -> None:
         for name in drop:
             if partitioned:
                 assert bind is not None
-                partitioned_ddl.drop_index(bind, name)
+                partitioned_ddl.drop_index(bind, name, table=TABLE)
                 continue
             with no_lock_timeout() if concurrently else nullcontext():
                 op.drop_index(
