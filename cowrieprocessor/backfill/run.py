@@ -17,7 +17,9 @@ sizes in :mod:`.sizing`.
 from __future__ import annotations
 
 import json
+import logging
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ from cowrieprocessor.backfill import control, progress
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, Progress, utcnow
 
+log = logging.getLogger("cowrieprocessor.backfill")
 Clock = Callable[[], float]  # seconds, monotonic (time.monotonic, or a test's fake)
 PACE_WINDOW_S = 120.0  # the ETA's "recent" share of waiting is over this much wall clock
 
@@ -123,6 +126,7 @@ class Run:
         self.phase_total = 0
         self._phase_started = clock()
         self._phase_done_at_start = 0
+        self._last_log = 0.0  # when the last progress line was logged
         # sessions lacking a snapshot column, as this run's walk found them
         self.walk_candidates = 0
         self.batch_seconds: list[float] = []
@@ -149,6 +153,37 @@ class Run:
     def move_to(self, leaf: str | None, last_key: str | None = None) -> None:
         """The walk goes on in ``leaf`` (None: the table as a whole), after ``last_key``."""
         self.state.leaf, self.state.last_key = leaf, last_key
+
+    def resume_leaf(self, phase: str, leaves: list[str]) -> int:
+        """The index of the leaf to start in: the saved one, else the first after it in
+        name order (it was detached or dropped since), else the first."""
+        saved = self.state.leaf
+        if saved is None:
+            if self.state.last_key is not None:
+                log.warning(
+                    "%s %s: the saved position %r is in session_summaries as a whole, "
+                    "which is partitioned now: restarting the %s from its first partition",
+                    self.job,
+                    phase,
+                    self.state.last_key,
+                    phase,
+                )
+                self.move_to(None)
+            return 0
+        if saved in leaves:
+            return leaves.index(saved)
+        # none after it: the last one again, whose last range moves the phase on (a
+        # range walked twice changes nothing)
+        following = min(bisect_right(leaves, saved), len(leaves) - 1)
+        log.warning(
+            "%s %s: partition %s, where the run stopped, is gone: going on with %s",
+            self.job,
+            phase,
+            saved,
+            leaves[following],
+        )
+        self.move_to(saved)
+        return following
 
     def restart_phase(self) -> None:
         """The phase starts again from its first key (its position was lost)."""
@@ -203,6 +238,7 @@ class Run:
         self.phase_total = self.state.sessions_total
         self._phase_started = self.clock()
         self._phase_done_at_start = self.state.sessions_walked
+        self._last_log = self.clock()
 
     def progress(self, phase: str, *, complete: bool = False) -> Progress:
         """Where the job stands; ``complete`` once the phase's last range has committed."""
@@ -281,3 +317,39 @@ class Run:
             "run_info": json.dumps(info, sort_keys=True),
             "heartbeat_at": utcnow(),
         }
+
+    # -- what it says ----------------------------------------------------------------------
+
+    def write_status(self, snap: Progress | None = None) -> None:
+        """Rewrite the status file, if there is one: with ``snap``, or where the job
+        stands now (while waiting: its state, not a new batch)."""
+        if self.knobs.status_file is not None:
+            snap = snap or self.progress(self.phase_now)
+            progress.write_status_file(self.knobs.status_file, snap)
+
+    def log_batch(
+        self, snap: Progress, size: int | None, seconds: float, *, leaf: str | None, last: bool
+    ) -> None:
+        """The progress line after a batch (of ``size`` rows, None: the last range), at
+        most once per ``log_interval``, and after the ``last`` range of a table."""
+        now = self.clock()
+        if now - self._last_log < self.knobs.log_interval / 1000 and not last:
+            return
+        self._last_log = now
+        eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f} s"
+        log.info(
+            "%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated; "
+            "batch %d: %s in %.3f s%s",
+            self.job,
+            snap.phase,
+            snap.done,
+            snap.total,
+            snap.phase_percent,
+            snap.rate,
+            eta,
+            self.state.rows_updated,
+            self.state.batches,
+            "the last range" if size is None else f"{size} rows",
+            seconds,
+            f", partition {leaf}" if leaf is not None else "",
+        )

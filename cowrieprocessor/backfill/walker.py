@@ -10,6 +10,13 @@ hits ``statement_timeout`` is split in two. Before each range it asks the govern
 connection, the claim and the retries of transient failures are
 :class:`~.transactions.Transactions`'. When the run ends, its row and the status file
 say how: ``finished``, ``stopped`` or ``failed``.
+
+Why one module of this size (~480 lines): :class:`RangeWalker` is one class whose
+methods share the walk's position, key order and sizer (walking a table or its leaves,
+committing a range and splitting one that timed out, undoing the record); everything
+that does not need them has a module of its own: the run's state and what it says
+(:mod:`.run`), the governor, the connection and retries (:mod:`.transactions`), key
+orders, sizing, and each job's statements (:mod:`.ranges`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -106,7 +112,6 @@ class RangeWalker:
             ROWID_ORDER if self.dialect == "sqlite" and knobs.adaptive else SESSION_ID_ORDER
         )
         self.order: KeyOrder = self.fresh_order
-        self._last_log = 0.0
         # the server's health (PostgreSQL); a dry run writes no progress row to steer by
         self.monitor = HealthMonitor() if self.dialect == "postgresql" else None
         self.steered = not dry_run
@@ -148,7 +153,7 @@ class RangeWalker:
                 if decision.seconds and not self.stop.is_set():
                     self.stop.wait(decision.seconds)  # pause_ms
                 return
-            self.write_status()
+            self.run.write_status()
             self.stop.wait(decision.seconds)
             if self.stop.is_set():
                 return
@@ -192,7 +197,7 @@ class RangeWalker:
                 self._record_end(conn)
             if self.tx.claimed:
                 try:
-                    self.write_status(
+                    self.run.write_status(
                         self.run.progress(DONE if error is None else self.run.phase_now)
                     )
                 except OSError as exc:  # must not hide how the run ended
@@ -258,44 +263,13 @@ class RangeWalker:
             run.next_leaf = None
             self._walk_table(phase, run_range, None)
             return
-        first = self._resume_leaf(phase, leaves)
+        first = run.resume_leaf(phase, leaves)
         for n in range(first, len(leaves)):
             leaf = leaves[n]
             if run.state.leaf != leaf:
                 run.move_to(leaf)
             run.next_leaf = leaves[n + 1] if n + 1 < len(leaves) else None
             self._walk_table(phase, run_range, leaf)
-
-    def _resume_leaf(self, phase: str, leaves: list[str]) -> int:
-        """The index of the leaf to start in: the saved one, else the first after it in
-        name order (it was detached or dropped since), else the first."""
-        saved = self.run.state.leaf
-        if saved is None:
-            if self.run.state.last_key is not None:
-                log.warning(
-                    "%s %s: the saved position %r is in session_summaries as a whole, "
-                    "which is partitioned now: restarting the %s from its first partition",
-                    self.job,
-                    phase,
-                    self.run.state.last_key,
-                    phase,
-                )
-                self.run.move_to(None)
-            return 0
-        if saved in leaves:
-            return leaves.index(saved)
-        # none after it: the last one again, whose last range moves the phase on (a
-        # range walked twice changes nothing)
-        following = min(bisect_right(leaves, saved), len(leaves) - 1)
-        log.warning(
-            "%s %s: partition %s, where the run stopped, is gone: going on with %s",
-            self.job,
-            phase,
-            saved,
-            leaves[following],
-        )
-        self.run.move_to(saved)
-        return following
 
     def _walk_table(self, phase: str, run_range: RunRange, leaf: str | None) -> None:
         """Walk the ranges of one table (``leaf``, or session_summaries when None) from
@@ -498,14 +472,6 @@ class RangeWalker:
     def _start_phase(self, phase: str) -> None:
         self.run.start_phase(phase)
         self.sizer.start_phase(phase)
-        self._last_log = time.monotonic()
-
-    def write_status(self, snap: Progress | None = None) -> None:
-        """Rewrite the status file, if there is one: with ``snap``, or where the job
-        stands now (while waiting: its state, not a new batch)."""
-        if self.knobs.status_file is not None:
-            snap = snap or self.run.progress(self.run.phase_now)
-            progress.write_status_file(self.knobs.status_file, snap)
 
     def _report(
         self,
@@ -517,29 +483,9 @@ class RangeWalker:
         size: int | None = None,
     ) -> None:
         snap = self.run.progress(phase, complete=hi is None)
-        self.write_status(snap)
-        state = self.run.state
+        self.run.write_status(snap)
         if self.on_batch is not None:
-            self.on_batch(
-                BatchReport(self.job, phase, state.batches, lo, hi, counts, seconds, snap)
-            )
-        now = time.monotonic()
-        if now - self._last_log >= self.knobs.log_interval / 1000 or hi is None:
-            self._last_log = now
-            eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f} s"
-            log.info(
-                "%s %s: %d/%d sessions (%.1f%%), %.0f rows/s, ETA %s, %d updated; "
-                "batch %d: %s in %.3f s%s",
-                self.job,
-                phase,
-                snap.done,
-                snap.total,
-                snap.phase_percent,
-                snap.rate,
-                eta,
-                state.rows_updated,
-                state.batches,
-                "the last range" if size is None else f"{size} rows",
-                seconds,
-                f", partition {self.order.table}" if self.order.table != sql.TABLE else "",
-            )
+            batch = self.run.state.batches
+            self.on_batch(BatchReport(self.job, phase, batch, lo, hi, counts, seconds, snap))
+        leaf = self.order.table if self.order.table != sql.TABLE else None
+        self.run.log_batch(snap, size, seconds, leaf=leaf, last=hi is None)
