@@ -34,9 +34,14 @@ Where each idea lives (docs/architecture.md has the picture):
 * :mod:`.sql` every statement, both dialects; :mod:`.shape` the JSON column types;
 * :mod:`.keys` the key orders and ranges; :mod:`.sizing` how big the next range is;
 * :mod:`.errors` what can fail, and which failures are transient;
-* :mod:`.walker` the range walker (transactions, retries, splits, the advisory lock);
-* :mod:`.progress` the progress table, the status file, rates and ETAs;
+* :mod:`.walker` the range walker (one transaction per range, leaves, splits);
+* :mod:`.run` one run's state, its one owner (job state, engine state, waits, pace,
+  leaves, knobs in force), its status file and progress lines;
+* :mod:`.governor` what holds the next batch back (the operator, the server's health);
+* :mod:`.transactions` the job's connection, its claim, retries of transient failures;
+* :mod:`.progress` the progress table, the progress model, rates and ETAs;
 * :mod:`.record` the rollback record; :mod:`.jobs` backfill, clear and undo;
+  :mod:`.ranges` each job's work on one range, and the counts around a walk;
 * :mod:`.alembic_ops` what a revision needs (the batch engine, the knobs).
 """
 
