@@ -44,7 +44,7 @@ progress_table = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     # The running job, written by its engine with each batch and each second it waits
-    # (:mod:`.governor`): its state, what it waits for, the knobs in force, its process.
+    # (:class:`.run.Run`): its state, what it waits for, the knobs in force, its process.
     sa.Column("run_state", sa.String(16)),
     sa.Column("run_info", sa.Text),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
@@ -218,7 +218,7 @@ class Progress:
     dry_run: bool = False
     # a partitioned session_summaries: the partition being walked
     leaf: str | None = None
-    # the running engine (:mod:`.governor`): its state, what holds it back, the share of
+    # the running engine (:class:`.run.Run`): its state, what holds it back, the share of
     # the recent wall clock spent waiting, the knobs in force, its waits per signal
     run_state: str = ""
     run_detail: str = ""
