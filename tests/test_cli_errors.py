@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor import __version__, cli
 from cowrieprocessor.backfill import BACKFILL_JOB, BackfillKnobs
+from cowrieprocessor.cli.knob_flags import knob_x_args
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import UnusableDatabase, quick_check, require_usable_sqlite
 from cowrieprocessor.settings import SettingsError
@@ -386,7 +387,7 @@ def test_knobs_are_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(
         ["upgrade", "-x", "batch_time=100ms", "--batch-size", "500", "--status-dir", "."]
     )
-    x = cli._knob_x_args(args)
+    x = knob_x_args(args)
     assert sorted(x) == sorted(
         [
             "batch_time=100ms",

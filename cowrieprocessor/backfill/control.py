@@ -1,7 +1,8 @@
 """Steering a running job from another terminal, through its row in the progress table.
 
 Both sides of the protocol live here. ``cowrie-db control`` (the operator) writes the
-row's control columns; the running engine (:mod:`.governor`) reads them back in the
+row's control columns (:func:`request`) and waits until the engine shows it took the
+command (:func:`wait_for_ack`); the running engine (:mod:`.governor`) reads them back in the
 statement that saves its progress after each batch (and once a second while it waits),
 and writes its own state beside them (``run_state``, ``run_info``, ``heartbeat_at``).
 So a command needs no channel but the database the job already writes to, works the
@@ -430,3 +431,39 @@ def request(conn: Connection, command: str, settings: dict[str, str] | None = No
             raise KnobError(f"unknown control command {command!r}")
         conn.execute(t.update().where(where).values(control_at=utcnow(), **values))
     return job
+
+
+ACK_POLL_S = 0.25  # how often the operator's side reads the row while it waits
+
+
+def wait_for_ack(
+    conn: Connection,
+    command: str,
+    sent: RunningJob,
+    timeout: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str | None:
+    """After :func:`request`: wait until the engine shows it took ``command`` (its
+    ``run_state``, or for ``set`` the sequence number it applied), at most ``timeout``
+    seconds; what it shows, in a sentence for the operator, or None."""
+    deadline = clock() + timeout
+    while True:
+        now = running_job(conn)
+        if now is None or now.job != sent.job:
+            if command == STOP:
+                return "stopped; rerun the same command to resume"
+            return "the job is no longer running (it ended)"
+        if command == PAUSE and now.run_state == PAUSED:
+            return "paused: no batch starts until `cowrie-db control resume`"
+        if command == "resume" and now.run_state != PAUSED:
+            return f"resumed: {now.run_state}"
+        if command == STOP and now.run_state == STOPPING:
+            return "stopping after the current batch; rerun the same command to resume"
+        if command == "set" and int(now.info.get("control_seq_applied", 0)) > sent.control_seq:
+            knobs = now.info.get("knobs", {})
+            return "knobs in force: " + ", ".join(f"{k}={v}" for k, v in knobs.items())
+        if clock() >= deadline:
+            return None
+        sleep(ACK_POLL_S)
