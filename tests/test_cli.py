@@ -195,11 +195,20 @@ def test_ctrl_c_stops_after_the_batch_and_a_rerun_resumes(seeded_url: str) -> No
         env=child_env(),
     )
     engine = sa.create_engine(seeded_url)
+    # Ctrl-C once a batch is committed (the handler is installed by then), never on a
+    # deadline: a signal sent early would test something else
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not batches_committed(engine, BACKFILL_JOB):
+    while not batches_committed(engine, BACKFILL_JOB):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no batch committed (exit {proc.wait()}): {proc.communicate()}")
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # it must stop after the batch: say where it hung
+        proc.kill()
+        raise AssertionError(f"still running 60 s after Ctrl-C: {proc.communicate()}") from None
     assert proc.returncode == 130, stderr
     assert "Resume with the same command" in stdout
     partial = snapshots(engine)
