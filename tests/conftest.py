@@ -28,10 +28,38 @@ from tests.databases import DIALECTS, Databases
 POSTGRES_FIXTURES = frozenset({"pg_server_url", "pg_databases", "pg_url", "standby"})
 
 
+# Fixtures built once per worker and shared by many tests (a second server, a wheel in
+# a virtualenv, seeded templates, the reliability datasets). Under pytest-xdist
+# (``make test``: ``-n 2 --dist loadgroup``) the tests that use one go to the same
+# worker, so that it is built once, not once per worker: their ``xdist_group`` is the
+# fixture's name and, when it is parametrized, its parameter.
+SHARED_FIXTURES = (
+    "standby",
+    "venv",
+    "seeded_template",
+    "bases",
+    "mixed",
+    "large",
+    "scaled_out",
+    "pg_small",
+    "sqlite_small",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if POSTGRES_FIXTURES & names:
             item.add_marker(pytest.mark.postgres)
+        shared = next((name for name in SHARED_FIXTURES if name in names), None)
+        if shared is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(_group_of(item, shared)))
+
+
+def _group_of(item: pytest.Item, fixture: str) -> str:
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return f"{fixture}[{params[fixture]}]" if fixture in params else fixture
 
 
 def cannot_run(what: str, why: Exception) -> NoReturn:
