@@ -1,4 +1,5 @@
-"""The suite's one throwaway-database factory: empty databases and copies of seeded ones.
+"""The suite's one throwaway-database factory: empty databases, copies of seeded ones,
+and databases already migrated (copies of a template, :func:`copy_migrated`).
 
 On SQLite a database is a file in a test's temporary folder; on PostgreSQL it is a
 database on the test server (``pg_server_url``), created here and dropped with ``FORCE``
@@ -8,8 +9,13 @@ by :meth:`Databases.close`. The fixtures in ``tests/conftest.py`` (``pg_url``,
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sqlite3
+import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,3 +92,117 @@ class Databases:
 
 def _name() -> str:
     return f"t_{uuid.uuid4().hex[:16]}"
+
+
+# --- migrated templates ---------------------------------------------------------------
+#
+# Most tests start from an empty database migrated to 0001, 0002 or head: the same
+# revisions on the same empty schema, every time. Each (server, target) is migrated once
+# per test process into a template; a fresh database is then made a copy of it
+# (``CREATE DATABASE ... TEMPLATE`` on PostgreSQL, SQLite's backup API): the same catalog
+# and rows in a tenth of the time. Only a database nothing has touched yet is copied
+# (no schema, table, extension or setting of its own, nobody connected), reached as the
+# template's owner without options, and only while no ``COWRIE_BACKFILL_*`` variable
+# could change what head's backfill does: anything else runs the revisions.
+
+_TEMPLATES: dict[tuple[str, str], str] = {}
+_SKIP_TEMPLATES = "COWRIE_TEST_NO_TEMPLATES"  # set: every migration runs its revisions
+
+
+def copy_migrated(url: str, target: str, migrate: Callable[[str], None]) -> bool:
+    """Make the untouched database ``url`` a copy of one that ``migrate`` brought to
+    ``target`` (True); False, having done nothing, when it cannot be a copy."""
+    parsed = sa.make_url(url)
+    if os.environ.get(_SKIP_TEMPLATES) or parsed.query:
+        return False
+    if any(name.startswith("COWRIE_BACKFILL_") for name in os.environ):
+        return False
+    if parsed.get_backend_name() == "sqlite":
+        return _copy_sqlite(parsed, target, migrate)
+    if parsed.get_backend_name() == "postgresql" and parsed.username == "postgres":
+        return _copy_postgres(parsed, target, migrate)
+    return False
+
+
+def _copy_sqlite(url: sa.URL, target: str, migrate: Callable[[str], None]) -> bool:
+    path = Path(str(url.database))
+    if not url.database or (path.exists() and path.stat().st_size > 0):
+        return False
+    template = _TEMPLATES.get(("sqlite", target))
+    if template is None:
+        folder = tempfile.mkdtemp(prefix="cowrie-templates-")
+        atexit.register(shutil.rmtree, folder, True)
+        template = f"sqlite:///{Path(folder) / (target + '.sqlite')}"
+        migrate(template)
+        _TEMPLATES["sqlite", target] = template
+    src, dst = sqlite3.connect(sqlite_path(template)), sqlite3.connect(path)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return True
+
+
+# what makes a PostgreSQL database touched: any of these counts more than zero
+_TOUCHED = sa.text(
+    """
+    SELECT (SELECT count(*) FROM pg_namespace
+            WHERE nspname NOT IN ('public', 'pg_catalog', 'information_schema', 'pg_toast')
+              AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%')
+         + (SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace)
+         + (SELECT count(*) FROM pg_type WHERE typnamespace = 'public'::regnamespace)
+         + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace)
+         + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
+         + (SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d
+              ON d.oid = s.setdatabase WHERE d.datname = current_database())
+    """
+)
+_OTHERS = sa.text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+)
+
+
+def _copy_postgres(url: sa.URL, target: str, migrate: Callable[[str], None]) -> bool:
+    name = str(url.database)
+    admin = sa.create_engine(
+        url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
+    own = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with own.connect() as conn:
+            if conn.execute(_TOUCHED).scalar_one():
+                return False
+        with admin.connect() as conn:
+            quote = conn.dialect.identifier_preparer.quote
+            key = (f"{url.host}:{url.port}", target)
+            template = _TEMPLATES.get(key)
+            if template is None:
+                template = f"tmpl_{uuid.uuid4().hex[:12]}"
+                conn.execute(sa.text(f"CREATE DATABASE {quote(template)}"))
+                migrate(url.set(database=template).render_as_string(hide_password=False))
+                _TEMPLATES[key] = template
+                atexit.register(_drop_template, url.set(database="postgres"), template)
+            if conn.execute(_OTHERS, {"name": name}).scalar_one():
+                return False
+            conn.execute(sa.text(f"DROP DATABASE {quote(name)}"))
+            conn.execute(sa.text(f"CREATE DATABASE {quote(name)} TEMPLATE {quote(template)}"))
+        return True
+    finally:
+        own.dispose()
+        admin.dispose()
+
+
+def _drop_template(server: sa.URL, template: str) -> None:
+    """At exit: the template goes (on an ephemeral server, with it; it may be gone)."""
+    engine = sa.create_engine(
+        server, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+    try:
+        with engine.connect() as conn:
+            quoted = conn.dialect.identifier_preparer.quote(template)
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    except sa.exc.OperationalError:
+        pass  # the throwaway server was stopped first
+    finally:
+        engine.dispose()

@@ -21,6 +21,7 @@ from cowrieprocessor.db.models import (
     SessionSummary,
 )
 from cowrieprocessor.testing.partitioned import partition_tables
+from tests.databases import copy_migrated
 from tests.helpers import alembic_config
 
 T = TypeVar("T")
@@ -45,7 +46,14 @@ def read(url: str, what: Callable[[sa.Connection], T]) -> T:
 
 
 def migrate(url: str, target: str) -> None:
-    command.upgrade(alembic_config(url), target)
+    """Upgrade ``url`` to ``target``; an untouched database becomes a copy of one migrated
+    there once (:func:`tests.databases.copy_migrated`): the same result, faster."""
+
+    def upgrade(to_url: str) -> None:
+        command.upgrade(alembic_config(to_url), target)
+
+    if not copy_migrated(url, target, upgrade):
+        upgrade(url)
 
 
 def at_0002(url: str) -> sa.Engine:
@@ -167,34 +175,83 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def seed_random(conn: sa.Connection, sessions: int, ips: int, seed: int = 7) -> None:
-    """A deterministic mixed dataset: metadata IPs, raw-event-only, unmatched, IPv6."""
+def seed_random(
+    conn: sa.Connection, sessions: int, ips: int, seed: int = 7, spread_days: int = 0
+) -> None:
+    """The suite's one seeder of our schema: a deterministic mix of metadata IPs (some
+    padded and upper-case), sessions known only from raw events (the earliest event
+    carries the IP), IPs not in the inventory, IPv6; inserted in bulk (tens of thousands
+    of rows in a second or two). ``spread_days``: the sessions start over that many days
+    from T0 (for monthly partitions), else all at T0."""
     rng = random.Random(seed)
-    for asn in (4134, 4837, 14061, 16509):
-        add_asn(conn, asn)
+    asns = (4134, 4837, 14061, 16509)
+    conn.execute(
+        sa.insert(asn_t),
+        [
+            dict(
+                asn_number=a,
+                organization_name="AS",
+                organization_country="CN",
+                first_seen=T0,
+                last_seen=T0,
+            )
+            for a in asns
+        ],
+    )
     countries = ["CN", "US", "RU", "BR", "XX", "de", None]
-    inventory = []
+    inventory: list[str] = []
+    ip_rows: list[dict[str, Any]] = []
     for n in range(ips):
         ip = f"10.{n // 65536}.{(n // 256) % 256}.{n % 256}" if n % 10 else f"2001:db8::{n:x}"
         inventory.append(ip)
-        add_ip(
-            conn,
-            ip,
-            asn=rng.choice([4134, 4837, 14061, 16509, None]),
-            country=rng.choice(countries),
-            ip_types=rng.choice([["VPN", "DATACENTER"], ["RESIDENTIAL"], []]),
-            updated_at=T0 + timedelta(days=rng.randrange(300)),
+        asn = rng.choice([*asns, None])
+        country = rng.choice(countries)
+        ip_types = rng.choice([["VPN", "DATACENTER"], ["RESIDENTIAL"], []])
+        updated_at = T0 + timedelta(days=rng.randrange(300))
+        ip_rows.append(
+            dict(
+                ip_address=ip,
+                current_asn=asn,
+                first_seen=T0,
+                last_seen=T0,
+                enrichment={} if country is None else {"maxmind": {"country": country}},
+                enrichment_updated_at=updated_at,
+                ip_types=ip_types,
+            )
         )
+    if ip_rows:
+        conn.execute(sa.insert(ip_t), ip_rows)
+    session_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
     for n in range(sessions):
         sid = f"{rng.getrandbits(48):012x}"
         roll = rng.random()
         ip = rng.choice(inventory) if roll > 0.02 else f"192.0.2.{n % 250}"
         if roll < 0.9:
-            add_session(conn, sid, meta_ip=f" {ip.upper()} " if n % 7 == 0 else ip)
-        else:  # known only from raw events
-            add_session(conn, sid, enrichment={"session_metadata": {}})
-            add_event(conn, sid, ip, at=T0 + timedelta(seconds=n))
-            add_event(conn, sid, "203.0.113.9", at=T0 + timedelta(seconds=n + 5))
+            meta = f" {ip.upper()} " if n % 7 == 0 else ip
+            enrichment: Any = {"session_metadata": {"source_ip": meta}}
+        else:  # known only from raw events: the earliest one carries the canonical IP
+            enrichment = {"session_metadata": {}}
+            for offset, event_ip in ((0, ip), (5, "203.0.113.9")):
+                event_rows.append(
+                    dict(
+                        source="/var/log/cowrie/cowrie.json",
+                        payload={
+                            "eventid": "cowrie.session.connect",
+                            "session": sid,
+                            "src_ip": event_ip,
+                        },
+                        session_id=sid,
+                        event_type="cowrie.session.connect",
+                        event_timestamp=T0 + timedelta(seconds=n + offset),
+                    )
+                )
+        start = T0 + timedelta(days=n % spread_days) if spread_days else T0
+        session_rows.append(dict(session_id=sid, first_event_at=start, enrichment=enrichment))
+    for chunk in range(0, len(session_rows), 5000):
+        conn.execute(sa.insert(sess_t), session_rows[chunk : chunk + 5000])
+    for chunk in range(0, len(event_rows), 5000):
+        conn.execute(sa.insert(ev_t), event_rows[chunk : chunk + 5000])
 
 
 def json_dumps(value: Any) -> str:
