@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.databases import DIALECTS, Databases
-from tests.reliability.datasets import SCALE_OUT, SCALE_OUT_IDS, Dataset, build_dataset, bulk_seed
+from tests.reliability.datasets import SCALE_OUT, SCALE_OUT_IDS, Dataset, build_dataset
 from tests.seed import seed_random
 
 
@@ -30,7 +30,7 @@ def mixed(request: pytest.FixtureRequest, scratch: Path) -> Iterator[Dataset]:
     try:
         yield build_dataset(
             dbs,
-            lambda conn: bulk_seed(conn, 3000, 300),
+            lambda conn: seed_random(conn, 3000, 300),
             {"batch_size": "50"},
             observe=True,
         )
@@ -44,7 +44,7 @@ def large(request: pytest.FixtureRequest, scratch: Path) -> Iterator[Dataset]:
     dbs = _databases(request, request.param, scratch)
     try:
         yield build_dataset(
-            dbs, lambda conn: bulk_seed(conn, 30_000, 3000), {"batch_size": "250"}, observe=True
+            dbs, lambda conn: seed_random(conn, 30_000, 3000), {"batch_size": "250"}, observe=True
         )
     finally:
         dbs.close()
@@ -61,7 +61,7 @@ def scaled_out(
     try:
         yield build_dataset(
             dbs,
-            lambda conn: bulk_seed(conn, 3000, 300, spread_days=400),
+            lambda conn: seed_random(conn, 3000, 300, spread_days=400),
             {"batch_size": "50", "join_back": join_back},
             observe=True,
             partition=partition,
@@ -72,7 +72,7 @@ def scaled_out(
 
 @pytest.fixture(scope="package")
 def pg_small(pg_server_url: str, scratch: Path) -> Iterator[Dataset]:
-    """400 sessions on PostgreSQL (tests.seed.seed_random), for the slow-trigger faults."""
+    """400 sessions on PostgreSQL, for the slow-trigger faults."""
     dbs = Databases("postgresql", scratch, pg_server_url)
     try:
         yield build_dataset(dbs, lambda conn: seed_random(conn, 400, 60), {}, observe=False)
@@ -84,4 +84,4 @@ def pg_small(pg_server_url: str, scratch: Path) -> Iterator[Dataset]:
 def sqlite_small(scratch: Path) -> Iterator[Dataset]:
     """3,000 sessions on SQLite, for the lock, disk and permission faults."""
     dbs = Databases("sqlite", scratch)
-    yield build_dataset(dbs, lambda conn: bulk_seed(conn, 3000, 300), {}, observe=False)
+    yield build_dataset(dbs, lambda conn: seed_random(conn, 3000, 300), {}, observe=False)

@@ -8,12 +8,9 @@ upgrade and downgrade committed and when they ran: the kill trials aim at those.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -24,92 +21,11 @@ from tests.databases import Databases
 from tests.helpers import Alembic, progress_state
 from tests.reliability.outcomes import BEFORE, NULLS, Snaps, differences
 from tests.seed import (
-    T0,
-    asn_t,
     at_0002,
-    ev_t,
-    ip_t,
     migrate,
     partitioned_at_0002,
-    sess_t,
     snapshots,
 )
-
-
-def bulk_seed(
-    conn: sa.Connection, sessions: int, ips: int, seed: int = 11, spread_days: int = 0
-) -> None:
-    """The mix of :func:`tests.seed.seed_random` (metadata IPs, padded and upper-case ones,
-    raw-event-only sessions, unmatched IPs, IPv6), inserted in bulk: tens of thousands of
-    rows in a second or two instead of one round trip per row. ``spread_days``: the
-    sessions start over that many days from T0 (for monthly partitions), else all at T0."""
-    rng = random.Random(seed)
-    asns = (4134, 4837, 14061, 16509)
-    conn.execute(
-        sa.insert(asn_t),
-        [
-            dict(
-                asn_number=a,
-                organization_name="AS",
-                organization_country="CN",
-                first_seen=T0,
-                last_seen=T0,
-            )
-            for a in asns
-        ],
-    )
-    inventory = [
-        f"10.{n // 65536}.{(n // 256) % 256}.{n % 256}" if n % 10 else f"2001:db8::{n:x}"
-        for n in range(ips)
-    ]
-    countries = ["CN", "US", "RU", "BR", "XX", "de", None]
-    ip_rows = []
-    for ip in inventory:
-        country = rng.choice(countries)
-        ip_rows.append(
-            dict(
-                ip_address=ip,
-                current_asn=rng.choice([*asns, None]),
-                first_seen=T0,
-                last_seen=T0,
-                enrichment={} if country is None else {"maxmind": {"country": country}},
-                enrichment_updated_at=T0 + timedelta(days=rng.randrange(300)),
-                ip_types=rng.choice([["VPN", "DATACENTER"], ["RESIDENTIAL"], []]),
-            )
-        )
-    conn.execute(sa.insert(ip_t), ip_rows)
-    session_rows: list[dict[str, Any]] = []
-    event_rows: list[dict[str, Any]] = []
-    for n in range(sessions):
-        sid = f"{rng.getrandbits(48):012x}"
-        roll = rng.random()
-        ip = rng.choice(inventory) if roll > 0.02 else f"192.0.2.{n % 250}"
-        if roll < 0.9:
-            meta = f" {ip.upper()} " if n % 7 == 0 else ip
-            enrichment: Any = {"session_metadata": {"source_ip": meta}}
-        else:  # known only from raw events: the earliest one carries the canonical IP
-            enrichment = {"session_metadata": {}}
-            for offset, event_ip in ((0, ip), (5, "203.0.113.9")):
-                event_rows.append(
-                    dict(
-                        source="/var/log/cowrie/cowrie.json",
-                        payload={
-                            "eventid": "cowrie.session.connect",
-                            "session": sid,
-                            "src_ip": event_ip,
-                        },
-                        session_id=sid,
-                        event_type="cowrie.session.connect",
-                        event_timestamp=T0 + timedelta(seconds=n + offset),
-                    )
-                )
-        start = T0 + timedelta(days=n % spread_days) if spread_days else T0
-        session_rows.append(dict(session_id=sid, first_event_at=start, enrichment=enrichment))
-    for chunk in range(0, len(session_rows), 5000):
-        conn.execute(sa.insert(sess_t), session_rows[chunk : chunk + 5000])
-    for chunk in range(0, len(event_rows), 5000):
-        conn.execute(sa.insert(ev_t), event_rows[chunk : chunk + 5000])
-
 
 # PostgreSQL beyond one plain table: partitioned before the deploy, and the join-back by
 # key that Citus needs (docs/scale-out.md). (partitioning, join_back)
