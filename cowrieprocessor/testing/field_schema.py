@@ -1,5 +1,10 @@
 """Databases shaped like the ones in the field, built without our Alembic revisions.
 
+Why one module of ~850 lines: about 420 of them are upstream's catalog written down as
+fixed DDL (data, not logic, read against upstream-schema.md), and the seeder and the
+loader's upsert below insert into exactly those columns: a column renamed in the DDL must
+be renamed in their statements in the same edit, so they are kept in one place.
+
 The databases this project adopts were built by cowrieprocessor's own schema code
 (``cowrieprocessor/db/migrations.py`` upstream: ``Base.metadata.create_all()`` from its
 models, then ``apply_migrations()`` steps up to version 17, the version kept as a string
@@ -23,9 +28,6 @@ Where the names come from (upstream, datagen24/cowrieprocessor at 57326ea):
   duplicates the model's ``uq_raw_events_source_offset`` constraint.
 
 Every statement here is a fixed string; values are bound parameters.
-
-Why one module of this size: most of it is upstream's catalog written down as DDL
-(data, not logic), kept in one place so that it can be read against upstream-schema.md.
 """
 
 from __future__ import annotations
