@@ -91,14 +91,23 @@ def fmt_seconds(seconds: float | None) -> str:
 
 @contextmanager
 def ctrl_c_stops() -> Iterator[threading.Event]:
-    """First Ctrl-C: set the event (stop after the current batch); second: abort it."""
+    """First Ctrl-C: set the event (stop after the current batch); second: abort it.
+
+    The handler runs in the main thread between two bytecodes, possibly while the
+    walker's ``stop.wait()`` holds the event's own lock (entering or leaving the wait):
+    ``stop.set()`` there would wait for that lock forever and hang the command. So the
+    handler takes no lock: it counts the Ctrl-C itself, and a thread sets the event
+    (tests/test_ctrl_c_handler.py)."""
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
+    asked = False
 
     def on_sigint(_signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():  # a second Ctrl-C: stop now (the open batch rolls back)
+        nonlocal asked
+        if asked:  # a second Ctrl-C: stop now (the open batch rolls back)
             raise KeyboardInterrupt
-        stop.set()
+        asked = True
+        threading.Thread(target=stop.set, name="ctrl-c", daemon=True).start()
         sys.stderr.write("\nCtrl-C: stopping after the current batch (again to abort it)\n")
 
     signal.signal(signal.SIGINT, on_sigint)
