@@ -19,9 +19,10 @@ from sqlalchemy import Connection
 
 from cowrieprocessor import __version__, migrate
 from cowrieprocessor.backfill import control, progress, sql
-from cowrieprocessor.backfill.jobs import JOB_PHASES, dry_run_counts, session_counts
+from cowrieprocessor.backfill.jobs import JOB_PHASES
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import Progress
+from cowrieprocessor.backfill.ranges import dry_run_counts, session_counts
 from cowrieprocessor.db import adoption, partitions
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 from cowrieprocessor.errors import IncompatibleSchema
@@ -88,7 +89,7 @@ def schema_state(conn: Connection) -> SchemaState:
         adoptable = True
         advice = (
             f"database {found.origin}, not yet under Alembic: `alembic upgrade head` "
-            "adopts it (no stamp needed; README: Adopting an existing database)"
+            "adopts it (no stamp needed; docs/runbook.md: Adopting an existing database)"
         )
     return SchemaState(current, head, pending, found.tables, has_columns, adoptable, advice, found)
 

@@ -21,14 +21,14 @@ from cowrieprocessor.backfill import control, progress, record, shape
 from cowrieprocessor.backfill.governor import describe_waits, discard_commands
 from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
-from cowrieprocessor.backfill.ranges import CTID, backfill_range, clear_range, table_counts
-
-# KEY, join_back_mode, dry_run_counts, session_counts: imported from here by the CLI and
-# the reports (their home is :mod:`.ranges`)
-from cowrieprocessor.backfill.ranges import KEY as KEY
-from cowrieprocessor.backfill.ranges import dry_run_counts as dry_run_counts
-from cowrieprocessor.backfill.ranges import join_back_mode as join_back_mode
-from cowrieprocessor.backfill.ranges import session_counts as session_counts
+from cowrieprocessor.backfill.ranges import (
+    CTID,
+    KEY,
+    backfill_range,
+    clear_range,
+    join_back_mode,
+    table_counts,
+)
 from cowrieprocessor.backfill.sizing import describe_sizing
 from cowrieprocessor.backfill.walker import BatchReport, RangeWalker
 from cowrieprocessor.db import partitions

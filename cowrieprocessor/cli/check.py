@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor import report
 from cowrieprocessor.backfill import BackfillKnobs
-from cowrieprocessor.backfill.jobs import KEY, join_back_mode
+from cowrieprocessor.backfill.ranges import KEY, join_back_mode
 from cowrieprocessor.cli.common import (
     EXIT_OK,
     EXIT_USAGE,

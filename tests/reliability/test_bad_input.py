@@ -2,7 +2,7 @@
 SQLite and PostgreSQL.
 
 Each case is one session (with the raw events and inventory rows it needs) and the
-outcome the mapping rules of cowrieprocessor/backfill/sql.py give it: the five snapshot
+outcome the mapping rules of cowrieprocessor/backfill/sql/rules.py give it: the five snapshot
 columns of a matched session, or the reason an unmatched one keeps its NULLs. All
 sessions sit in one batch (``batch_size=1000``), so a single row that made the statement
 fail would fail every case; and the run's summary must count the unmatched sessions by

@@ -23,8 +23,8 @@ Every statement is fixed SQL text with bound parameters (``:lo``, ``:hi``,
 timeouts). What varies is chosen from fixed fragments written in these modules: the
 *shape* of a range predicate (a missing bound), a table's name read from the catalog
 (:func:`.walk.in_text`), the JSON column types (:mod:`cowrieprocessor.backfill.shape`),
-never a value. Ruff's S608 cannot tell such a fragment from a value, so each module
-turns it off in its first lines, and its f-strings are reviewed here by hand.
+never a value. Ruff's S608 cannot tell such a fragment from a value, so pyproject.toml
+turns it off for this package, and its f-strings are reviewed here by hand.
 
 The modules import only SQLAlchemy, :mod:`~cowrieprocessor.backfill.shape`,
 :mod:`~cowrieprocessor.backfill.progress` (its table's name and columns) and each

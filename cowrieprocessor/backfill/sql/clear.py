@@ -1,7 +1,6 @@
 """Clearing everything (``cowrie-db clear --all``, and a downgrade without a record)."""
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 revision prints for a DBA to review and run, the same batches and rollback record."""
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 

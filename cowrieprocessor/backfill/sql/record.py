@@ -6,7 +6,6 @@ See :mod:`cowrieprocessor.backfill.record` for why and how the downgrade uses it
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ columns, what ``status`` reports before a clear).
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ The key path (Citus, no ``ctid``) is :mod:`cowrieprocessor.backfill.sql.resolve_
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 

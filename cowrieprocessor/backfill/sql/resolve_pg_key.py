@@ -17,7 +17,6 @@ row changed meanwhile is left for the catch-up pass, as on the ctid path.
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 

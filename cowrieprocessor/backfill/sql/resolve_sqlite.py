@@ -8,7 +8,6 @@ rollback record (``record.SQLITE_RECORD``). ``UPDATE ... FROM`` joins back on
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 

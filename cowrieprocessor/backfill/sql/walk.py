@@ -8,7 +8,6 @@ range, no upper bound on the last), picked from fixed fragments, never a value.
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.
-# ruff: noqa: S608
 
 from __future__ import annotations
 
