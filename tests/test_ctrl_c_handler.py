@@ -15,8 +15,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from cowrieprocessor.settings import PROJECT_ROOT
 from tests.helpers import child_env
 
@@ -31,11 +29,6 @@ with ctrl_c_stops() as stop:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/common.ctrl_c_stops calls stop.set() in the handler: it deadlocks on the "
-    "event's lock (the fix: set it from another thread); remove this mark with the fix",
-)
 def test_ctrl_c_inside_the_wait_between_batches_stops_the_job() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", PROBE],
