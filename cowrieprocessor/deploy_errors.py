@@ -34,8 +34,9 @@ from types import FrameType
 
 from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util import CommandError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from cowrieprocessor import __version__
 from cowrieprocessor.backfill.knobs import KnobError
 from cowrieprocessor.db.integrity import UnusableDatabase
 from cowrieprocessor.errors import CannotConnect, CowrieError, IncompatibleSchema
@@ -121,6 +122,9 @@ class Run:
     """What the failure line may need to know about the run, filled in as it goes."""
 
     command: str = "alembic upgrade head"  # the command to run again to resume
+    head: str = "head"  # the newest revision this package knows
+    database: str = "the database"  # its URL, masked
+    lock_timeout_ms: int = 0  # how long a SQLite statement waits for another writer
     # Read only when needed, once the run's transaction was rolled back: the revisions
     # the database is stamped at, and where it stands after an interruption.
     revisions: Callable[[], tuple[str, ...]] | None = None
@@ -133,14 +137,22 @@ def describe(exc: BaseException, run: Run) -> Failure | None:
         return Failure(mask_secrets(str(exc)), EXIT_USAGE)
     if isinstance(exc, CowrieError):
         return Failure(mask_secrets(str(exc)), EXIT_FAILED)
+    if _sqlite_busy(exc):
+        return Failure(
+            f"SQLite database {run.database} is locked by another writer (waited "
+            f"{run.lock_timeout_ms} ms, -x lock_timeout): run `{run.command}` again when "
+            "it is done, or wait longer with -x lock_timeout=MS; the running revision was "
+            "rolled back",
+            EXIT_FAILED,
+        )
     if isinstance(exc, CommandError):
         cause = exc.__cause__
         if isinstance(cause, ResolutionError) and cause.argument in _stamped(run):
             return Failure(
-                f"the database is at revision {cause.argument!r}, which this "
-                "cowrieprocessor does not know (migrated by a newer release?): deploy "
-                "with the release that wrote it; `alembic history` lists the revisions "
-                "this one knows; nothing was changed",
+                f"database is at revision {cause.argument}, which this cowrieprocessor "
+                f"(version {__version__}, revisions up to {run.head}) does not know; it "
+                "was migrated by a newer release - deploy with that release; nothing "
+                "was changed",
                 EXIT_USAGE,
             )
         if isinstance(cause, RevisionError):
@@ -151,6 +163,15 @@ def describe(exc: BaseException, run: Run) -> Failure | None:
             )
         return Failure(mask_secrets(str(exc)), EXIT_FAILED)
     return None
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked": another connection kept the write lock longer than
+    the busy timeout (an operator's situation, not a bug)."""
+    if not isinstance(exc, OperationalError):
+        return False
+    name = str(getattr(exc.orig, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def _stamped(run: Run) -> tuple[str, ...]:

@@ -145,11 +145,15 @@ def run_migrations_online() -> None:
             poolclass=pool.NullPool,
             sqlite_busy_timeout_ms=knobs.lock_timeout,
         )
-    RUN.standing = lambda: _where_it_stands(engine)
-    RUN.revisions = lambda: _revisions(engine)
+    RUN.database, RUN.lock_timeout_ms = masked, knobs.lock_timeout
     try:
         with deploy_errors.connecting(masked):
             connection = engine.connect()
+        # Only once the database answered: after a failure or an interruption these
+        # read where it stands on a new connection (one that could not connect would
+        # hang again).
+        RUN.standing = lambda: _where_it_stands(engine)
+        RUN.revisions = lambda: _revisions(engine)
         with connection:
             _run_with_connection(connection)
     finally:
@@ -196,6 +200,7 @@ RUN = deploy_errors.Run()
 migrate = run_migrations_offline if context.is_offline_mode() else run_migrations_online
 if deploy_errors.from_alembic_cli(config.cmd_opts):
     RUN.command = _command(config.cmd_opts)
+    RUN.head = context.script.get_current_head() or RUN.head
     deploy_errors.one_line_failures(
         migrate, RUN, raiseerr=bool(getattr(config.cmd_opts, "raiseerr", False))
     )
