@@ -44,11 +44,22 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import require_usable_sqlite
 from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.db.models import Base
-from cowrieprocessor.settings import SettingsError, mask_url, parse_url, resolve_database_url
+from cowrieprocessor.settings import (
+    MaskedOutput,
+    SettingsError,
+    mask_url,
+    parse_url,
+    resolve_database_url,
+)
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
+# Alembic prints some lines itself (`current -v`: "Current revision(s) for URL:") hiding
+# only a userinfo password; a ?password= in the URL must not show either. (--sql output
+# goes to output_buffer, not here: a reviewed script is shown exactly as it will run.)
+if not isinstance(config.stdout, MaskedOutput):
+    config.stdout = MaskedOutput(config.stdout)  # type: ignore[assignment]
 
 log = logging.getLogger("cowrieprocessor.migrations")
 target_metadata = Base.metadata
