@@ -213,7 +213,7 @@ def test_sqlite_file_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
     out = alembic("-x", f"db=sqlite:///{blocker}/cowrie.sqlite", "upgrade", "head")
-    one_line(out, 2, "FAILED: cannot connect to sqlite:///", "check the file's path")
+    one_line(out, 2, "FAILED: database URL sqlite:///", "cannot create its folder", "file's path")
     assert blocker.read_text() == "not a folder\n"
 
 
