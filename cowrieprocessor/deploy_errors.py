@@ -131,8 +131,24 @@ class Run:
     standing: Callable[[], str] | None = None
 
 
+def the_cause(exc: BaseException) -> BaseException:
+    """The error the operator must read: ``exc``, unless it was raised while cleaning up
+    after one of ours. A run that failed on SQLite's lock fails again when Alembic begins
+    its transaction anew on the way out (the lock is still held): that second error
+    names only the lock, the first one the range, the attempts and what was committed."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, CowrieError):
+            return found
+        seen.add(id(found))
+        found = found.__context__
+    return exc
+
+
 def describe(exc: BaseException, run: Run) -> Failure | None:
     """The line and status for ``exc``; None when it is a bug (its traceback is kept)."""
+    exc = the_cause(exc)
     if isinstance(exc, USAGE_ERRORS):
         return Failure(mask_secrets(str(exc)), EXIT_USAGE)
     if isinstance(exc, CowrieError):

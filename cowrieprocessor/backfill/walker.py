@@ -209,7 +209,14 @@ class RangeWalker:
         try:
             conn = self.conn
             usable = conn is not None and not conn.closed and not conn.invalidated
-            self.governor.finish(conn if usable and self.claimed else None, ended, detail)
+            try:
+                self.governor.finish(conn if usable and self.claimed else None, ended, detail)
+            except DBAPIError as exc:
+                if error is None:
+                    raise
+                # the row cannot be written now (e.g. SQLite still locked by the writer
+                # that failed the run): the run's own error is what the operator must see
+                log.warning("could not record in the progress row how the run ended: %s", exc)
             if self.claimed:
                 try:
                     self.write_status(self.progress(DONE if error is None else self.phase_now))
