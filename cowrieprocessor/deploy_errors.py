@@ -34,8 +34,9 @@ from types import FrameType
 
 from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util import CommandError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from cowrieprocessor import __version__
 from cowrieprocessor.backfill.knobs import KnobError
 from cowrieprocessor.db.integrity import UnusableDatabase
 from cowrieprocessor.errors import CannotConnect, CowrieError, IncompatibleSchema
@@ -121,26 +122,53 @@ class Run:
     """What the failure line may need to know about the run, filled in as it goes."""
 
     command: str = "alembic upgrade head"  # the command to run again to resume
+    head: str = "head"  # the newest revision this package knows
+    database: str = "the database"  # its URL, masked
+    lock_timeout_ms: int = 0  # how long a SQLite statement waits for another writer
     # Read only when needed, once the run's transaction was rolled back: the revisions
     # the database is stamped at, and where it stands after an interruption.
     revisions: Callable[[], tuple[str, ...]] | None = None
     standing: Callable[[], str] | None = None
 
 
+def the_cause(exc: BaseException) -> BaseException:
+    """The error the operator must read: ``exc``, unless it was raised while cleaning up
+    after one of ours. A run that failed on SQLite's lock fails again when Alembic begins
+    its transaction anew on the way out (the lock is still held): that second error
+    names only the lock, the first one the range, the attempts and what was committed."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, CowrieError):
+            return found
+        seen.add(id(found))
+        found = found.__context__
+    return exc
+
+
 def describe(exc: BaseException, run: Run) -> Failure | None:
     """The line and status for ``exc``; None when it is a bug (its traceback is kept)."""
+    exc = the_cause(exc)
     if isinstance(exc, USAGE_ERRORS):
         return Failure(mask_secrets(str(exc)), EXIT_USAGE)
     if isinstance(exc, CowrieError):
         return Failure(mask_secrets(str(exc)), EXIT_FAILED)
+    if _sqlite_busy(exc):
+        return Failure(
+            f"SQLite database {run.database} is locked by another writer (waited "
+            f"{run.lock_timeout_ms} ms, -x lock_timeout): run `{run.command}` again when "
+            "it is done, or wait longer with -x lock_timeout=MS; the running revision was "
+            "rolled back",
+            EXIT_FAILED,
+        )
     if isinstance(exc, CommandError):
         cause = exc.__cause__
         if isinstance(cause, ResolutionError) and cause.argument in _stamped(run):
             return Failure(
-                f"the database is at revision {cause.argument!r}, which this "
-                "cowrieprocessor does not know (migrated by a newer release?): deploy "
-                "with the release that wrote it; `alembic history` lists the revisions "
-                "this one knows; nothing was changed",
+                f"database is at revision {cause.argument}, which this cowrieprocessor "
+                f"(version {__version__}, revisions up to {run.head}) does not know; it "
+                "was migrated by a newer release - deploy with that release; nothing "
+                "was changed",
                 EXIT_USAGE,
             )
         if isinstance(cause, RevisionError):
@@ -151,6 +179,15 @@ def describe(exc: BaseException, run: Run) -> Failure | None:
             )
         return Failure(mask_secrets(str(exc)), EXIT_FAILED)
     return None
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked": another connection kept the write lock longer than
+    the busy timeout (an operator's situation, not a bug)."""
+    if not isinstance(exc, OperationalError):
+        return False
+    name = str(getattr(exc.orig, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def _stamped(run: Run) -> tuple[str, ...]:

@@ -44,11 +44,22 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import require_usable_sqlite
 from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.db.models import Base
-from cowrieprocessor.settings import SettingsError, mask_url, parse_url, resolve_database_url
+from cowrieprocessor.settings import (
+    MaskedOutput,
+    SettingsError,
+    mask_url,
+    parse_url,
+    resolve_database_url,
+)
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
+# Alembic prints some lines itself (`current -v`: "Current revision(s) for URL:") hiding
+# only a userinfo password; a ?password= in the URL must not show either. (--sql output
+# goes to output_buffer, not here: a reviewed script is shown exactly as it will run.)
+if not isinstance(config.stdout, MaskedOutput):
+    config.stdout = MaskedOutput(config.stdout)  # type: ignore[assignment]
 
 log = logging.getLogger("cowrieprocessor.migrations")
 target_metadata = Base.metadata
@@ -145,11 +156,15 @@ def run_migrations_online() -> None:
             poolclass=pool.NullPool,
             sqlite_busy_timeout_ms=knobs.lock_timeout,
         )
-    RUN.standing = lambda: _where_it_stands(engine)
-    RUN.revisions = lambda: _revisions(engine)
+    RUN.database, RUN.lock_timeout_ms = masked, knobs.lock_timeout
     try:
         with deploy_errors.connecting(masked):
             connection = engine.connect()
+        # Only once the database answered: after a failure or an interruption these
+        # read where it stands on a new connection (one that could not connect would
+        # hang again).
+        RUN.standing = lambda: _where_it_stands(engine)
+        RUN.revisions = lambda: _revisions(engine)
         with connection:
             _run_with_connection(connection)
     finally:
@@ -196,6 +211,7 @@ RUN = deploy_errors.Run()
 migrate = run_migrations_offline if context.is_offline_mode() else run_migrations_online
 if deploy_errors.from_alembic_cli(config.cmd_opts):
     RUN.command = _command(config.cmd_opts)
+    RUN.head = context.script.get_current_head() or RUN.head
     deploy_errors.one_line_failures(
         migrate, RUN, raiseerr=bool(getattr(config.cmd_opts, "raiseerr", False))
     )

@@ -396,3 +396,15 @@ def test_knobs_are_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
         ]
     )
     assert len(calls) == 1
+
+
+def test_a_database_path_under_a_file_is_one_line(tmp_path: Path) -> None:
+    """``upgrade`` creates the database: its folder cannot be made under a file."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    out = cowrie_db("--db", f"sqlite:///{blocker}/cowrie.sqlite", "upgrade")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "cannot create its folder" in errors[0], out.stderr
+    assert blocker.read_text() == "not a folder\n"

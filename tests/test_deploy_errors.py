@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -131,7 +132,22 @@ def test_database_at_an_unknown_revision_is_named(seeded_sqlite: str) -> None:
     engine.dispose()
     before = state(seeded_sqlite)
     out = run_alembic(seeded_sqlite, "upgrade", "head")
-    one_line(out, 2, "database is at revision 'zzzz_from_later'", "does not know")
+    one_line(out, 2, "database is at revision zzzz_from_later", f"up to {HEAD}) does not know")
+    assert state(seeded_sqlite) == before
+
+
+def test_sqlite_locked_by_another_writer_is_one_line(seeded_sqlite: str) -> None:
+    """Another program holds the write lock past lock_timeout: say so, and how to go on."""
+    before = state(seeded_sqlite)
+    holder = sqlite3.connect(sqlite_path(seeded_sqlite), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        out = run_alembic(seeded_sqlite, "upgrade", "head", x={"lock_timeout": "200"})
+    finally:
+        holder.rollback()
+        holder.close()
+    one_line(out, 1, "FAILED: SQLite database sqlite:///", "is locked by another writer",
+             "waited 200 ms", "-x lock_timeout=MS")  # fmt: skip
     assert state(seeded_sqlite) == before
 
 
@@ -197,7 +213,7 @@ def test_sqlite_file_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
     out = alembic("-x", f"db=sqlite:///{blocker}/cowrie.sqlite", "upgrade", "head")
-    one_line(out, 2, "FAILED: cannot connect to sqlite:///", "check the file's path")
+    one_line(out, 2, "FAILED: database URL sqlite:///", "cannot create its folder", "file's path")
     assert blocker.read_text() == "not a folder\n"
 
 

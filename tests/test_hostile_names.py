@@ -420,6 +420,22 @@ def sqlite_catalog(url: str) -> Catalog:
         engine.dispose()
 
 
+def planted_then_down_to_0001(
+    url: str, names: tuple[str, ...], read: Callable[[str], Catalog], at_0001: Catalog
+) -> None:
+    """Up to head, plant the ledger rows, down to 0001: the catalog of 0001 again, and
+    nothing the payloads would have made."""
+    migrate(url, "head")
+    plant(url, names)
+    migrate_down(url, "0001_baseline")
+    after = read(url)
+    assert_no_foreign_objects(after)
+    assert after == at_0001, (
+        f"unexpected {sorted(after - at_0001, key=repr)}; missing "
+        f"{sorted(at_0001 - after, key=repr)}"
+    )
+
+
 @pytest.mark.postgres
 @EXAMPLES
 @given(names=hostile_names(3))
@@ -429,15 +445,7 @@ def test_hostile_ledger_rows_are_neither_run_nor_dropped_on_postgres(
 ) -> None:
     url = fresh.copy(fresh.plain)
     at_0001 = catalog(url)
-    migrate(url, "head")
-    plant(url, names)
-    migrate_down(url, "0001_baseline")
-    after = catalog(url)
-    assert_no_foreign_objects(after)
-    assert after == at_0001, (
-        f"unexpected {sorted(after - at_0001, key=repr)}; missing "
-        f"{sorted(at_0001 - after, key=repr)}"
-    )
+    planted_then_down_to_0001(url, names, catalog, at_0001)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, database=None)
@@ -449,16 +457,7 @@ def test_hostile_ledger_rows_are_neither_run_nor_dropped_on_sqlite(
     folder: Path = tmp_path_factory.mktemp("sqlite")
     url = f"sqlite:///{folder / 'db.sqlite'}"
     migrate(url, "0001_baseline")
-    at_0001 = sqlite_catalog(url)
-    migrate(url, "head")
-    plant(url, names)
-    migrate_down(url, "0001_baseline")
-    after = sqlite_catalog(url)
-    assert_no_foreign_objects(after)
-    assert after == at_0001, (
-        f"unexpected {sorted(after - at_0001, key=repr)}; missing "
-        f"{sorted(at_0001 - after, key=repr)}"
-    )
+    planted_then_down_to_0001(url, names, sqlite_catalog, sqlite_catalog(url))
 
 
 # --- derived names ------------------------------------------------------------------------

@@ -142,48 +142,32 @@ def test_a_second_backfill_alembic_upgrade_and_clear_are_refused_and_change_noth
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_alembic_upgrade_head_at_0003_is_refused_while_a_clear_runs(
-    seeded: tuple[str, dict[str, Any]],
+@pytest.mark.parametrize(
+    ("start", "command"),
+    [
+        # 0004 must not index and stamp head beside a job started by hand that still writes
+        ("0003_backfill_session_snapshots", ("upgrade", "head")),
+        # 0004's downgrade must not drop the indexes and stamp 0003 beside one
+        ("0004_snapshot_indexes", ("downgrade", "0003_backfill_session_snapshots")),
+    ],
+    ids=["upgrade-at-0003", "downgrade-from-head"],
+)
+def test_alembic_beside_a_running_clear_is_refused_and_changes_nothing(
+    seeded: tuple[str, dict[str, Any]], start: str, command: tuple[str, str]
 ) -> None:
-    """0004 must not index and stamp head while a job started by hand still writes."""
     url, _want = seeded
-    migrate(url, "0003_backfill_session_snapshots")
+    migrate(url, start)
     engine = create_engine_from_url(url)
     holder = CowrieDb("clear", "--all", "--yes", "--db", url, *SLOW_FLAGS)
     try:
         assert holder.wait_for_batches(engine, "snapshot_clear_all", 1), holder.output
         assert control_cmd(url, "pause").returncode == 0
         before = read(url, everything)
-        done = run_alembic(url, "upgrade", "head")
+        done = run_alembic(url, *command)
         assert done.returncode == 1, done.stdout + done.stderr
         assert f"snapshot_clear_all (pid {holder.proc.pid} on" in refusal_line(done)
         assert read(url, everything) == before
-        assert before["version"] == ["0003_backfill_session_snapshots"]
-        assert control_cmd(url, "stop").returncode == 0
-        assert holder.wait() == 130, holder.output
-    finally:
-        if holder.running():
-            holder.kill()
-        engine.dispose()
-
-
-def test_alembic_downgrade_from_head_is_refused_while_a_clear_runs(
-    seeded: tuple[str, dict[str, Any]],
-) -> None:
-    """0004's downgrade must not drop the indexes and stamp 0003 beside a running job."""
-    url, _want = seeded
-    migrate(url, "head")
-    engine = create_engine_from_url(url)
-    holder = CowrieDb("clear", "--all", "--yes", "--db", url, *SLOW_FLAGS)
-    try:
-        assert holder.wait_for_batches(engine, "snapshot_clear_all", 1), holder.output
-        assert control_cmd(url, "pause").returncode == 0
-        before = read(url, everything)
-        done = run_alembic(url, "downgrade", "0003_backfill_session_snapshots")
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert f"snapshot_clear_all (pid {holder.proc.pid} on" in refusal_line(done)
-        assert read(url, everything) == before
-        assert before["version"] == ["0004_snapshot_indexes"]
+        assert before["version"] == [start]
         assert control_cmd(url, "stop").returncode == 0
         assert holder.wait() == 130, holder.output
     finally:

@@ -375,6 +375,8 @@ def claim_for(
 def refuse_if_running(conn: Connection) -> None:
     """Raise :class:`JobRunning` when a job runs on this database now: for a step that
     must not run beside one and is no job itself. Ends the read transaction."""
+    if conn.dialect.name == "postgresql":
+        lock.wait_while_held(conn)
     job = running_job(conn)
     if job is not None:
         raise JobRunning(job.describe())

@@ -25,7 +25,10 @@ _HOLDER = sa.text(
     "SELECT a.pid, a.application_name FROM pg_locks l "
     "JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted "
-    "AND l.objid = (:key & 4294967295)"
+    "AND l.objid = (:key & 4294967295) "
+    # an advisory lock is the database's own: a job on another database of the server
+    # holds the same key there
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 
 
@@ -42,6 +45,16 @@ def try_take(conn: Connection, sleep: Callable[[float], None] = time.sleep) -> b
         if got or time.monotonic() >= deadline:
             return got
         sleep(0.2)
+
+
+def wait_while_held(conn: Connection, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Give a holder up to :data:`ADVISORY_LOCK_WAIT_S` to let go, as :func:`take` does: a
+    backend whose client was just killed holds the lock until its statement returns."""
+    deadline = time.monotonic() + ADVISORY_LOCK_WAIT_S
+    while holder_pid(conn) is not None and time.monotonic() < deadline:
+        conn.commit()
+        sleep(0.2)
+    conn.commit()
 
 
 def describe_holder(conn: Connection) -> str:

@@ -64,7 +64,7 @@ def create_engine_from_url(
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     if backend == "sqlite":
         if _is_plain_sqlite_file(parsed):
-            Path(str(parsed.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(Path(str(parsed.database)).expanduser().parent, parsed)
         engine = create_engine(parsed, **kwargs)
         _install_sqlite_pragmas(
             engine,
@@ -74,6 +74,18 @@ def create_engine_from_url(
         )
         return engine
     raise AssertionError(f"backend {backend!r} passed _require_driver")  # pragma: no cover
+
+
+def _make_folder(folder: Path, url: URL) -> None:
+    """The embedded default's folder (or a new file's), created on demand; a path that
+    cannot be one (under a file, no permission) is a one-line SettingsError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            f"database URL {mask_url(url)}: cannot create its folder {folder} "
+            f"({exc.strerror or exc}); check the file's path"
+        ) from None
 
 
 SUPPORTED_FORMS = "postgresql://USER@HOST/DB (PostgreSQL 13+, psycopg2) or sqlite:///PATH"

@@ -40,7 +40,8 @@ def sqlite_file(conn: sa.Connection) -> str:
 def _not_a_database(path: str) -> UnusableDatabase:
     return UnusableDatabase(
         f"{path} is not a SQLite database (its first bytes are not SQLite's header): "
-        "check that --db / COWRIE_DB_URL names the database file; nothing was written"
+        "check that the database URL (--db, -x db or COWRIE_DB_URL) names the database "
+        "file; nothing was written"
     )
 
 
@@ -64,7 +65,8 @@ def require_not_a_folder(path: str) -> None:
     in_memory_or_uri = not path or path == ":memory:" or path.startswith("file:")
     if not in_memory_or_uri and os.path.isdir(os.path.expanduser(path)):
         raise UnusableDatabase(
-            f"{path} is a folder, not a SQLite database file: check --db / COWRIE_DB_URL"
+            f"{path} is a folder, not a SQLite database file: check the database URL "
+            "(--db, -x db or COWRIE_DB_URL)"
         )
 
 

@@ -170,11 +170,6 @@ def test_no_secret_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="alembic's own 'Current revision(s) for URL' line hides only the userinfo "
-    "password: migrations/env.py is to wrap config.stdout in settings.MaskedOutput",
-)
 def test_no_secret_in_alembic_verbose_current(pg_url: str, tmp_path: Path) -> None:
     outputs = [
         _run(
