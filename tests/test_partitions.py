@@ -24,15 +24,14 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.partitioned import HASH, KINDS, RANGE, partition_tables
 from tests.databases import Databases
 from tests.helpers import Alembic, cowrie_db, run_alembic
-from tests.seed import at_0002, migrate, partitioned_at_0002, snapshots
-from tests.seed import seed_random as bulk_seed
+from tests.seed import at_0002, migrate, partitioned_at_0002, seed_random, snapshots
 
 SESSIONS, IPS = 2000, 200
 FK = "fk_session_summaries_source_ip_ip_inventory"
 
 
 def seed(conn: sa.Connection) -> None:
-    bulk_seed(conn, SESSIONS, IPS, spread_days=400)
+    seed_random(conn, SESSIONS, IPS, spread_days=400)
 
 
 def plain_reference(url: str) -> dict[str, tuple[Any, ...]]:
