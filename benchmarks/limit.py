@@ -14,7 +14,7 @@ then what revision 0004 does after the data is in, done the quick way:
 * SQLite: the same ``CREATE INDEX`` statements and ``ANALYZE``.
 
 What the run will do is read from the catalog once, before the clock starts, by the
-product's own catalog readers (:func:`cowrieprocessor.backfill.shape.detect` for the
+product's own catalog readers (:func:`cowrieprocessor.backfill.json_storage.detect` for the
 JSON types, :mod:`cowrieprocessor.db.adoption` for equivalent indexes and constraints;
 they are not the SQL being measured), so the same code serves both shapes of database
 (benchmarks/run.py ``--shapes``): ours at ``0002_snapshot_columns`` (``jsonb``, no
@@ -50,9 +50,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cowrieprocessor.backfill import BACKFILL_JOB, shape
+from cowrieprocessor.backfill import BACKFILL_JOB, json_storage
 from cowrieprocessor.backfill import sql as product_sql
-from cowrieprocessor.backfill.shape import JsonTypes
+from cowrieprocessor.backfill.json_storage import JsonTypes
 from cowrieprocessor.db import adoption, partitioned_ddl
 from cowrieprocessor.db.engine import create_engine_from_url
 
@@ -83,7 +83,7 @@ PG_COUNTRY = (
     "(CASE WHEN i.geo_country ~ '^[A-Z]{2}$' AND i.geo_country <> 'XX' THEN i.geo_country END)"
 )
 # {typeof_*}: json_typeof or jsonb_typeof of the column at that path; {elements}: the
-# same for *_array_elements (spelled by shape.JsonColumn for the type the catalog reports).
+# same for *_array_elements (spelled by json_storage.JsonColumn for the type the catalog reports).
 PG_IP_TYPE = """COALESCE(NULLIF(i.ip_types[1], ''),
         CASE {typeof_types}
             WHEN 'string' THEN NULLIF(i.enrichment -> 'spur' -> 'client' ->> 'types', '')
@@ -149,11 +149,11 @@ SQLITE_IP = """COALESCE(
          LIMIT 1))"""
 
 
-def update_statement(dialect: str, json_types: JsonTypes = shape.JSONB) -> str:
+def update_statement(dialect: str, json_types: JsonTypes = json_storage.JSONB) -> str:
     """The one statement: resolve the IP in the join condition, fill NULL columns.
 
     ``json_types`` (PostgreSQL): how the three JSON columns are stored, as
-    :func:`cowrieprocessor.backfill.shape.detect` reads them (default: all ``jsonb``).
+    :func:`cowrieprocessor.backfill.json_storage.detect` reads them (default: all ``jsonb``).
     """
     if dialect == "postgresql":
         se, ev, inv = json_types.columns()
@@ -185,7 +185,7 @@ def update_statement(dialect: str, json_types: JsonTypes = shape.JSONB) -> str:
 
 def plan(conn: sa.Connection) -> dict[str, Any]:
     """What the run will do on this database, read from the catalog before the clock."""
-    json_types = shape.detect(conn)
+    json_types = json_storage.detect(conn)
     present = {n: adoption.find_index(conn, c) for n, c in INDEXES.items()}
     constraints = (
         [adoption.find_source_ip_fk(conn), adoption.find_country_check(conn)]
@@ -198,7 +198,7 @@ def plan(conn: sa.Connection) -> dict[str, Any]:
             {
                 f"{table}.{column}": col.kind
                 for (table, column), col in zip(
-                    shape.JSON_COLUMNS, json_types.columns(), strict=True
+                    json_storage.JSON_COLUMNS, json_types.columns(), strict=True
                 )
             }
             if conn.dialect.name == "postgresql"
@@ -221,7 +221,7 @@ def _product_statements(conn: sa.Connection, json_types: JsonTypes) -> list[sa.T
     """The product's own per-range statement(s), with no range: the whole table."""
     if conn.dialect.name != "postgresql":
         return product_sql.sqlite_offline_backfill(BACKFILL_JOB)
-    return [product_sql.pg_backfill(json_types, False, False, record=False)]
+    return [product_sql.pg_backfill(json_types, False, False, keep_record=False)]
 
 
 def _quote(name: str) -> str:

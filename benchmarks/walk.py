@@ -4,7 +4,7 @@ The product saves, in the same transaction as each batch, what that batch wrote 
 rollback record), and that must cost at most 5% of the walk. This runs only the
 engine, as the backfill revision does but without Alembic and without revision 0004:
 
-    run_backfill(create_engine_from_url(url), BackfillKnobs.from_sources({}), record=...)
+    run_backfill(create_engine_from_url(url), BackfillKnobs.from_sources({}), keep_record=...)
 
 on a fresh copy of the dataset (still at ``0002_snapshot_columns``, or the field shape),
 and prints one JSON line: the whole run's seconds (in-process, so interpreter start-up
@@ -42,7 +42,7 @@ def run(url: str, *, record: bool) -> dict[str, Any]:
             walk_end = time.monotonic() - started
 
     try:
-        result = run_backfill(engine, knobs, record=record, on_batch=on_batch)
+        result = run_backfill(engine, knobs, keep_record=record, on_batch=on_batch)
     finally:
         engine.dispose()
     seconds = time.monotonic() - started
@@ -61,7 +61,7 @@ def run(url: str, *, record: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
-    parser.add_argument("--no-record", action="store_true", help="record=False")
+    parser.add_argument("--no-record", action="store_true", help="keep_record=False")
     args = parser.parse_args(argv)
     print(json.dumps(run(args.url, record=not args.no_record)))
     return 0

@@ -39,7 +39,7 @@ from cowrieprocessor.backfill import progress
 from cowrieprocessor.backfill.jobs import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import DONE, PROGRESS_TABLE
-from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import require_usable_sqlite
 from cowrieprocessor.db.ledger import LEDGER_TABLE

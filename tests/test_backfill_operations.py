@@ -27,7 +27,7 @@ from cowrieprocessor.backfill import (
 from cowrieprocessor.backfill.errors import Transient, classify
 from cowrieprocessor.backfill.lock import ADVISORY_LOCK_KEY
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
-from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.db.adoption import COVERING_INDEX
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.ephemeral_pg import find_bindir

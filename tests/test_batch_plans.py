@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cowrieprocessor.backfill import shape, sql
+from cowrieprocessor.backfill import json_storage, sql
 from cowrieprocessor.testing import field_schema
 from tests.seed import at_0002, seed_random
 
@@ -33,7 +33,7 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def batch_plan(conn: sa.Connection, keys: int, dry_run: bool) -> list[dict[str, Any]]:
     """The plan of the batch statement over ``keys`` sessions from the table's middle."""
-    json = shape.detect(conn)
+    json = json_storage.detect(conn)
     lo = conn.execute(sql.next_bound(False), {"offset": SESSIONS // 4}).scalar()
     hi = conn.execute(sql.next_bound(True), {"lo": lo, "offset": keys - 1}).scalar()
     stmt = sql.pg_dry_run(json, True, True) if dry_run else sql.pg_backfill(json, True, True)

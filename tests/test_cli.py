@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.progress import DONE, PROGRESS_TABLE
-from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.settings import PROJECT_ROOT
 from tests.helpers import COWRIE_DB, batches_committed, child_env, cowrie_db
 from tests.seed import at_0002, migrate, seed_random, snapshots

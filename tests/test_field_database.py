@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
-from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.db.adoption import COVERING_INDEX, SNAPSHOT_INDEXES
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE

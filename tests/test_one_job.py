@@ -26,7 +26,7 @@ from cowrieprocessor.backfill.control import HEARTBEAT_FRESH_S, JobRunning
 from cowrieprocessor.backfill.errors import BackfillInterrupted
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import JobState, progress_table, utcnow
-from cowrieprocessor.backfill.record import RECORD_TABLE
+from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.backfill.walker import BatchReport
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots

@@ -32,7 +32,7 @@ LAYERS = {
 OUTSIDE = {
     "__future__",
     "sqlalchemy",
-    "cowrieprocessor.backfill.shape",
+    "cowrieprocessor.backfill.json_storage",
     "cowrieprocessor.backfill.progress",
 }
 
@@ -98,6 +98,6 @@ def test_has_a_snapshot_is_defined_once_each_way() -> None:
     assert sql.HAS_SOURCE_IP in str(sql.COUNT_WITH_SNAPSHOT)
     assert sql.HAS_SOURCE_IP in str(sql.SNAPSHOT_SAMPLE)
     assert sql.HAS_SNAPSHOT in str(sql.COUNT_WITH_VALUES)
-    assert sql.HAS_SNAPSHOT in str(sql.clear_snapshots(True, True))
+    assert sql.HAS_SNAPSHOT in str(sql.null_snapshots_in_range(True, True))
     assert sql.NEEDS_SNAPSHOT in str(sql.LEAF_COUNTS)
     assert isinstance(sql.RUN_COLUMNS, sa.Select)

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from cowrieprocessor.backfill import control, progress, record, shape
+from cowrieprocessor.backfill import control, json_storage, progress, rollback_record
 from cowrieprocessor.backfill.governor import describe_waits, discard_commands
 from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
@@ -95,11 +95,11 @@ def _reading(read: Callable[[Connection], T]) -> Callable[[Connection], T]:
 def _ensure_record(conn: Connection, backfilled_before: bool) -> None:
     """Create the rollback record; a database backfilled before it existed (a progress
     row of the backfill, no record) gets a marker row that makes a downgrade clear all."""
-    if record.exists(conn):
+    if rollback_record.exists(conn):
         return
-    record.ensure_table(conn)
+    rollback_record.ensure_table(conn)
     if backfilled_before:
-        record.mark_incomplete(conn)
+        rollback_record.mark_incomplete(conn)
 
 
 def _prepare(
@@ -162,11 +162,11 @@ def run_backfill(
     dry_run: bool = False,
     stop: threading.Event | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
-    record: bool = True,
+    keep_record: bool = True,
 ) -> BackfillResult:
     """Fill the five snapshot columns of every session that lacks them. See module doc.
 
-    ``record=False`` leaves out the rollback record (:mod:`.record`); only the
+    ``keep_record=False`` leaves out the rollback record (:mod:`.record`); only the
     benchmarks use it, to measure what the record costs.
     Raises :class:`BatchFailed` (a range failed for good), :class:`BackfillInterrupted`
     (``stop`` was set), :class:`~cowrieprocessor.errors.IncompatibleSchema` (a JSON
@@ -185,8 +185,8 @@ def run_backfill(
     )
     started = time.monotonic()
     with walker:
-        json = walker.tx.retrying("reading the JSON columns' types", _reading(shape.detect))
-        resumed = _prepare(walker, with_record=record and not dry_run)
+        json = walker.tx.retrying("reading the JSON columns' types", _reading(json_storage.detect))
+        resumed = _prepare(walker, with_record=keep_record and not dry_run)
         total, inventory = walker.tx.retrying("counting sessions", table_counts)
         walker.run.count_sessions(total)
         s = walker.run.state
@@ -206,7 +206,7 @@ def run_backfill(
             )
             log.info("join-back: by %s", "session_id" if mode == KEY else "ctid")
         run_range = backfill_range(
-            walker.dialect, dry_run, json, BACKFILL_JOB if record else None, mode
+            walker.dialect, dry_run, json, BACKFILL_JOB if keep_record else None, mode
         )
         for phase in phases:
             if walker.run.state.phase == phase:
@@ -332,7 +332,7 @@ def undo_backfill(
     :func:`run_backfill`.
     """
     with engine.connect() as conn:
-        exact = record.exists(conn) and not record.is_incomplete(conn)
+        exact = rollback_record.exists(conn) and not rollback_record.is_incomplete(conn)
         conn.rollback()
     if not exact:
         log.warning(
@@ -345,7 +345,9 @@ def undo_backfill(
     started = time.monotonic()
     with walker:
         resumed = _prepare(walker, fresh_job_to_delete=BACKFILL_JOB)
-        rows, sessions = walker.tx.retrying("reading the rollback record", _reading(record.pending))
+        rows, sessions = walker.tx.retrying(
+            "reading the rollback record", _reading(rollback_record.pending)
+        )
         walker.run.count_sessions(walker.run.state.sessions_walked + sessions)
         log.info(
             "undoing the backfill: %d recorded sessions in %d batches%s",
@@ -372,7 +374,7 @@ def _log_cleared(walker: RangeWalker, started: float) -> ClearResult:
 
 def _forget_record(conn: Connection) -> None:
     with conn.begin():
-        record.forget_all(conn)
+        rollback_record.forget_all(conn)
 
 
 def refill_after_interrupted_clear(engine: Engine, knobs: BackfillKnobs) -> bool:
@@ -411,4 +413,4 @@ def refill_after_interrupted_clear(engine: Engine, knobs: BackfillKnobs) -> bool
 def _drop_progress(conn: Connection) -> None:
     with conn.begin():
         progress.drop_table(conn)
-        record.drop_table(conn)
+        rollback_record.drop_table(conn)

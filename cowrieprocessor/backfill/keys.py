@@ -41,7 +41,7 @@ class KeyOrder:
     name = "session_id"
     column = "s.session_id"
 
-    def __init__(self, table: str = sql.TABLE) -> None:
+    def __init__(self, table: str = sql.SESSIONS_TABLE) -> None:
         self.table = table
 
     def in_table(self, table: str) -> KeyOrder:
@@ -107,7 +107,9 @@ class KeyListOrder(KeyOrder):
     were not by a range the pass had passed.
     """
 
-    def __init__(self, keys: list[str], sessions_per_key: float, table: str = sql.TABLE) -> None:
+    def __init__(
+        self, keys: list[str], sessions_per_key: float, table: str = sql.SESSIONS_TABLE
+    ) -> None:
         super().__init__(table)
         self.keys = keys  # sorted
         self.sessions_per_key = sessions_per_key
@@ -131,13 +133,15 @@ class KeyListOrder(KeyOrder):
         return keys * self.sessions_per_key
 
 
-def catchup_keys(conn: Connection, lo: str | None, limit: int, table: str = sql.TABLE) -> list[str]:
+def catchup_keys(
+    conn: Connection, lo: str | None, limit: int, table: str = sql.SESSIONS_TABLE
+) -> list[str]:
     """The sorted keys after ``lo`` of the sessions without ``source_ip`` in ``table``,
     at most ``limit`` of them (one scan of the table)."""
     params: dict[str, Any] = {"limit": limit}
     if lo is not None:
         params["lo"] = lo
-    stmt = sql.catchup_keys(lo is not None, table)
+    stmt = sql.catchup_keys_query(lo is not None, table)
     return [str(k) for k in conn.execute(stmt, params).scalars()]
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from cowrieprocessor.backfill import shape, sql
+from cowrieprocessor.backfill import json_storage, sql
+from cowrieprocessor.backfill.json_storage import JsonTypes
 from cowrieprocessor.backfill.keys import SESSION_ID_ORDER, Range
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import WALK
 from cowrieprocessor.backfill.run import BatchCounts
-from cowrieprocessor.backfill.shape import JsonTypes
 from cowrieprocessor.backfill.walker import RunRange
 from cowrieprocessor.db import partitions
 
@@ -36,7 +36,7 @@ def backfill_range(
     """The statement(s) of one backfill range, rendered for this database's JSON types,
     joining back by ``ctid`` or by key (:func:`join_back_mode`); what it writes goes to
     the rollback record under the job ``record_as`` (None: no record)."""
-    record = record_as is not None
+    keep_record = record_as is not None
     job = {"job": record_as}
 
     def resolved_by_source(row: Row[Any]) -> tuple[int, ...]:
@@ -50,8 +50,10 @@ def backfill_range(
             row = conn.execute(stmt, r.params).one()
             by_source = resolved_by_source(row)
         else:
-            stmt = sql.pg_backfill(json, r.has_lo, r.has_hi, r.needs, record=record, table=table)
-            row = conn.execute(stmt, {**r.params, **job} if record else r.params).one()
+            stmt = sql.pg_backfill(
+                json, r.has_lo, r.has_hi, r.needs, keep_record=keep_record, table=table
+            )
+            row = conn.execute(stmt, {**r.params, **job} if keep_record else r.params).one()
             by_source = ()
         return BatchCounts(
             int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated), by_source
@@ -69,7 +71,7 @@ def backfill_range(
             stmt = sql.pg_key_update(json, r.has_lo, r.has_hi, r.needs, table)
             written = conn.execute(stmt, r.params).all()
             updated = len(written)
-            if record and written:
+            if keep_record and written:
                 # one bound array per record column, in WRITTEN's order
                 columns = zip(*written, strict=True)
                 values = dict(zip(sql.RECORD_ARRAYS, map(list, columns), strict=True))
@@ -87,7 +89,7 @@ def backfill_range(
             updated = int(conn.execute(sql.SQLITE_WOULD_UPDATE).scalar_one())
         else:
             updated = conn.execute(sql.SQLITE_UPDATE).rowcount
-            if record and updated:
+            if keep_record and updated:
                 conn.execute(sql.SQLITE_RECORD, job)
         conn.execute(sql.SQLITE_BATCH_CLEAR)
         by_source = resolved_by_source(row)
@@ -111,14 +113,14 @@ def join_back_mode(conn: Connection, knobs: BackfillKnobs) -> str:
 def dry_run_counts(conn: Connection, hi: str | None = None) -> BatchCounts:
     """The backfill's counts over ``session_id`` range (start, ``hi``] (the whole table
     when ``hi`` is None), written nowhere: what ``check`` and ``verify`` report."""
-    json = shape.detect(conn)
+    json = json_storage.detect(conn)
     mode = join_back_mode(conn, BackfillKnobs())  # auto, as a run with no knob given
     run = backfill_range(conn.dialect.name, True, json, None, mode)
     return run(conn, Range(WALK, SESSION_ID_ORDER, None, hi))
 
 
 def clear_range(conn: Connection, r: Range) -> BatchCounts:
-    stmt = sql.clear_snapshots(r.has_lo, r.has_hi, r.order.column, r.order.table)
+    stmt = sql.null_snapshots_in_range(r.has_lo, r.has_hi, r.order.column, r.order.table)
     return BatchCounts(updated=conn.execute(stmt, r.params).rowcount)
 
 

@@ -30,7 +30,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
-from cowrieprocessor.backfill import control, progress, record, sql
+from cowrieprocessor.backfill import control, progress, rollback_record, sql
 from cowrieprocessor.backfill.errors import BackfillInterrupted, BatchFailed
 from cowrieprocessor.backfill.governor import Governor
 from cowrieprocessor.backfill.health import HealthMonitor, Reading
@@ -360,7 +360,7 @@ class RangeWalker:
 
             def attempt(conn: Connection, size: int = size) -> tuple[int, int, int] | None:
                 with self.tx.begin(conn):
-                    undone = record.undo_next(conn, size)
+                    undone = rollback_record.undo_next(conn, size)
                     if undone is not None:
                         run.undone(undone[1], undone[2])
                         self._save(conn)
@@ -487,5 +487,5 @@ class RangeWalker:
         if self.on_batch is not None:
             batch = self.run.state.batches
             self.on_batch(BatchReport(self.job, phase, batch, lo, hi, counts, seconds, snap))
-        leaf = self.order.table if self.order.table != sql.TABLE else None
+        leaf = self.order.table if self.order.table != sql.SESSIONS_TABLE else None
         self.run.log_batch(snap, size, seconds, leaf=leaf, last=hi is None)

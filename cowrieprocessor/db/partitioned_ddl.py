@@ -50,7 +50,6 @@ log = logging.getLogger("cowrieprocessor.migrations.partitions")
 # Today's table and foreign key, for callers that are not revisions (the benchmarks).
 # A revision passes its own (``table=``, ``definition=``): an edit here must not change
 # what an old revision does.
-TABLE = partitions.TABLE
 FK_TARGET = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
 
 # The foreign keys source_ip -> ip_inventory of every leaf below :table.
@@ -85,7 +84,7 @@ class LeafKey:
     table: tuple[str, str]  # (schema, leaf) as in the catalog: for statements
 
 
-def leaf_keys(conn: Connection, table: str = TABLE) -> list[LeafKey]:
+def leaf_keys(conn: Connection, table: str = partitions.SESSIONS_TABLE) -> list[LeafKey]:
     """The foreign keys ``source_ip -> ip_inventory`` of every leaf of ``table``, by leaf
     (in name order) then name."""
     return [

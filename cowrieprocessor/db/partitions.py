@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-TABLE = "session_summaries"
+SESSIONS_TABLE = "session_summaries"
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: a longer name is cut silently
 
 _IS_PARTITIONED = sa.text(
@@ -67,14 +67,14 @@ class Member:
         return (self.table[0], name)
 
 
-def is_partitioned(conn: Connection, table: str = TABLE) -> bool:
+def is_partitioned(conn: Connection, table: str = SESSIONS_TABLE) -> bool:
     """Whether ``table`` is a partitioned table (never on SQLite)."""
     if conn.dialect.name != "postgresql":
         return False
     return bool(conn.execute(_IS_PARTITIONED, {"table": table}).scalar())
 
 
-def tree(conn: Connection, table: str = TABLE) -> list[Member]:
+def tree(conn: Connection, table: str = SESSIONS_TABLE) -> list[Member]:
     """The partitions of ``table`` at every level, parents first ([] if not partitioned:
     the tree of a plain table is the table itself, level 0)."""
     if conn.dialect.name != "postgresql":
@@ -93,7 +93,7 @@ def tree(conn: Connection, table: str = TABLE) -> list[Member]:
     ]
 
 
-def leaves(conn: Connection, table: str = TABLE) -> list[str] | None:
+def leaves(conn: Connection, table: str = SESSIONS_TABLE) -> list[str] | None:
     """The leaves of a partitioned ``table`` in byte order of their names; None when the
     table is not partitioned (a partitioned table without partitions gives [])."""
     if not is_partitioned(conn, table):

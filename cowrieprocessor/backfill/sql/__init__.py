@@ -22,11 +22,11 @@ Where each statement lives:
 Every statement is fixed SQL text with bound parameters (``:lo``, ``:hi``,
 timeouts). What varies is chosen from fixed fragments written in these modules: the
 *shape* of a range predicate (a missing bound), a table's name read from the catalog
-(:func:`.walk.in_text`), the JSON column types (:mod:`cowrieprocessor.backfill.shape`),
+(:func:`.walk.in_text`), the JSON column types (:mod:`cowrieprocessor.backfill.json_storage`),
 never a value. Ruff's S608 cannot tell such a fragment from a value, so pyproject.toml
 turns it off for this package, and its f-strings are reviewed here by hand.
 
-The modules import only SQLAlchemy, :mod:`~cowrieprocessor.backfill.shape`,
+The modules import only SQLAlchemy, :mod:`~cowrieprocessor.backfill.json_storage`,
 :mod:`~cowrieprocessor.backfill.progress` (its table's name and columns) and each
 other, in one direction: rules, walk and record at the bottom, the ``resolve_*``
 modules on them, then clear, offline and reports.
@@ -34,7 +34,7 @@ modules on them, then clear, offline and reports.
 
 from __future__ import annotations
 
-from cowrieprocessor.backfill.sql.clear import clear_snapshots
+from cowrieprocessor.backfill.sql.clear import null_snapshots_in_range
 from cowrieprocessor.backfill.sql.offline import (
     offline_backfill,
     offline_undo,
@@ -123,8 +123,8 @@ from cowrieprocessor.backfill.sql.walk import (
     COUNT_SESSIONS,
     PG_SET_TIMEOUTS,
     ROWID_OF,
-    TABLE,
-    catchup_keys,
+    SESSIONS_TABLE,
+    catchup_keys_query,
     count_range,
     in_text,
     next_bound,
@@ -172,6 +172,7 @@ __all__ = [
     "ROWID_OF",
     "RUNBOOK_QUERY",
     "RUN_COLUMNS",
+    "SESSIONS_TABLE",
     "SET_NULL_ONLY",
     "SET_UNDONE",
     "SNAPSHOT_SAMPLE",
@@ -188,18 +189,17 @@ __all__ = [
     "SQLITE_UPDATE",
     "SQLITE_WOULD_UPDATE",
     "STILL_WRITTEN",
-    "TABLE",
     "UNCHANGED",
     "UNWRITE",
     "WOULD_CHANGE",
     "WOULD_CHANGE_READ",
     "WRITTEN",
-    "catchup_keys",
-    "clear_snapshots",
+    "catchup_keys_query",
     "count_range",
     "in_text",
     "next_bound",
     "next_rowid_bound",
+    "null_snapshots_in_range",
     "offline_backfill",
     "offline_undo",
     "offline_unwrite",

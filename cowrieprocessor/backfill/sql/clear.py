@@ -7,11 +7,11 @@ from __future__ import annotations
 from sqlalchemy import TextClause, text
 
 from cowrieprocessor.backfill.sql.rules import HAS_SNAPSHOT
-from cowrieprocessor.backfill.sql.walk import TABLE, in_text, range_predicate
+from cowrieprocessor.backfill.sql.walk import SESSIONS_TABLE, in_text, range_predicate
 
 
-def clear_snapshots(
-    has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = TABLE
+def null_snapshots_in_range(
+    has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = SESSIONS_TABLE
 ) -> TextClause:
     """NULL the five columns in one range, touching only rows that have a value."""
     return text(

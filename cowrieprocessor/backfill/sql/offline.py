@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from sqlalchemy import TextClause, text
 
+from cowrieprocessor.backfill.json_storage import OFFLINE
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
-from cowrieprocessor.backfill.shape import OFFLINE
 from cowrieprocessor.backfill.sql.record import (
     PG_RECORD_DDL,
     PG_RECORD_INSERT,
@@ -55,7 +55,7 @@ _PG_OFFLINE_RANGE = (
 def pg_offline_backfill(batch_size: int, job: str) -> list[TextClause]:
     """A DO block that a DBA can review and run: the same batches, each committed with
     its rollback record. The JSON columns are cast to jsonb (their types are unknown
-    offline; see :mod:`cowrieprocessor.backfill.shape`).
+    offline; see :mod:`cowrieprocessor.backfill.json_storage`).
 
     It must run outside a transaction block (psql's default autocommit), as Alembic's
     ``--sql`` output arranges by committing before it.

@@ -2,7 +2,7 @@
 
 What each batch wrote: one row per batch, in the batch's own transaction. The columns
 hold, per session, the value written into each column that was NULL (else NULL).
-See :mod:`cowrieprocessor.backfill.record` for why and how the downgrade uses it.
+See :mod:`cowrieprocessor.backfill.rollback_record` for why and how the downgrade uses it.
 """
 
 # Fixed fragments joined with f-strings, every value bound: see the package docstring.

@@ -16,24 +16,24 @@ from sqlalchemy import text
 
 from cowrieprocessor.backfill.progress import progress_table
 from cowrieprocessor.backfill.sql.rules import HAS_SNAPSHOT, HAS_SOURCE_IP, NEEDS_SNAPSHOT
-from cowrieprocessor.backfill.sql.walk import TABLE
+from cowrieprocessor.backfill.sql.walk import SESSIONS_TABLE
 
-COUNT_WITH_VALUES = text(f"SELECT count(*) FROM {TABLE} s WHERE {HAS_SNAPSHOT}")
-COUNT_WITH_SNAPSHOT = text(f"SELECT count(*) FROM {TABLE} s WHERE {HAS_SOURCE_IP}")
+COUNT_WITH_VALUES = text(f"SELECT count(*) FROM {SESSIONS_TABLE} s WHERE {HAS_SNAPSHOT}")
+COUNT_WITH_SNAPSHOT = text(f"SELECT count(*) FROM {SESSIONS_TABLE} s WHERE {HAS_SOURCE_IP}")
 
 # verify: a few sessions with a snapshot, and the ones whose snapshot differs from the
 # inventory's current values (the snapshot is of the time of the session: informative).
 SNAPSHOT_SAMPLE = text(
     "SELECT session_id, source_ip, snapshot_asn, snapshot_country, snapshot_ip_type, "
-    f"enrichment_at FROM {TABLE} s WHERE {HAS_SOURCE_IP} "
+    f"enrichment_at FROM {SESSIONS_TABLE} s WHERE {HAS_SOURCE_IP} "
     "ORDER BY session_id LIMIT 5"
 )
 ASN_DIVERGENT = text(
-    f"SELECT count(*) FROM {TABLE} s JOIN ip_inventory i "
+    f"SELECT count(*) FROM {SESSIONS_TABLE} s JOIN ip_inventory i "
     "ON i.ip_address = s.source_ip WHERE s.snapshot_asn <> i.current_asn"
 )
 COUNTRY_DIVERGENT = text(
-    f"SELECT count(*) FROM {TABLE} s JOIN ip_inventory i "
+    f"SELECT count(*) FROM {SESSIONS_TABLE} s JOIN ip_inventory i "
     "ON i.ip_address = s.source_ip WHERE s.snapshot_country <> i.geo_country"
 )
 

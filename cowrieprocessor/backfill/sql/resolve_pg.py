@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import TextClause, text
 
-from cowrieprocessor.backfill.shape import JsonColumn, JsonTypes
+from cowrieprocessor.backfill.json_storage import JsonColumn, JsonTypes
 from cowrieprocessor.backfill.sql.record import PG_RECORD_CTE, WRITTEN
 from cowrieprocessor.backfill.sql.rules import (
     IP_SOURCES,
@@ -23,7 +23,7 @@ from cowrieprocessor.backfill.sql.rules import (
     WOULD_CHANGE,
     priority_case,
 )
-from cowrieprocessor.backfill.sql.walk import TABLE, in_text, range_predicate
+from cowrieprocessor.backfill.sql.walk import SESSIONS_TABLE, in_text, range_predicate
 
 
 def _pg_text(col: JsonColumn, path: str, leaf: str) -> str:
@@ -59,7 +59,7 @@ def pg_candidates(se: JsonColumn, range_sql: str, needs: str, table: str, extra:
     WHERE {range_sql} AND {needs}"""
 
 
-def pg_resolve(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
+def pg_resolve(json: JsonTypes, range_sql: str, needs: str, table: str = SESSIONS_TABLE) -> str:
     """The CTEs ``cand``, ``ev``, ``resolved``, ``matched`` of one range (the rules: :mod:`.rules`).
 
     Every lookup is one index probe per candidate, whatever the sizes of the tables and
@@ -144,18 +144,18 @@ def pg_backfill(
     has_lo: bool,
     has_hi: bool,
     needs: str = NEEDS_SNAPSHOT,
-    record: bool = True,
-    table: str = TABLE,
+    keep_record: bool = True,
+    table: str = SESSIONS_TABLE,
 ) -> TextClause:
     """One range: resolve, update what would change, record it, and count: one round trip.
 
     With ``record``, what the UPDATE wrote goes into the rollback record (one row per
-    batch, see :mod:`cowrieprocessor.backfill.record`) in the same statement, so in the
+    batch, see :mod:`cowrieprocessor.backfill.rollback_record`) in the same statement, so in the
     same transaction: the record can never miss a committed write. Bind ``:job``.
     """
     resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs, table)
-    returning = WRITTEN if record else "1"
-    rec = f",\n{PG_RECORD_CTE}" if record else ""
+    returning = WRITTEN if keep_record else "1"
+    rec = f",\n{PG_RECORD_CTE}" if keep_record else ""
     return text(
         f"""{resolve},
 upd AS (
@@ -170,7 +170,11 @@ SELECT {PG_COUNTS},
 
 
 def pg_dry_run(
-    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, table: str = TABLE
+    json: JsonTypes,
+    has_lo: bool,
+    has_hi: bool,
+    needs: str = NEEDS_SNAPSHOT,
+    table: str = SESSIONS_TABLE,
 ) -> TextClause:
     """The same resolution as :func:`pg_backfill`, counting what it would update and
     how many sessions each IP source resolves."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from sqlalchemy import TextClause, text
 
-from cowrieprocessor.backfill.shape import JsonColumn, JsonTypes
+from cowrieprocessor.backfill.json_storage import JsonColumn, JsonTypes
 from cowrieprocessor.backfill.sql.record import WRITTEN
 from cowrieprocessor.backfill.sql.resolve_pg import pg_candidates
 from cowrieprocessor.backfill.sql.rules import (
@@ -33,7 +33,7 @@ from cowrieprocessor.backfill.sql.rules import (
     WOULD_CHANGE,
     WOULD_CHANGE_READ,
 )
-from cowrieprocessor.backfill.sql.walk import TABLE, in_text, range_predicate
+from cowrieprocessor.backfill.sql.walk import SESSIONS_TABLE, in_text, range_predicate
 
 
 def _pg_spur_type_flat(col: JsonColumn) -> str:
@@ -50,7 +50,9 @@ def _pg_spur_type_flat(col: JsonColumn) -> str:
            END"""
 
 
-def pg_resolve_flat(json: JsonTypes, range_sql: str, needs: str, table: str = TABLE) -> str:
+def pg_resolve_flat(
+    json: JsonTypes, range_sql: str, needs: str, table: str = SESSIONS_TABLE
+) -> str:
     """One range's candidates with their IP and inventory row (NULLs when unmatched), as
     one subquery: the key path's resolution (see the module doc).
 
@@ -96,7 +98,11 @@ UNCHANGED = """s.source_ip IS NOT DISTINCT FROM m.old_ip
 
 
 def pg_key_counts(
-    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, table: str = TABLE
+    json: JsonTypes,
+    has_lo: bool,
+    has_hi: bool,
+    needs: str = NEEDS_SNAPSHOT,
+    table: str = SESSIONS_TABLE,
 ) -> TextClause:
     """The key path's counts of one range (and a dry run's: what it would update, and
     how many sessions each IP source resolves)."""
@@ -115,7 +121,11 @@ FROM {resolve}"""
 
 
 def pg_key_update(
-    json: JsonTypes, has_lo: bool, has_hi: bool, needs: str = NEEDS_SNAPSHOT, table: str = TABLE
+    json: JsonTypes,
+    has_lo: bool,
+    has_hi: bool,
+    needs: str = NEEDS_SNAPSHOT,
+    table: str = SESSIONS_TABLE,
 ) -> TextClause:
     """The key path's UPDATE of one range, returning what it wrote (``WRITTEN``)."""
     range_sql = range_predicate(has_lo, has_hi)

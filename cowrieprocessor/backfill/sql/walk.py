@@ -15,7 +15,7 @@ from sqlalchemy import TextClause, text
 
 from cowrieprocessor.backfill.sql.rules import NEEDS_SNAPSHOT
 
-TABLE = "session_summaries"
+SESSIONS_TABLE = "session_summaries"
 
 
 def range_predicate(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> str:
@@ -42,7 +42,7 @@ def in_text(table: str) -> str:
 # --- walking the key space ---------------------------------------------------------
 
 
-def next_bound(has_lo: bool, table: str = TABLE) -> TextClause:
+def next_bound(has_lo: bool, table: str = SESSIONS_TABLE) -> TextClause:
     """The key ``:n`` places after ``:lo``: the inclusive upper bound of the next range.
 
     An index-only walk of ``:n`` entries of the primary key starting at the previous
@@ -62,16 +62,17 @@ def next_rowid_bound(has_lo: bool) -> TextClause:
     """
     where = "WHERE rowid > :lo " if has_lo else ""
     return text(
-        f"SELECT rowid, session_id FROM {TABLE} {where}ORDER BY rowid LIMIT 1 OFFSET :offset"
+        f"SELECT rowid, session_id FROM {SESSIONS_TABLE} {where}"
+        "ORDER BY rowid LIMIT 1 OFFSET :offset"
     )
 
 
 # SQLite: where a session sits now. VACUUM may renumber the rowids of a table without an
 # INTEGER PRIMARY KEY; a rowid position is trusted only while its session still has it.
-ROWID_OF = text(f"SELECT rowid FROM {TABLE} WHERE session_id = :sid")
+ROWID_OF = text(f"SELECT rowid FROM {SESSIONS_TABLE} WHERE session_id = :sid")
 
 
-def catchup_keys(has_lo: bool, table: str = TABLE) -> TextClause:
+def catchup_keys_query(has_lo: bool, table: str = SESSIONS_TABLE) -> TextClause:
     """The keys of the sessions without ``source_ip`` after ``:lo`` (one sequential scan
     and a sort of what it finds), at most ``:limit``: the catch-up's list."""
     after = "AND session_id > :lo " if has_lo else ""
@@ -82,7 +83,7 @@ def catchup_keys(has_lo: bool, table: str = TABLE) -> TextClause:
 
 
 def count_range(
-    has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = TABLE
+    has_lo: bool, has_hi: bool, column: str = "s.session_id", table: str = SESSIONS_TABLE
 ) -> TextClause:
     return text(
         f"SELECT count(*) FROM {in_text(table)} s WHERE {range_predicate(has_lo, has_hi, column)}"
@@ -104,6 +105,6 @@ PG_SET_TIMEOUTS = text(
 
 # --- counts for the start of a run ----------------------------------------------------
 
-COUNT_SESSIONS = text(f"SELECT count(*) FROM {TABLE}")
-COUNT_NEEDING = text(f"SELECT count(*) FROM {TABLE} s WHERE {NEEDS_SNAPSHOT}")
+COUNT_SESSIONS = text(f"SELECT count(*) FROM {SESSIONS_TABLE}")
+COUNT_NEEDING = text(f"SELECT count(*) FROM {SESSIONS_TABLE} s WHERE {NEEDS_SNAPSHOT}")
 COUNT_INVENTORY = text("SELECT count(*) FROM ip_inventory")
