@@ -145,8 +145,8 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def databases(request: pytest.FixtureRequest, db_url: str) -> Databases:
     """More throwaway databases on the dialect of ``db_url`` (dropped with it)."""
-    dialect = sa.make_url(db_url).get_backend_name()
-    dbs = request.getfixturevalue(f"{dialect}_databases")
+    sqlite = sa.make_url(db_url).get_backend_name() == "sqlite"
+    dbs = request.getfixturevalue("sqlite_databases" if sqlite else "pg_databases")
     assert isinstance(dbs, Databases)
     return dbs
 

@@ -361,16 +361,12 @@ def _resumed_as_if_never_stopped(url: str, uninterrupted: str) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_backfill_says_how_to_resume(
-    db_url: str, request: pytest.FixtureRequest, sig: signal.Signals
+    db_url: str, databases: Databases, sig: signal.Signals
 ) -> None:
     engine = at_0002(db_url)
     with engine.begin() as conn:
         seed_random(conn, 600, 60)
     engine.dispose()
-    # (conftest's `databases` fixture asks for "postgresql_databases"; it is pg_databases)
-    sqlite = db_url.startswith("sqlite")
-    databases = request.getfixturevalue("sqlite_databases" if sqlite else "pg_databases")
-    assert isinstance(databases, Databases)
     uninterrupted = databases.clone(db_url)
     _interrupt_the_backfill(db_url, sig)
     _resumed_as_if_never_stopped(db_url, uninterrupted)
