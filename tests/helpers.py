@@ -47,12 +47,31 @@ def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return full
 
 
+# the real ``alembic`` on the project's alembic.ini
+ALEMBIC = [str(ALEMBIC_BIN), "-c", str(PROJECT_ROOT / "alembic.ini")]
+
+
 def alembic_argv(url: str, *args: str, x: Mapping[str, str] | None = None) -> list[str]:
     """``alembic -c alembic.ini -x db=URL [-x knob=value ...] ARGS``."""
     x_opts = ["-x", f"db={url}"]
     for key, value in (x or {}).items():
         x_opts += ["-x", f"{key}={value}"]
-    return [str(ALEMBIC_BIN), "-c", str(PROJECT_ROOT / "alembic.ini"), *x_opts, *args]
+    return [*ALEMBIC, *x_opts, *args]
+
+
+def run_to_end(
+    argv: list[str], env: Mapping[str, str] | None = None, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run a command of ours in the project folder to its end; stdout and stderr apart."""
+    return subprocess.run(
+        argv,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(env),
+        timeout=timeout,
+        check=False,
+    )
 
 
 def run_alembic(
@@ -63,28 +82,12 @@ def run_alembic(
     timeout: float = RUN_TIMEOUT,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``alembic`` command against ``url`` to its end; stdout and stderr apart."""
-    return subprocess.run(
-        alembic_argv(url, *args, x=x),
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        env=child_env(env),
-        timeout=timeout,
-        check=False,
-    )
+    return run_to_end(alembic_argv(url, *args, x=x), env, timeout)
 
 
 def cowrie_db(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run the real ``cowrie-db`` command to its end; stdout and stderr apart."""
-    return subprocess.run(
-        [str(COWRIE_DB), *args],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=PROJECT_ROOT,
-        timeout=timeout,
-        check=False,
-    )
+    return run_to_end([str(COWRIE_DB), *args], timeout=timeout)
 
 
 def progress_state(engine: sa.Engine, job: str) -> tuple[str, str | None, int]:

@@ -22,9 +22,8 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.deploy_errors import Run, describe
-from cowrieprocessor.settings import PROJECT_ROOT
 from tests.databases import Databases, sqlite_path
-from tests.helpers import ALEMBIC_BIN, Alembic, batches_committed, child_env, run_alembic
+from tests.helpers import ALEMBIC, Alembic, batches_committed, run_alembic, run_to_end
 from tests.seed import at_0002, seed_random, snapshots, version
 
 HEAD = "0004_snapshot_indexes"
@@ -39,15 +38,7 @@ def alembic(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """The real ``alembic -c alembic.ini ARGS`` (no ``-x db`` unless in ARGS)."""
-    return subprocess.run(
-        [str(ALEMBIC_BIN), "-c", str(PROJECT_ROOT / "alembic.ini"), *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        env=child_env(env),
-        timeout=timeout,
-        check=False,
-    )
+    return run_to_end([*ALEMBIC, *args], env, timeout)
 
 
 def one_line(out: subprocess.CompletedProcess[str], status: int, *words: str) -> str:
