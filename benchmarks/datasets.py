@@ -1,7 +1,7 @@
 """The benchmark's databases: one generated dataset per dialect, and fresh copies of it.
 
 A dataset is built once per size and shape, exactly as a deploy would find the database,
-then filled by :func:`cowrieprocessor.testing.demo.generate` (the generator behind
+then filled by :func:`cowrieprocessor.demo.generate` (the generator behind
 ``cowrie-db demo-data``), then statistics. The shapes:
 
 * ``current``: our own schema, the real ``alembic upgrade 0002_snapshot_columns``;
@@ -117,7 +117,7 @@ def build(
     dialect: str, url: str, sessions: int, ips: int, seed: int = 1, shape: str = "current"
 ) -> dict[str, float]:
     """Build the shape's schema, generate the data, gather statistics. Returns timings."""
-    from cowrieprocessor.testing.demo import DemoSpec, generate
+    from cowrieprocessor.demo import DemoSpec, generate
 
     started = time.monotonic()
     build_schema(dialect, url, shape)

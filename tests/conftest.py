@@ -1,5 +1,5 @@
-"""Shared fixtures: throwaway databases (:mod:`tests.databases`) on SQLite and on a real
-PostgreSQL server.
+"""Shared fixtures: throwaway databases (:mod:`cowrieprocessor.testing.databases`) on SQLite
+and on a real PostgreSQL server.
 
 PostgreSQL comes from ``TEST_POSTGRES_URL`` (an existing server where we may create
 databases) or is started here by :class:`EphemeralPostgres` once per test session.
@@ -19,9 +19,11 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.testing.databases import Databases, dialect_params
 from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, PostgresUnavailable
 from cowrieprocessor.testing.standby import StreamingStandby
-from tests.databases import DIALECTS, Databases
+
+DIALECTS = dialect_params()
 
 # A test that uses any of these needs PostgreSQL: it gets the ``postgres`` mark, so that
 # ``-m postgres`` (``make test-all``'s second server) selects every PostgreSQL test.

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from cowrieprocessor.db.adoption import CK_NAME, COVERING_INDEX, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import run_alembic
-from tests.seed import add_asn, add_ip, add_session, migrate, snapshots
+from cowrieprocessor.testing.runners import run_alembic
+from cowrieprocessor.testing.seed import add_asn, add_ip, add_session, migrate, snapshots
 
 LEGACY_COLUMNS = {
     "postgresql": [

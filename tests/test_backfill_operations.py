@@ -30,10 +30,10 @@ from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.db.adoption import COVERING_INDEX
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.ephemeral_pg import find_bindir
-from tests.databases import Databases
-from tests.helpers import Alembic, cowrie_db, run_alembic
-from tests.seed import (
+from cowrieprocessor.testing.runners import Alembic, cowrie_db, run_alembic
+from cowrieprocessor.testing.seed import (
     add_ip,
     add_session,
     at_0002,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import run_alembic
-from tests.seed import (
+from cowrieprocessor.testing.runners import run_alembic
+from cowrieprocessor.testing.seed import (
     T0,
     add_asn,
     add_event,

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import json_storage, sql
 from cowrieprocessor.testing import field_schema
-from tests.seed import at_0002, seed_random
+from cowrieprocessor.testing.seed import at_0002, seed_random
 
 SESSIONS = 2_000
 

@@ -13,7 +13,7 @@ from cowrieprocessor.backfill.sizing import (
     CATCHUP_REACH,
     BatchSizer,
 )
-from tests.seed import at_0002, seed_random
+from cowrieprocessor.testing.seed import at_0002, seed_random
 
 
 def test_adaptive_sizes_follow_the_batch_time_within_bounds() -> None:

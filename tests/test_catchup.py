@@ -15,7 +15,7 @@ from cowrieprocessor.backfill import BackfillKnobs, BatchReport, run_backfill
 from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from tests.seed import add_ip, add_session, at_0002, read, seed_random
+from cowrieprocessor.testing.seed import add_ip, add_session, at_0002, read, seed_random
 
 
 def test_sessions_inserted_behind_the_walk_are_caught_up(

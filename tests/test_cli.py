@@ -18,8 +18,8 @@ from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.progress import DONE, PROGRESS_TABLE
 from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.settings import PROJECT_ROOT
-from tests.helpers import COWRIE_DB, batches_committed, child_env, cowrie_db
-from tests.seed import at_0002, migrate, seed_random, snapshots
+from cowrieprocessor.testing.runners import COWRIE_DB, batches_committed, child_env, cowrie_db
+from cowrieprocessor.testing.seed import at_0002, migrate, seed_random, snapshots
 
 PASSWORD = "s3cr:t@p/w%d"
 PASSWORD_IN_URL = "s3cr%3At%40p%2Fw%25d"

@@ -19,9 +19,9 @@ from cowrieprocessor.cli.knob_flags import knob_x_args
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import UnusableDatabase, quick_check, require_usable_sqlite
 from cowrieprocessor.settings import SettingsError
-from tests.databases import sqlite_path
-from tests.helpers import COWRIE_DB, batches_committed, child_env, cowrie_db
-from tests.seed import at_0002, seed_random
+from cowrieprocessor.testing.databases import sqlite_path
+from cowrieprocessor.testing.runners import COWRIE_DB, batches_committed, child_env, cowrie_db
+from cowrieprocessor.testing.seed import at_0002, seed_random
 
 # --- fixtures: a sound file, a text file, a damaged one --------------------------------
 

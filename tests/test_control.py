@@ -20,8 +20,8 @@ from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.progress import LATER_COLUMNS, PROGRESS_TABLE, progress_table
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from tests.helpers import Alembic, CowrieDb, batches_committed, cowrie_db
-from tests.seed import at_0002, read, seed_random, version
+from cowrieprocessor.testing.runners import Alembic, CowrieDb, batches_committed, cowrie_db
+from cowrieprocessor.testing.seed import at_0002, read, seed_random, version
 
 SESSIONS, IPS = 4_000, 400
 # 40 batches of 100 sessions, 150 ms apart: 6 s, time enough for a `cowrie-db control`

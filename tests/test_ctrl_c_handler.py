@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from cowrieprocessor.settings import PROJECT_ROOT
-from tests.helpers import child_env
+from cowrieprocessor.testing.runners import child_env
 
 PROBE = """
 import signal

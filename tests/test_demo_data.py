@@ -21,9 +21,9 @@ from alembic import command
 
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
+from cowrieprocessor.demo import DemoDataError, DemoResult, DemoSpec, generate, sink
 from cowrieprocessor.settings import PROJECT_ROOT
-from cowrieprocessor.testing.demo import DemoDataError, DemoResult, DemoSpec, generate, sink
-from tests.helpers import alembic_config
+from cowrieprocessor.testing.runners import alembic_config
 
 SPEC = DemoSpec(sessions=2_000, ips=400, seed=7)
 TABLE_KEYS = {

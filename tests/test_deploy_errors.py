@@ -22,9 +22,15 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.deploy_errors import Run, describe
-from tests.databases import Databases, sqlite_path
-from tests.helpers import ALEMBIC, Alembic, batches_committed, run_alembic, run_to_end
-from tests.seed import at_0002, seed_random, snapshots, version
+from cowrieprocessor.testing.databases import Databases, sqlite_path
+from cowrieprocessor.testing.runners import (
+    ALEMBIC,
+    Alembic,
+    batches_committed,
+    run_alembic,
+    run_to_end,
+)
+from cowrieprocessor.testing.seed import at_0002, seed_random, snapshots, version
 
 HEAD = "0004_snapshot_indexes"
 AT_0002 = "0002_snapshot_columns"

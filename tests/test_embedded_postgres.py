@@ -20,8 +20,8 @@ from alembic import command
 from cowrieprocessor.testing import ephemeral_pg
 from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, embedded_bindir
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from tests.helpers import alembic_config
-from tests.seed import at_0002, migrate, read, seed_random
+from cowrieprocessor.testing.runners import alembic_config
+from cowrieprocessor.testing.seed import at_0002, migrate, read, seed_random
 
 EMBEDDED = embedded_bindir()
 pytestmark = [

@@ -22,7 +22,7 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.testing import field_schema
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from tests.helpers import Alembic, cowrie_db, run_alembic
+from cowrieprocessor.testing.runners import Alembic, cowrie_db, run_alembic
 
 pytestmark = pytest.mark.postgres
 

@@ -24,11 +24,11 @@ from cowrieprocessor.backfill import BackfillKnobs, BatchReport, run_backfill
 from cowrieprocessor.backfill.control import THROTTLED, running_job
 from cowrieprocessor.backfill.health import HIDDEN_STANDBY_WARNING
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
+from cowrieprocessor.testing.reliability.figures import record
+from cowrieprocessor.testing.seed import at_0002, read, seed_random
 from cowrieprocessor.testing.standby import StreamingStandby, replica_lag_bytes
-from tests.databases import Databases
-from tests.reliability.figures import record
-from tests.seed import at_0002, read, seed_random
 
 MB = 1024 * 1024
 SESSIONS, IPS = 12_000, 1_500

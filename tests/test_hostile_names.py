@@ -33,10 +33,10 @@ from cowrieprocessor.db import partitions
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE
+from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.partitioned import HASH, partition_tables
-from tests.databases import Databases
-from tests.helpers import alembic_config
-from tests.seed import migrate
+from cowrieprocessor.testing.runners import alembic_config
+from cowrieprocessor.testing.seed import migrate
 
 PAYLOAD = '"; CREATE TABLE pwned(); --'
 TAME = ("tame_a", "tame_b", "tame_c")

@@ -14,7 +14,7 @@ from pytest_alembic.tests import (  # the floor for any Alembic project
 )
 
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import run_alembic
+from cowrieprocessor.testing.runners import run_alembic
 
 __all__ = [
     "test_model_definitions_match_ddl",

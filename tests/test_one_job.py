@@ -30,8 +30,8 @@ from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.backfill.walker import BatchReport
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from tests.helpers import CowrieDb, cowrie_db, run_alembic
-from tests.seed import at_0002, migrate, read, seed_random
+from cowrieprocessor.testing.runners import CowrieDb, cowrie_db, run_alembic
+from cowrieprocessor.testing.seed import at_0002, migrate, read, seed_random
 
 SESSIONS, IPS = 4_000, 400
 # 40 batches of 100 sessions, 150 ms apart: the holder is paused by `cowrie-db control`

@@ -13,8 +13,8 @@ from alembic import command
 
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import alembic_config, run_alembic
-from tests.seed import migrate
+from cowrieprocessor.testing.runners import alembic_config, run_alembic
+from cowrieprocessor.testing.seed import migrate
 
 
 @pytest.mark.postgres

@@ -21,10 +21,16 @@ from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.db import partitions
 from cowrieprocessor.db.adoption import SNAPSHOT_INDEXES
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.partitioned import HASH, KINDS, RANGE, partition_tables
-from tests.databases import Databases
-from tests.helpers import Alembic, cowrie_db, run_alembic
-from tests.seed import at_0002, migrate, partitioned_at_0002, seed_random, snapshots
+from cowrieprocessor.testing.runners import Alembic, cowrie_db, run_alembic
+from cowrieprocessor.testing.seed import (
+    at_0002,
+    migrate,
+    partitioned_at_0002,
+    seed_random,
+    snapshots,
+)
 
 SESSIONS, IPS = 2000, 200
 FK = "fk_session_summaries_source_ip_ip_inventory"

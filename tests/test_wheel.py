@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.settings import PROJECT_ROOT
-from tests.helpers import child_env
-from tests.seed import read
+from cowrieprocessor.testing.runners import child_env
+from cowrieprocessor.testing.seed import read
 
 BUILD_TIMEOUT = 600.0
 

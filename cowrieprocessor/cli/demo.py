@@ -1,5 +1,5 @@
 """``cowrie-db demo-data``: fill a database at revision 0002 with synthetic data
-(:mod:`cowrieprocessor.testing.demo`, imported only when the command runs)."""
+(:mod:`cowrieprocessor.demo`, imported only when the command runs)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def register(command: AddCommand) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace, out: TextIO) -> int:
-    from cowrieprocessor.testing.demo import DemoDataError, DemoSpec, generate
+    from cowrieprocessor.demo import DemoDataError, DemoSpec, generate
 
     engine = open_engine(args)
     try:

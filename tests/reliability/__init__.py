@@ -11,13 +11,8 @@ corpus of malformed input (``test_bad_input``). After each fault the run is fini
 rerunning the real command, and every row's five snapshot columns are compared with an
 uninterrupted run over the same data.
 
-The harness: :mod:`.datasets` seeds the data (with :func:`tests.seed.seed_random`, the
-suite's one seeder) and runs it uninterrupted (the reference), :mod:`.outcomes` compares
-what a run left with it, :mod:`.kills` aims and lands the ``kill -9``, :mod:`.figures`
-publishes what was measured; the datasets are fixtures in ``conftest.py``, built once per
-dialect for the whole package. The ``alembic`` child
-process itself is :class:`tests.helpers.Alembic`, the throwaway databases
-:class:`tests.databases.Databases`, as for the rest of the suite.
+The harness is :mod:`cowrieprocessor.testing.reliability`; the datasets are fixtures in
+``conftest.py``, built once per dialect for the whole package.
 
 What the tests measure is printed (``pytest -s``) and, when ``COWRIE_RELIABILITY_FIGURES``
 names a file, appended to it as JSON lines; docs/reliability.md publishes the figures.

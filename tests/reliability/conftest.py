@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import DIALECTS, Databases
-from tests.reliability.datasets import SCALE_OUT, SCALE_OUT_IDS, Dataset, build_dataset
-from tests.seed import seed_random
+from cowrieprocessor.testing.databases import Databases, dialect_params
+from cowrieprocessor.testing.reliability.datasets import (
+    SCALE_OUT,
+    SCALE_OUT_IDS,
+    Dataset,
+    build_dataset,
+)
+from cowrieprocessor.testing.seed import seed_random
+
+DIALECTS = dialect_params()
 
 
 @pytest.fixture(scope="package")

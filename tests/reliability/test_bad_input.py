@@ -30,10 +30,19 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BackfillKnobs, KnobError
-from tests.helpers import run_alembic
-from tests.reliability.datasets import SCALE_OUT, SCALE_OUT_IDS
-from tests.reliability.figures import record
-from tests.seed import T0, add_asn, at_0002, ev_t, ip_t, partitioned_at_0002, sess_t, snapshots
+from cowrieprocessor.testing.reliability.datasets import SCALE_OUT, SCALE_OUT_IDS
+from cowrieprocessor.testing.reliability.figures import record
+from cowrieprocessor.testing.runners import run_alembic
+from cowrieprocessor.testing.seed import (
+    T0,
+    add_asn,
+    at_0002,
+    ev_t,
+    ip_t,
+    partitioned_at_0002,
+    sess_t,
+    snapshots,
+)
 
 NO_IP = "no canonical IP"
 NOT_IN = "IP not in inventory"

@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.progress import DONE, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import Alembic, progress_state
-from tests.reliability.datasets import Dataset
-from tests.reliability.figures import SEED, record
-from tests.reliability.outcomes import NULLS, differences
-from tests.seed import T0, ev_t, sess_t, snapshots
+from cowrieprocessor.testing.reliability.datasets import Dataset
+from cowrieprocessor.testing.reliability.figures import SEED, record
+from cowrieprocessor.testing.reliability.outcomes import NULLS, differences
+from cowrieprocessor.testing.runners import Alembic, progress_state
+from cowrieprocessor.testing.seed import T0, ev_t, sess_t, snapshots
 
 
 @dataclass

@@ -7,11 +7,11 @@ import pytest
 
 from cowrieprocessor.backfill import CLEAR_JOB
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import Alembic, run_alembic
-from tests.reliability.datasets import Dataset
-from tests.reliability.kills import kill_trials
-from tests.reliability.outcomes import BACKFILL, BEFORE, differences
-from tests.seed import migrate, snapshots, version
+from cowrieprocessor.testing.reliability.datasets import Dataset
+from cowrieprocessor.testing.reliability.kills import kill_trials
+from cowrieprocessor.testing.reliability.outcomes import BACKFILL, BEFORE, differences
+from cowrieprocessor.testing.runners import Alembic, run_alembic
+from cowrieprocessor.testing.seed import migrate, snapshots, version
 
 
 def test_kill_9_at_random_moments_then_rerun_matches_an_uninterrupted_run(mixed: Dataset) -> None:

@@ -12,11 +12,11 @@ from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.alembic_ops import BATCH_APPLICATION_NAME
 from cowrieprocessor.backfill.progress import DONE
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import Alembic, progress_state, run_alembic
-from tests.reliability.datasets import Dataset
-from tests.reliability.figures import record
-from tests.reliability.outcomes import differences
-from tests.seed import snapshots
+from cowrieprocessor.testing.reliability.datasets import Dataset
+from cowrieprocessor.testing.reliability.figures import record
+from cowrieprocessor.testing.reliability.outcomes import differences
+from cowrieprocessor.testing.runners import Alembic, progress_state, run_alembic
+from cowrieprocessor.testing.seed import snapshots
 
 
 def _slow_updates(engine: sa.Engine, seconds_per_row: float) -> None:

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import COWRIE_DB, alembic_argv, child_env, run_alembic
-from tests.reliability.datasets import Dataset
+from cowrieprocessor.testing.reliability.datasets import Dataset
+from cowrieprocessor.testing.runners import COWRIE_DB, alembic_argv, child_env, run_alembic
 
 PASSWORD = "p@ss:w/rd?#%&= x'\"1"  # every character a URL parser cares about
 

@@ -20,17 +20,17 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.databases import sqlite_path
-from tests.helpers import Alembic, run_alembic
-from tests.reliability.datasets import Dataset
-from tests.reliability.figures import record
-from tests.reliability.outcomes import (
+from cowrieprocessor.testing.databases import sqlite_path
+from cowrieprocessor.testing.reliability.datasets import Dataset
+from cowrieprocessor.testing.reliability.figures import record
+from cowrieprocessor.testing.reliability.outcomes import (
     BEFORE,
     NULLS,
     assert_only_whole_ranges_committed,
     differences,
 )
-from tests.seed import snapshots, version
+from cowrieprocessor.testing.runners import Alembic, run_alembic
+from cowrieprocessor.testing.seed import snapshots, version
 
 HOLDER = """
 import sqlite3, sys

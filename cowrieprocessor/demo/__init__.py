@@ -115,10 +115,10 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from cowrieprocessor.testing.demo.generator import Generator
-from cowrieprocessor.testing.demo.rows import Format
-from cowrieprocessor.testing.demo.sink import COUNT_SQL, Sink, check_schema, target_tables
-from cowrieprocessor.testing.demo.spec import DemoDataError, DemoResult, DemoSpec, validate
+from cowrieprocessor.demo.generator import Generator
+from cowrieprocessor.demo.rows import Format
+from cowrieprocessor.demo.sink import COUNT_SQL, Sink, check_schema, target_tables
+from cowrieprocessor.demo.spec import DemoDataError, DemoResult, DemoSpec, validate
 
 __all__ = ["DemoDataError", "DemoResult", "DemoSpec", "generate"]
 

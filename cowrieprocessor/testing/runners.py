@@ -23,6 +23,7 @@ from alembic.config import Config
 from sqlalchemy.exc import DBAPIError
 
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.progress import progress_table as progress
 from cowrieprocessor.settings import PROJECT_ROOT
 
 ALEMBIC_BIN = Path(sys.executable).parent / "alembic"
@@ -97,8 +98,9 @@ def progress_state(engine: sa.Engine, job: str) -> tuple[str, str | None, int]:
             if not sa.inspect(conn).has_table(PROGRESS_TABLE):
                 return "no-table", None, 0
             row = conn.execute(
-                sa.text(f"SELECT phase, last_key, batches FROM {PROGRESS_TABLE} WHERE job = :j"),
-                {"j": job},
+                sa.select(progress.c.phase, progress.c.last_key, progress.c.batches).where(
+                    progress.c.job == job
+                )
             ).first()
     except DBAPIError:  # the table went away between the two statements
         return "no-table", None, 0

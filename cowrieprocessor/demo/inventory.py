@@ -11,8 +11,8 @@ import ipaddress
 import random
 from collections.abc import Callable
 
-from cowrieprocessor.testing.demo.reference import COUNTRIES, Asn, ip_types, spur
-from cowrieprocessor.testing.demo.rows import (
+from cowrieprocessor.demo.reference import COUNTRIES, Asn, ip_types, spur
+from cowrieprocessor.demo.rows import (
     DAY,
     JSON,
     SECOND,

@@ -17,10 +17,9 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, PROGRESS_TABLE, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.helpers import Alembic, batches_committed, progress_state
-from tests.reliability.datasets import Dataset, Reference
-from tests.reliability.figures import SEED, record
-from tests.reliability.outcomes import (
+from cowrieprocessor.testing.reliability.datasets import Dataset, Reference
+from cowrieprocessor.testing.reliability.figures import SEED, record
+from cowrieprocessor.testing.reliability.outcomes import (
     BACKFILL,
     BEFORE,
     HEAD,
@@ -30,7 +29,8 @@ from tests.reliability.outcomes import (
     invalid_indexes,
     snapshot_indexes,
 )
-from tests.seed import snapshots, version
+from cowrieprocessor.testing.runners import Alembic, batches_committed, progress_state
+from cowrieprocessor.testing.seed import snapshots, version
 
 
 def landing(engine: sa.Engine, direction: str) -> str:

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
-from cowrieprocessor.testing.demo.rows import JSON, TABLES, Row, Table
-from cowrieprocessor.testing.demo.spec import DemoDataError
+from cowrieprocessor.demo.rows import JSON, TABLES, Row, Table
+from cowrieprocessor.demo.spec import DemoDataError
 
 # Which of the given keys exist already: one parameter (an array on PostgreSQL, a JSON
 # array on SQLite) however many keys there are.

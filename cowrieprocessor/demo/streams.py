@@ -17,8 +17,8 @@ import math
 import random
 import statistics
 
-from cowrieprocessor.testing.demo.reference import V6_PREFIX16
-from cowrieprocessor.testing.demo.rows import SECOND, WINDOW
+from cowrieprocessor.demo.reference import V6_PREFIX16
+from cowrieprocessor.demo.rows import SECOND, WINDOW
 
 # --- keyed bijections: unique, random-looking keys in O(1) memory ---------------------
 

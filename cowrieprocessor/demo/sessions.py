@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from cowrieprocessor.testing.demo.reference import (
+from cowrieprocessor.demo.reference import (
     COMMANDS,
     COUNTRIES,
     DSHIELD_ERRORS,
@@ -25,7 +25,7 @@ from cowrieprocessor.testing.demo.reference import (
     behaviours,
     metadata,
 )
-from cowrieprocessor.testing.demo.rows import (
+from cowrieprocessor.demo.rows import (
     DAY,
     DAYS,
     SECOND,
@@ -35,7 +35,7 @@ from cowrieprocessor.testing.demo.rows import (
     cowrie_ts,
     day,
 )
-from cowrieprocessor.testing.demo.streams import Rngs
+from cowrieprocessor.demo.streams import Rngs
 
 
 class SessionRows:

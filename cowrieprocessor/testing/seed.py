@@ -20,9 +20,9 @@ from cowrieprocessor.db.models import (
     RawEvent,
     SessionSummary,
 )
+from cowrieprocessor.testing.databases import copy_migrated
 from cowrieprocessor.testing.partitioned import partition_tables
-from tests.databases import copy_migrated
-from tests.helpers import alembic_config
+from cowrieprocessor.testing.runners import alembic_config
 
 T = TypeVar("T")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -47,7 +47,8 @@ def read(url: str, what: Callable[[sa.Connection], T]) -> T:
 
 def migrate(url: str, target: str) -> None:
     """Upgrade ``url`` to ``target``; an untouched database becomes a copy of one migrated
-    there once (:func:`tests.databases.copy_migrated`): the same result, faster."""
+    there once (:func:`cowrieprocessor.testing.databases.copy_migrated`): the same result,
+    faster."""
 
     def upgrade(to_url: str) -> None:
         command.upgrade(alembic_config(to_url), target)

@@ -17,14 +17,19 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
-DIALECTS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-]
+
+def dialect_params() -> list[Any]:
+    """The two dialects as pytest parameters, PostgreSQL's marked ``postgres``."""
+    import pytest  # only a test run asks for them: the package does not need pytest
+
+    return [
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
 
 
 def sqlite_path(url: str) -> str:

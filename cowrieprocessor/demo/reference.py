@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cowrieprocessor.testing.demo.rows import JSON, Format
+from cowrieprocessor.demo.rows import JSON, Format
 
 # fmt: off
 # code, name, capital, weight (share of attack sources), registry, latitude, longitude

@@ -22,14 +22,14 @@ import math
 from array import array
 from collections.abc import Callable
 
-from cowrieprocessor.testing.demo.inventory import asn_row, ip_row
-from cowrieprocessor.testing.demo.reference import (
+from cowrieprocessor.demo.inventory import asn_row, ip_row
+from cowrieprocessor.demo.reference import (
     COUNTRIES,
     COUNTRY_CUM,
     COUNTRY_RANGE,
     build_asns,
 )
-from cowrieprocessor.testing.demo.rows import (
+from cowrieprocessor.demo.rows import (
     ASN_TABLE,
     DAY,
     EVENT_TABLE,
@@ -40,10 +40,10 @@ from cowrieprocessor.testing.demo.rows import (
     Format,
     Row,
 )
-from cowrieprocessor.testing.demo.sessions import SessionRows
-from cowrieprocessor.testing.demo.sink import Sink
-from cowrieprocessor.testing.demo.spec import DemoDataError, DemoResult, DemoSpec
-from cowrieprocessor.testing.demo.streams import (
+from cowrieprocessor.demo.sessions import SessionRows
+from cowrieprocessor.demo.sink import Sink
+from cowrieprocessor.demo.spec import DemoDataError, DemoResult, DemoSpec
+from cowrieprocessor.demo.streams import (
     ZIPF_EXPONENT,
     AttackStream,
     IpStream,

@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB, CLEAR_JOB
 from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
-from tests.databases import Databases
-from tests.helpers import Alembic, progress_state
-from tests.reliability.outcomes import BEFORE, NULLS, Snaps, differences
-from tests.seed import (
+from cowrieprocessor.testing.databases import Databases
+from cowrieprocessor.testing.reliability.outcomes import BEFORE, NULLS, Snaps, differences
+from cowrieprocessor.testing.runners import Alembic, progress_state
+from cowrieprocessor.testing.seed import (
     at_0002,
     migrate,
     partitioned_at_0002,

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.progress import WALK
 from cowrieprocessor.db import adoption
-from tests.helpers import progress_state
-from tests.seed import snapshots
+from cowrieprocessor.testing.runners import progress_state
+from cowrieprocessor.testing.seed import snapshots
 
 BEFORE = "0002_snapshot_columns"
 BACKFILL = "0003_backfill_session_snapshots"
