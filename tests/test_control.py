@@ -20,7 +20,13 @@ from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.progress import LATER_COLUMNS, PROGRESS_TABLE, progress_table
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from cowrieprocessor.testing.runners import Alembic, CowrieDb, batches_committed, cowrie_db
+from cowrieprocessor.testing.runners import (
+    Alembic,
+    CowrieDb,
+    batches_committed,
+    cowrie_db,
+    wait_for_heartbeats,
+)
 from cowrieprocessor.testing.seed import at_0002, read, seed_random, version
 
 SESSIONS, IPS = 4_000, 400
@@ -75,7 +81,8 @@ def test_pause_holds_alembic_upgrade_head_unstamped_until_resume(
         assert paused.returncode == 0, paused.stdout + paused.stderr
         assert "paused: no batch starts" in paused.stdout
         held = batches_committed(engine, BACKFILL_JOB)
-        time.sleep(2.5)
+        # the run looks at its commands twice more and starts no batch
+        wait_for_heartbeats(engine, BACKFILL_JOB, 2)
         assert batches_committed(engine, BACKFILL_JOB) == held, "a batch committed while paused"
         assert run.running() and version(engine) == "0002_snapshot_columns"
         status = cowrie_db("status", "--db", url)

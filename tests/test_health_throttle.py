@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cowrieprocessor.backfill import BackfillKnobs, BatchReport, run_backfill
+from cowrieprocessor.backfill import BACKFILL_JOB, BackfillKnobs, BatchReport, run_backfill
 from cowrieprocessor.backfill.control import THROTTLED, running_job
 from cowrieprocessor.backfill.health import HIDDEN_STANDBY_WARNING
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from cowrieprocessor.testing.reliability.figures import record
+from cowrieprocessor.testing.runners import wait_for_heartbeats, wait_until
 from cowrieprocessor.testing.seed import at_0002, read, seed_random
 from cowrieprocessor.testing.standby import StreamingStandby, replica_lag_bytes
 
@@ -97,13 +98,6 @@ class LagWatch(threading.Thread):
             self.halt.wait(0.02)
 
 
-def wait_until(what: str, predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_replica_lag_holds_the_backfill_until_replay_resumes(
     standby: StreamingStandby, primary_databases: Databases
 ) -> None:
@@ -139,7 +133,8 @@ def test_replica_lag_holds_the_backfill_until_replay_resumes(
             wait_until("the backfill to be throttled", throttled)
         held_at = len(wal.points)
         lag_when_held = replica_lag_bytes(standby.primary.url)
-        time.sleep(3.0)  # replay still paused: no batch may commit
+        # replay still paused: the run looks at the lag three more times, commits nothing
+        wait_for_heartbeats(engine, BACKFILL_JOB, 3)
         assert len(wal.points) == held_at, "a batch committed while the standby was behind"
         assert runner.is_alive()
     finally:

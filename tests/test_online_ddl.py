@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from alembic import command
 
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.testing.runners import alembic_config, run_alembic
+from cowrieprocessor.testing.runners import alembic_config, run_alembic, wait_until
 from cowrieprocessor.testing.seed import migrate
 
 
@@ -24,25 +23,32 @@ def test_ddl_gives_up_the_lock_queue_after_lock_timeout_and_retries(pg_url: str)
     holder = engine.connect()
     holder.execute(sa.text("SELECT count(*) FROM session_summaries"))  # ACCESS SHARE, held
 
-    waited_from: list[float] = []
+    queued: list[object] = []  # query_start of each attempt seen waiting for our lock
+
+    def queued_alter(conn: sa.Connection) -> object:
+        started = conn.execute(
+            sa.text(
+                "SELECT max(query_start) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'ALTER TABLE session_summaries%'"
+            )
+        ).scalar()
+        conn.rollback()
+        return started
 
     def release_after_one_timeout() -> None:
-        # Wait until the ALTER queues behind our lock, then hold it past one lock_timeout.
+        # Hold the lock until the ALTER has given up once and queued again (the retry).
         with engine.connect() as conn:
-            for _ in range(600):
-                waiting = conn.execute(
-                    sa.text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'ALTER TABLE session_summaries%'"
-                    )
-                ).scalar()
-                conn.rollback()
-                if waiting:
-                    waited_from.append(time.monotonic())
-                    break
-                time.sleep(0.05)
-        time.sleep(3.5)
-        holder.rollback()
+
+            def queued_again() -> bool:
+                started = queued_alter(conn)
+                if started is not None and started not in queued:
+                    queued.append(started)
+                return len(queued) >= 2
+
+            try:
+                wait_until("the ALTER to queue, give up and queue again", queued_again)
+            finally:
+                holder.rollback()
 
     releaser = threading.Thread(target=release_after_one_timeout)
     releaser.start()
@@ -51,8 +57,7 @@ def test_ddl_gives_up_the_lock_queue_after_lock_timeout_and_retries(pg_url: str)
     holder.close()
     assert out.returncode == 0, out.stderr
     assert "lock_timeout (3000 ms) on DDL, attempt 1/5" in out.stderr
-    assert waited_from, "the ALTER never queued behind the lock"
-    assert time.monotonic() - waited_from[0] >= 3.5
+    assert len(queued) == 2, f"the ALTER was seen queued {len(queued)} time(s), not twice"
     with engine.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("session_summaries")}
     assert "snapshot_country" in columns

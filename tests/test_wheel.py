@@ -25,7 +25,7 @@ from cowrieprocessor.testing.seed import read
 BUILD_TIMEOUT = 600.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # its tests share one worker (conftest.SHARED_FIXTURES)
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A virtualenv, outside the repository, with the wheel of this checkout installed."""
     root = tmp_path_factory.mktemp("wheel")

@@ -30,6 +30,7 @@ from cowrieprocessor.backfill.ranges import (
     table_counts,
 )
 from cowrieprocessor.backfill.sizing import describe_sizing
+from cowrieprocessor.backfill.statistics import analyze_blind_tables
 from cowrieprocessor.backfill.walker import BatchReport, RangeWalker
 from cowrieprocessor.db import partitions
 
@@ -150,8 +151,10 @@ def _prepare(
 
         tx.retrying("reading the progress table", peek)
         run.resume(None)
+        analyze_blind_tables(tx, run)
         return False
     unfinished = resumable(tx.retrying("preparing the progress table", setup))
+    analyze_blind_tables(tx, run)
     return unfinished is not None and (unfinished.batches > 0 or unfinished.phase != WALK)
 
 

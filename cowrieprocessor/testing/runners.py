@@ -114,6 +114,37 @@ def batches_committed(engine: sa.Engine, job: str) -> int:
     return progress_state(engine, job)[2]
 
 
+def wait_until(what: str, predicate: Callable[[], object], timeout: float = 60.0) -> None:
+    """Wait until ``predicate()`` is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def heartbeat_at(engine: sa.Engine, job: str) -> object:
+    """When ``job``'s run last wrote its state to the progress row (None before)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(progress.c.heartbeat_at).where(progress.c.job == job)
+        ).scalar_one_or_none()
+
+
+def wait_for_heartbeats(engine: sa.Engine, job: str, count: int, timeout: float = 60.0) -> None:
+    """Wait until ``job``'s run has written its state ``count`` more times: each is one
+    look the run took at its commands and at the server, and one decision it made (a run
+    that waits writes one every ``governor.POLL_S``)."""
+    seen = [heartbeat_at(engine, job)]
+
+    def written() -> bool:
+        now = heartbeat_at(engine, job)
+        if now != seen[-1]:
+            seen.append(now)
+        return len(seen) > count
+
+    wait_until(f"{count} heartbeat(s) of {job}", written, timeout)
+
+
 class Child:
     """A command as a child process, its output (stdout and stderr, merged) read line by
     line as it comes: to watch a run, time it, and ``kill -9`` it."""

@@ -21,7 +21,7 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.reliability.datasets import Dataset
 from cowrieprocessor.testing.reliability.figures import SEED, record
 from cowrieprocessor.testing.reliability.outcomes import NULLS, differences
-from cowrieprocessor.testing.runners import Alembic, progress_state
+from cowrieprocessor.testing.runners import Alembic, progress_state, wait_until
 from cowrieprocessor.testing.seed import T0, ev_t, sess_t, snapshots
 
 
@@ -113,7 +113,7 @@ def ingest_during_backfill(
     writer = Writer(url, sorted(ds.reference), inventory, interval, random.Random(SEED))
     thread = threading.Thread(target=writer.run)
     thread.start()
-    time.sleep(0.2)
+    wait_until("the writer's first sessions", lambda: len(writer.new) >= 3 or writer.errors)
     run = Alembic(url, "upgrade", "head", x=knobs)
     walk_seen_until = 0.0  # the last moment at which the walk was seen still running
     batches_from = batches_to = 0.0  # from just before the first batch, to after the last
@@ -131,7 +131,11 @@ def ingest_during_backfill(
         time.sleep(0.02)
     rc = run.wait()
     ended = time.monotonic()
-    time.sleep(0.3)
+    written = len(writer.new)  # sessions ingested after the run: the catch-up never saw them
+    wait_until(
+        "the writer's sessions after the run",
+        lambda: len(writer.new) >= written + 3 or writer.errors,
+    )
     writer.stop.set()
     thread.join(timeout=60)
     assert rc == 0, run.output

@@ -17,7 +17,8 @@ Where each statement lives:
 * :mod:`.record`: the rollback record (its table, each batch's row, the undo);
 * :mod:`.clear`: NULL the five columns in a range (``clear --all``);
 * :mod:`.offline`: what ``alembic upgrade/downgrade --sql`` prints;
-* :mod:`.reports`: what ``cowrie-db check``, ``status`` and ``verify`` read.
+* :mod:`.reports`: what ``cowrie-db check``, ``status`` and ``verify`` read;
+* :mod:`.statistics`: whether the planner has statistics of the tables a batch reads.
 
 Every statement is fixed SQL text with bound parameters (``:lo``, ``:hi``,
 timeouts). What varies is chosen from fixed fragments written in these modules: the
@@ -117,6 +118,7 @@ from cowrieprocessor.backfill.sql.rules import (
     WOULD_CHANGE,
     WOULD_CHANGE_READ,
 )
+from cowrieprocessor.backfill.sql.statistics import TABLE_STATISTICS, analyze
 from cowrieprocessor.backfill.sql.walk import (
     COUNT_INVENTORY,
     COUNT_NEEDING,
@@ -189,11 +191,13 @@ __all__ = [
     "SQLITE_UPDATE",
     "SQLITE_WOULD_UPDATE",
     "STILL_WRITTEN",
+    "TABLE_STATISTICS",
     "UNCHANGED",
     "UNWRITE",
     "WOULD_CHANGE",
     "WOULD_CHANGE_READ",
     "WRITTEN",
+    "analyze",
     "catchup_keys_query",
     "count_range",
     "in_text",

@@ -1,0 +1,32 @@
+"""The planner's statistics of the tables a batch reads (PostgreSQL).
+
+A batch's statement is planned from ``pg_statistic``. A table never analyzed (a
+database just restored with ``pg_restore``, a test's freshly seeded one) or bulk-loaded
+since its last ``ANALYZE`` is planned blind: 12,000 fresh sessions in batches of 2,000
+took 13.8 s instead of 0.44 s after an ``ANALYZE`` (PostgreSQL 15, measured).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Dialect, text
+
+# The tables named (regclass text, as :func:`cowrieprocessor.db.partitions.leaves`
+# gives them) with what their statistics describe: rows counted by the last ANALYZE
+# (-1 on PostgreSQL 14+, 0 before, when never analyzed or vacuumed), rows changed since,
+# and whether any ANALYZE ran. A table with no statistics row yet counts as never.
+TABLE_STATISTICS = text(
+    "SELECT n.nspname, c.relname, c.reltuples, coalesce(s.n_mod_since_analyze, 0), "
+    "s.last_analyze IS NULL AND s.last_autoanalyze IS NULL "
+    "FROM unnest(CAST(:tables AS text[])) AS t(name) "
+    "JOIN pg_class c ON c.oid = to_regclass(t.name) "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+    "WHERE c.relkind = 'r'"
+)
+
+
+def analyze(dialect: Dialect, schema: str, name: str) -> str:
+    """``ANALYZE schema.name``, both names quoted by the dialect (they come from the
+    catalog)."""
+    quote = dialect.identifier_preparer
+    return f"ANALYZE {quote.quote_schema(schema)}.{quote.quote(name)}"
