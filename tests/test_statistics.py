@@ -1,0 +1,119 @@
+"""Before its first batch a job analyzes the tables the planner knows nothing of
+(PostgreSQL): a database just restored or bulk-loaded is not planned blind."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cowrieprocessor.backfill import BackfillKnobs, run_backfill
+from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
+from cowrieprocessor.testing.seed import at_0002, partitioned_at_0002, read, seed_random
+
+LOGGER = "cowrieprocessor.backfill"
+KNOBS = BackfillKnobs.from_sources({"batch_size": "500"}, {})
+
+
+def analyzed(engine: sa.Engine) -> dict[str, bool]:
+    """Each table of the schema: whether an ANALYZE has run on it."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT relname, last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL "
+                "FROM pg_stat_user_tables"
+            )
+        ).all()
+    return {name: bool(done) for name, done in rows}
+
+
+def seeded(engine: sa.Engine) -> dict[str, Any]:
+    with engine.begin() as conn:
+        seed_random(conn, 3000, 300, seed=3)
+    with engine.connect() as conn:
+        return expected_snapshots(conn)
+
+
+def test_a_table_never_analyzed_is_analyzed_before_the_first_batch(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = at_0002(pg_url)
+    want = seeded(engine)
+    assert not analyzed(engine).get("session_summaries")
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        run_backfill(engine, KNOBS)
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if "analyzed before the first batch" in r.getMessage()
+    ]
+    assert any(line.startswith("public.session_summaries: never analyzed;") for line in lines), (
+        lines
+    )
+    assert any(line.startswith("public.ip_inventory: never analyzed;") for line in lines), lines
+    assert analyzed(engine)["session_summaries"] and analyzed(engine)["ip_inventory"]
+    assert read(pg_url, current_snapshots) == want
+    # analyzed now: the next run has nothing to analyze
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        run_backfill(engine, KNOBS)
+    assert not [r for r in caplog.records if "analyze" in r.getMessage().lower()]
+    engine.dispose()
+
+
+def test_a_dry_run_says_what_it_would_analyze_and_analyzes_nothing(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = at_0002(pg_url)
+    seeded(engine)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        run_backfill(engine, KNOBS, dry_run=True)
+    assert any(
+        "public.session_summaries: never analyzed; a run will ANALYZE it" in r.getMessage()
+        for r in caplog.records
+    )
+    assert not analyzed(engine).get("session_summaries")
+    engine.dispose()
+
+
+def test_each_leaf_of_a_partitioned_table_is_analyzed(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = partitioned_at_0002(pg_url, "hash")
+    want = seeded(engine)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        run_backfill(engine, KNOBS)
+    done = analyzed(engine)
+    leaves = sorted(name for name in done if name.startswith("session_summaries_"))
+    assert leaves and all(done[leaf] for leaf in leaves), done
+    assert read(pg_url, current_snapshots) == want
+    engine.dispose()
+
+
+def test_a_table_locked_against_analyze_is_left_as_it_is_and_the_backfill_goes_on(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = at_0002(pg_url)
+    want = seeded(engine)
+    holder = create_engine_from_url(pg_url).connect()
+    # what autovacuum or a CREATE INDEX CONCURRENTLY would hold; reads and writes go on
+    holder.execute(sa.text("LOCK TABLE ip_inventory IN SHARE UPDATE EXCLUSIVE MODE"))
+    knobs = BackfillKnobs.from_sources({"batch_size": "500", "lock_timeout": "200"}, {})
+    try:
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            run_backfill(engine, knobs)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert any(
+        "public.ip_inventory: never analyzed, and ANALYZE failed (canceling statement due "
+        "to lock timeout)" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+    assert not analyzed(engine).get("ip_inventory")
+    assert analyzed(engine)["session_summaries"]
+    assert read(pg_url, current_snapshots) == want
+    engine.dispose()
