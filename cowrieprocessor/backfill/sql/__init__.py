@@ -29,7 +29,7 @@ turns it off for this package, and its f-strings are reviewed here by hand.
 
 The modules import only SQLAlchemy, :mod:`~cowrieprocessor.backfill.json_storage`,
 :mod:`~cowrieprocessor.backfill.progress` (its table's name and columns) and each
-other, in one direction: rules, walk and record at the bottom, the ``resolve_*``
+other, in one direction: rules, walk, record and statistics at the bottom, the ``resolve_*``
 modules on them, then clear, offline and reports.
 """
 
