@@ -183,6 +183,60 @@ def test_replica_lag_over_the_limit_holds_batches_until_it_is_under(
     ]
 
 
+def batches_writing(governor: Governor, server: Server, *sizes: int) -> None:
+    """Let batches go that write ``sizes`` bytes of WAL each (the lag stays at 0)."""
+    server.lag = 0
+    for size in sizes:
+        assert governor.decide().go
+        server.wal_lsn += size
+
+
+def test_a_batch_waits_when_its_wal_would_take_the_lag_past_the_limit() -> None:
+    governor, run, _clock, _operator, server = governed(BackfillKnobs(max_replica_lag=16 * MB))
+    batches_writing(governor, server, 3 * MB, 5 * MB, 4 * MB)
+    assert governor.decide().go  # the third batch's WAL is now known too
+    server.lag = 11 * MB  # 11 + 5 (the most a batch wrote) = 16: at the limit, not past
+    assert governor.decide().go
+    server.lag = 11 * MB + 1
+    decision = governor.decide()
+    assert not decision.go
+    assert decision.reason == (
+        "replica lag 11.0 MB (standby 'replica1') plus the next batch's WAL (about 5 MB) "
+        "would pass max_replica_lag 16 MB"
+    )
+    assert run.run_state == control.THROTTLED
+    server.lag = 2 * MB
+    assert governor.decide().go
+
+
+def test_the_expected_wal_is_the_most_of_the_last_batches() -> None:
+    governor, _run, _clock, _operator, server = governed(BackfillKnobs(max_replica_lag=16 * MB))
+    batches_writing(governor, server, 8 * MB, *[MB] * 5)
+    assert governor.decide().go
+    server.lag = 14 * MB  # the 8 MB batch is six batches back: 1 MB is expected now
+    assert governor.decide().go
+    server.lag = 15 * MB + 1
+    assert not governor.decide().go
+
+
+def test_a_batch_bigger_than_the_limit_is_said_once_and_held_only_over_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    governor, _run, _clock, _operator, server = governed(BackfillKnobs(max_replica_lag=4 * MB))
+    caplog.set_level("WARNING", "cowrieprocessor.backfill")
+    batches_writing(governor, server, 6 * MB, 6 * MB)
+    server.lag = 3 * MB
+    assert governor.decide().go
+    assert governor.decide().go
+    server.lag = 5 * MB
+    assert not governor.decide().go
+    assert [r.getMessage() for r in caplog.records][:1] == [
+        "a batch writes about 6 MB of WAL, max_replica_lag is 4 MB: the lag can pass "
+        "the limit by one batch; lower batch_time or batch_size to keep it"
+    ]
+    assert sum("a batch writes about" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_no_standby_visible_holds_nothing() -> None:
     governor, _run, _clock, _operator, server = governed(BackfillKnobs(max_replica_lag=MB))
     server.lag = None

@@ -6,8 +6,12 @@ stop. It holds the batch back while
 
 1. the operator paused the job (``cowrie-db control pause``, :mod:`.control`), and
    says stop when they asked it to stop;
-2. a standby or an active replication slot is more than ``max_replica_lag`` behind
-   (PostgreSQL, :mod:`.health`);
+2. a standby or an active replication slot is behind by more than ``max_replica_lag``
+   minus the WAL the next batch is expected to write (the most the last
+   :data:`WAL_HISTORY` batches wrote), so that the batch does not take the lag past
+   the limit (PostgreSQL, :mod:`.health`). A batch that alone writes more than the
+   limit cannot keep it: then the batch waits only while the lag is over the limit,
+   and a warning says to lower ``batch_time`` or ``batch_size``;
 3. the WAL written since the previous batch began, at ``max_wal_rate``, needs more time
    than has passed: batches are spaced so that the rate stays under the knob.
 
@@ -28,6 +32,7 @@ for the summary, ``status`` and the status file; the time waited counts in the E
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +50,7 @@ from cowrieprocessor.backfill.run import Clock, Run
 log = logging.getLogger("cowrieprocessor.backfill")
 
 POLL_S = 1.0  # while waiting: how often the server and the progress row are looked at
+WAL_HISTORY = 5  # the next batch's WAL is expected to be the most of this many before it
 PAUSED_LOG_EVERY_S = 60.0  # "paused by operator since ..." once a minute
 # the signals a wait is counted under
 PAUSED, REPLICA_LAG, WAL_RATE = "paused", "replica_lag", "wal_rate"
@@ -108,6 +114,8 @@ class Governor:
         self._waiting: tuple[float, set[str]] | None = None  # the wait asked for last
         self._wal_first: tuple[float, int] | None = None
         self._wal_last: tuple[float, int] | None = None  # (when, WAL lsn): the last batch
+        self._batch_wal: deque[int] = deque(maxlen=WAL_HISTORY)  # WAL from batch to batch
+        self._warned_big_batch = False
         self._first_look = True
 
     def received(self, row: dict[str, Any] | None) -> None:
@@ -144,6 +152,8 @@ class Governor:
             run.running()
             if reading is not None and reading.wal_lsn is not None:
                 now = self.clock()
+                if self._wal_last is not None:
+                    self._batch_wal.append(max(reading.wal_lsn - self._wal_last[1], 0))
                 self._wal_first = self._wal_first or (now, reading.wal_lsn)
                 self._wal_last = (now, reading.wal_lsn)
             return Decision(GO, run.knobs.pause_ms / 1000)
@@ -182,15 +192,13 @@ class Governor:
             found[PAUSED] = f"paused by operator since {_at(self.command.at)}"
         if reading is None:
             return found
-        if (
-            knobs.max_replica_lag
-            and reading.lag is not None
-            and reading.lag > knobs.max_replica_lag
-        ):
-            found[REPLICA_LAG] = (
-                f"replica lag {show_bytes(reading.lag)} ({reading.lagging}) is over "
-                f"max_replica_lag {show_bytes(knobs.max_replica_lag)}"
-            )
+        if knobs.max_replica_lag and reading.lag is not None:
+            over = self._lag_over(reading.lag, knobs.max_replica_lag)
+            if over:
+                found[REPLICA_LAG] = (
+                    f"replica lag {show_bytes(reading.lag)} ({reading.lagging}) {over}"
+                )
+
         wait = self._wal_spacing(reading)
         if wait > 0:
             found[WAL_RATE] = (
@@ -198,6 +206,29 @@ class Governor:
                 f"under max_wal_rate {show_bytes(knobs.max_wal_rate)}/s"
             )
         return found
+
+    def _lag_over(self, lag: int, limit: int) -> str:
+        """Why a lag of ``lag`` holds the next batch back under ``limit`` ("": it does
+        not): over the limit, or too close to it for the WAL the batch will write."""
+        if lag > limit:
+            return f"is over max_replica_lag {show_bytes(limit)}"
+        expected = max(self._batch_wal, default=0)
+        if expected >= limit:
+            if not self._warned_big_batch:
+                self._warned_big_batch = True
+                log.warning(
+                    "a batch writes about %s of WAL, max_replica_lag is %s: the lag can pass "
+                    "the limit by one batch; lower batch_time or batch_size to keep it",
+                    show_bytes(expected),
+                    show_bytes(limit),
+                )
+            return ""
+        if lag + expected > limit:
+            return (
+                f"plus the next batch's WAL (about {show_bytes(expected)}) would pass "
+                f"max_replica_lag {show_bytes(limit)}"
+            )
+        return ""
 
     def _wal_spacing(self, reading: Reading) -> float:
         """Seconds still to wait so that the WAL since the last batch began stays under

@@ -186,7 +186,8 @@ INT_KNOBS: tuple[IntKnob, ...] = (
         1024**4,
         "bytes",
         "PostgreSQL: wait before a batch while a connected standby's replay, or an active "
-        "replication slot, is more than this far behind the primary's WAL (0 = off)",
+        "replication slot, is so far behind the primary's WAL that the batch would take it "
+        "past this (0 = off)",
     ),
     IntKnob(
         "max_wal_rate",
