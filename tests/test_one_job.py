@@ -25,6 +25,7 @@ from cowrieprocessor.backfill import BACKFILL_JOB, control, progress, run_backfi
 from cowrieprocessor.backfill.control import HEARTBEAT_FRESH_S, JobRunning
 from cowrieprocessor.backfill.errors import BackfillInterrupted
 from cowrieprocessor.backfill.knobs import BackfillKnobs
+from cowrieprocessor.backfill.lock import ADVISORY_LOCK_KEY
 from cowrieprocessor.backfill.progress import JobState, progress_table, utcnow
 from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.backfill.walker import BatchReport
@@ -134,6 +135,7 @@ def test_a_second_backfill_alembic_upgrade_and_clear_are_refused_and_change_noth
     status = json.loads((tmp_path / "snapshot_backfill.json").read_text())
     assert status["run_state"] == control.PAUSED
     # the holder was not disturbed: it finishes, and the deploy after it verifies
+    assert control_cmd(url, "set", "pause_ms=0").returncode == 0  # the rest without pacing
     assert control_cmd(url, "resume").returncode == 0
     assert holder.wait() == 0, holder.output
     assert run_alembic(url, "upgrade", "head").returncode == 0
@@ -394,3 +396,40 @@ def test_the_status_file_and_the_row_say_how_the_run_ended(
     # an ended run holds nothing: the next one runs (and finishes what was left)
     run_backfill(engine, BackfillKnobs())
     engine.dispose()
+
+
+@pytest.mark.parametrize("holder_runs_here", [True, False], ids=["job-of-this-host", "bare-lock"])
+def test_a_job_of_this_host_is_refused_at_once_other_holders_get_the_grace(
+    pg_url: str, holder_runs_here: bool
+) -> None:
+    """PostgreSQL: the lock's grace (a holder whose client was just killed needs a
+    moment to let go) is not waited out when the job's row names a process of this host
+    that runs now; a holder the rows do not account for still gets it."""
+    engine = at_0002(pg_url)
+    with engine.begin() as conn:
+        seed_random(conn, SESSIONS, IPS, seed=11)
+    holder: CowrieDb | None = None
+    bare = engine.connect()
+    try:
+        if holder_runs_here:
+            holder = CowrieDb("backfill", "--db", pg_url, *SLOW_FLAGS)
+            assert holder.wait_for_batches(engine, BACKFILL_JOB, 1), holder.output
+            assert control_cmd(pg_url, "pause").returncode == 0
+        else:
+            bare.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            bare.commit()
+        slept: list[float] = []
+        claim = control.AdvisoryClaim(sleep=slept.append)
+        with engine.connect() as conn, pytest.raises(JobRunning) as refused:
+            claim.attach(conn)
+        if holder_runs_here:
+            assert slept == [], "waited out the grace for a job that runs on this host"
+            assert f"snapshot_backfill (pid {holder.proc.pid} on" in str(refused.value)  # type: ignore[union-attr]
+        else:
+            assert slept, "refused a bare lock's holder without the grace"
+            assert "backend pid" in str(refused.value)
+    finally:
+        if holder is not None and holder.running():
+            holder.kill()
+        bare.close()
+        engine.dispose()

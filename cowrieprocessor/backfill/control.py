@@ -235,6 +235,14 @@ def _claimants(conn: Connection) -> list[RunningJob]:
     ]
 
 
+def _runs_here(job: RunningJob | None) -> bool:
+    """Whether ``job``'s row names another process of this host that runs now: a holder
+    that need not be given time to let go (its client is alive)."""
+    if job is None or job.info.get("host") != socket.gethostname():
+        return False
+    return job.info.get("pid") != os.getpid() and _why_gone(job) is None
+
+
 def _why_gone(job: RunningJob) -> str | None:
     """None while ``job``'s engine runs (SQLite's rule, see the module docstring); else
     why it is taken for gone."""
@@ -298,10 +306,17 @@ class AdvisoryClaim:
         self.backend: int | None = None
 
     def attach(self, conn: Connection) -> None:
-        if not lock.try_take(conn, self.sleep):
+        if not self._take(conn):
             job = running_job(conn)
             raise JobRunning(job.describe() if job is not None else lock.describe_holder(conn))
         self.backend = lock.backend_pid(conn)
+
+    def _take(self, conn: Connection) -> bool:
+        """The lock, at once; else, unless a process of this host that runs now holds
+        it, after the grace a holder whose client just died needs to let go."""
+        if lock.try_take(conn, self.sleep, grace=False):
+            return True
+        return not _runs_here(running_job(conn)) and lock.try_take(conn, self.sleep)
 
     def take(self, conn: Connection) -> None:
         pass  # the lock taken on attach is the claim
@@ -378,9 +393,10 @@ def claim_for(
 def refuse_if_running(conn: Connection) -> None:
     """Raise :class:`JobRunning` when a job runs on this database now: for a step that
     must not run beside one and is no job itself. Ends the read transaction."""
-    if conn.dialect.name == "postgresql":
-        lock.wait_while_held(conn)
     job = running_job(conn)
+    if conn.dialect.name == "postgresql" and not _runs_here(job):
+        lock.wait_while_held(conn)  # the grace is for a holder whose client just died
+        job = running_job(conn)
     if job is not None:
         raise JobRunning(job.describe())
     if conn.dialect.name == "postgresql" and lock.holder_pid(conn) is not None:

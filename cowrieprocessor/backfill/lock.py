@@ -32,13 +32,15 @@ _HOLDER = sa.text(
 )
 
 
-def try_take(conn: Connection, sleep: Callable[[float], None] = time.sleep) -> bool:
+def try_take(
+    conn: Connection, sleep: Callable[[float], None] = time.sleep, *, grace: bool = True
+) -> bool:
     """Take the lock on ``conn``'s session; False when another session holds it.
 
     A backend that was just terminated (our own, after a lost connection) can hold the
-    lock for a moment while it exits: it is allowed a few seconds.
+    lock for a moment while it exits: with ``grace`` it is allowed a few seconds.
     """
-    deadline = time.monotonic() + ADVISORY_LOCK_WAIT_S
+    deadline = time.monotonic() + (ADVISORY_LOCK_WAIT_S if grace else 0.0)
     while True:
         got = bool(conn.execute(_TRY, {"key": ADVISORY_LOCK_KEY}).scalar())
         conn.commit()
