@@ -11,7 +11,9 @@ production dialect was tested.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,6 +50,7 @@ SHARED_FIXTURES = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook comes first else)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
@@ -56,6 +59,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         shared = next((name for name in SHARED_FIXTURES if name in names), None)
         if shared is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(_group_of(item, shared)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a pytest that silently loses ``--dist loadgroup``: pytest 9.2 with
+    pytest-xdist 3.8 reports no group (pytest-xdist#1386), and every shared fixture is
+    then built on every worker (hence ``pytest<9.2`` in pyproject.toml)."""
+    if config.getoption("dist", default="no") != "loadgroup":
+        return  # a worker's own dist is "no": this runs where the tests are scheduled
+    if _release(pytest.__version__) >= (9, 2) and _release(version("pytest-xdist")) < (3, 9):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist {version('pytest-xdist')} does not "
+            "group tests under --dist loadgroup (pytest-xdist#1386): install pytest<9.2 "
+            "(make install does) or run without -n"
+        )
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """The leading numbers of a version string: "9.2.0.dev1" -> (9, 2, 0)."""
+    return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
 def _group_of(item: pytest.Item, fixture: str) -> str:
