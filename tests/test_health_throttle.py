@@ -218,6 +218,8 @@ def test_a_role_that_cannot_see_the_standbys_is_warned_once_and_not_held(
         conn.execute(sa.text(f'GRANT ALL ON DATABASE "{database}" TO {role}'))
         conn.execute(sa.text(f"GRANT ALL ON SCHEMA public TO {role}"))
         conn.execute(sa.text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"))
+    with owner.connect() as conn:  # the owner's statistics: this role may not ANALYZE
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("ANALYZE"))
     owner.dispose()
     plain = sa.make_url(url).set(username=role)
     standby.pause_replay()

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BackfillKnobs, run_backfill
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from cowrieprocessor.testing.seed import at_0002, partitioned_at_0002, read, seed_random
 
@@ -116,4 +117,37 @@ def test_a_table_locked_against_analyze_is_left_as_it_is_and_the_backfill_goes_o
     assert not analyzed(engine).get("ip_inventory")
     assert analyzed(engine)["session_summaries"]
     assert read(pg_url, current_snapshots) == want
+    engine.dispose()
+
+
+def test_a_role_that_may_not_analyze_says_so_and_the_backfill_goes_on(
+    pg_databases: Databases, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL skips another role's ANALYZE with a mere warning: the run must not
+    claim it analyzed, and must say who may."""
+    url = pg_databases.new()
+    engine = at_0002(url)
+    want = seeded(engine)
+    role = "cowrie_not_owner"
+    assert pg_databases.admin is not None
+    with pg_databases.admin.connect() as admin:
+        admin.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+        admin.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        admin.commit()
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"GRANT ALL ON SCHEMA public TO {role}"))
+        conn.execute(sa.text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"))
+    plain = create_engine_from_url(sa.make_url(url).set(username=role))
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        run_backfill(plain, KNOBS)
+    plain.dispose()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.startswith("public.session_summaries: never analyzed, and this role may not ANALYZE it")
+        and "ask its owner to run ANALYZE public.session_summaries" in m
+        for m in messages
+    ), messages
+    assert not [m for m in messages if "analyzed before the first batch" in m]
+    assert not analyzed(engine).get("session_summaries")
+    assert read(url, current_snapshots) == want
     engine.dispose()

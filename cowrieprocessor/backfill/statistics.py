@@ -9,8 +9,9 @@ batch such a table is analyzed, with one line saying why and how long it took.
 
 ``ANALYZE`` takes a SHARE UPDATE EXCLUSIVE lock, which reads and writes do not wait
 for; it waits at most the ``lock_timeout`` knob (autovacuum or DDL on the table), and a
-table that cannot be analyzed then is left as it is, with a warning: statistics make the
-batches faster, never correct. A dry run writes nothing, so it only says what a run
+table that cannot be analyzed then, or that this role may not analyze (PostgreSQL would
+skip it with a mere warning), is left as it is, with a warning naming it: statistics
+make the batches faster, never correct. A dry run writes nothing, so it only says what a run
 would analyze.
 """
 
@@ -34,30 +35,26 @@ INVENTORY_TABLE = "ip_inventory"
 SET_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
 
 
-def blind_tables(tx: Transactions, run: Run) -> list[tuple[str, str, str]]:
-    """(schema, table, why) of each table a batch reads whose statistics are missing or
-    describe less than half of it now."""
+def blind_tables(tx: Transactions, run: Run) -> list[tuple[str, str, str, bool]]:
+    """(schema, table, why, may this role ANALYZE it) of each table a batch reads whose
+    statistics are missing or describe less than half of it now."""
     tables = [*(run.leaves if run.leaves is not None else [SESSIONS_TABLE]), INVENTORY_TABLE]
 
-    def read(conn: Connection) -> list[tuple[str, str, str]]:
+    def read(conn: Connection) -> list[tuple[str, str, str, bool]]:
         rows = conn.execute(sql.TABLE_STATISTICS, {"tables": tables}).all()
         conn.rollback()
         found = []
-        for schema, name, counted, changed, never in rows:
+        for schema, name, counted, changed, never, allowed in rows:
             if never:
-                found.append((schema, name, "never analyzed"))
+                found.append((schema, name, "never analyzed", bool(allowed)))
             elif changed > max(counted, 0):
-                found.append(
-                    (
-                        schema,
-                        name,
-                        f"{changed} rows changed since its last ANALYZE counted "
-                        f"{max(int(counted), 0)}",
-                    )
+                why = (
+                    f"{changed} rows changed since its last ANALYZE counted {max(int(counted), 0)}"
                 )
+                found.append((schema, name, why, bool(allowed)))
         return found
 
-    result: list[tuple[str, str, str]] = tx.retrying("reading the tables' statistics", read)
+    result: list[tuple[str, str, str, bool]] = tx.retrying("reading the tables' statistics", read)
     return result
 
 
@@ -65,7 +62,19 @@ def analyze_blind_tables(tx: Transactions, run: Run) -> None:
     """ANALYZE each table :func:`blind_tables` finds (PostgreSQL; a dry run only says so)."""
     if tx.dialect != "postgresql":
         return
-    for schema, name, why in blind_tables(tx, run):
+    for schema, name, why, allowed in blind_tables(tx, run):
+        if not allowed:
+            log.warning(
+                "%s.%s: %s, and this role may not ANALYZE it (its owner, a superuser or "
+                "pg_maintain may): each batch is planned without statistics, many times "
+                "slower; ask its owner to run ANALYZE %s.%s",
+                schema,
+                name,
+                why,
+                schema,
+                name,
+            )
+            continue
         if run.dry_run:
             log.warning(
                 "%s.%s: %s; a run will ANALYZE it before its first batch (a dry run "

@@ -13,10 +13,17 @@ from sqlalchemy import Dialect, text
 # The tables named (regclass text, as :func:`cowrieprocessor.db.partitions.leaves`
 # gives them) with what their statistics describe: rows counted by the last ANALYZE
 # (-1 on PostgreSQL 14+, 0 before, when never analyzed or vacuumed), rows changed since,
-# and whether any ANALYZE ran. A table with no statistics row yet counts as never.
+# whether any ANALYZE ran (a table with no statistics row yet counts as never), and
+# whether this role may ANALYZE it: its owner (or a member of the owner's role), a
+# superuser, or on PostgreSQL 17+ a member of pg_maintain. Anyone else's ANALYZE is
+# skipped by the server with a mere warning.
 TABLE_STATISTICS = text(
     "SELECT n.nspname, c.relname, c.reltuples, coalesce(s.n_mod_since_analyze, 0), "
-    "s.last_analyze IS NULL AND s.last_autoanalyze IS NULL "
+    "s.last_analyze IS NULL AND s.last_autoanalyze IS NULL, "
+    "pg_has_role(c.relowner, 'USAGE') "
+    "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+    "OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'pg_maintain' "
+    "AND pg_has_role(r.oid, 'USAGE')) "
     "FROM unnest(CAST(:tables AS text[])) AS t(name) "
     "JOIN pg_class c ON c.oid = to_regclass(t.name) "
     "JOIN pg_namespace n ON n.oid = c.relnamespace "
