@@ -20,13 +20,11 @@ KNOBS = BackfillKnobs.from_sources({"batch_size": "500"}, {})
 
 
 def analyzed(engine: sa.Engine) -> dict[str, bool]:
-    """Each table of the schema: whether an ANALYZE has run on it."""
+    """Each table of the schema: whether an ANALYZE has been run on it (autovacuum's,
+    which may come at any time on a busy test machine, does not count)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.text(
-                "SELECT relname, last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL "
-                "FROM pg_stat_user_tables"
-            )
+            sa.text("SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables")
         ).all()
     return {name: bool(done) for name, done in rows}
 
@@ -57,11 +55,12 @@ def test_a_table_never_analyzed_is_analyzed_before_the_first_batch(
     assert any(line.startswith("public.ip_inventory: never analyzed;") for line in lines), lines
     assert analyzed(engine)["session_summaries"] and analyzed(engine)["ip_inventory"]
     assert read(pg_url, current_snapshots) == want
-    # analyzed now: the next run has nothing to analyze
+    # analyzed now: the next run does not take the tables for never analyzed (it may
+    # analyze again when the seeding's row counts reach the statistics only now)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         run_backfill(engine, KNOBS)
-    assert not [r for r in caplog.records if "analyze" in r.getMessage().lower()]
+    assert not [r for r in caplog.records if "never analyzed" in r.getMessage()]
     engine.dispose()
 
 
