@@ -26,7 +26,7 @@ LAYERS = {
     "resolve_pg_key": {"rules", "walk", "record", "resolve_pg"},
     "resolve_sqlite": {"rules", "walk"},
     "clear": {"rules", "walk"},
-    "offline": {"rules", "record", "resolve_pg", "resolve_sqlite"},
+    "offline": {"rules", "record", "resolve_pg", "resolve_sqlite", "statistics"},
     "reports": {"rules", "walk"},
 }
 # Outside the package, a module of it may import only these.

@@ -18,7 +18,8 @@ Where each statement lives:
 * :mod:`.clear`: NULL the five columns in a range (``clear --all``);
 * :mod:`.offline`: what ``alembic upgrade/downgrade --sql`` prints;
 * :mod:`.reports`: what ``cowrie-db check``, ``status`` and ``verify`` read;
-* :mod:`.statistics`: whether the planner has statistics of the tables a batch reads.
+* :mod:`.statistics`: whether the planner has statistics of the tables a batch reads;
+  the offline script's ``ANALYZE``.
 
 Every statement is fixed SQL text with bound parameters (``:lo``, ``:hi``,
 timeouts). What varies is chosen from fixed fragments written in these modules: the

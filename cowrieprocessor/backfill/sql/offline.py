@@ -26,6 +26,7 @@ from cowrieprocessor.backfill.sql.resolve_sqlite import (
     sqlite_resolve,
 )
 from cowrieprocessor.backfill.sql.rules import NEEDS_SNAPSHOT, SET_NULL_ONLY, WOULD_CHANGE
+from cowrieprocessor.backfill.sql.statistics import OFFLINE_ANALYZE
 
 _PG_OFFLINE_LOOP = """DO $cowrie$
 DECLARE
@@ -69,7 +70,7 @@ def pg_offline_backfill(batch_size: int, job: str) -> list[TextClause]:
             RETURNING {WRITTEN})
         {PG_RECORD_INSERT}"""
     loop = text(_PG_OFFLINE_LOOP.format(statement=update))
-    return [PG_RECORD_DDL, loop.bindparams(offset=batch_size - 1, job=job)]
+    return [*OFFLINE_ANALYZE, PG_RECORD_DDL, loop.bindparams(offset=batch_size - 1, job=job)]
 
 
 _PG_OFFLINE_UNWRITE = """DO $cowrie$

@@ -37,3 +37,9 @@ def analyze(dialect: Dialect, schema: str, name: str) -> str:
     catalog)."""
     quote = dialect.identifier_preparer
     return f"ANALYZE {quote.quote_schema(schema)}.{quote.quote(name)}"
+
+
+# Offline (``alembic upgrade --sql``): what the script a DBA runs does first, as the
+# online run does for a table without statistics. The script cannot ask whether the
+# statistics are there, so it always analyzes: a sample, seconds at 1.68M rows.
+OFFLINE_ANALYZE = [text("ANALYZE session_summaries"), text("ANALYZE ip_inventory")]
