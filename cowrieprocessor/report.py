@@ -24,7 +24,6 @@ from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import Progress
 from cowrieprocessor.backfill.ranges import dry_run_counts, session_counts
 from cowrieprocessor.db import adoption, partitions
-from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 from cowrieprocessor.errors import IncompatibleSchema
 
 MIN_VERSIONS = {"postgresql": (13,), "sqlite": (3, 35)}
@@ -73,7 +72,7 @@ def schema_state(conn: Connection) -> SchemaState:
     found = adoption.assess(conn)
     conn.rollback()
     has_columns = "session_summaries" in found.tables and not found.missing_snapshot_columns
-    has_columns = has_columns and set(found.snapshot_columns) == set(SNAPSHOT_COLUMNS)
+    has_columns = has_columns and set(found.snapshot_columns) == set(adoption.SNAPSHOT_COLUMN_KINDS)
     base = current[0] if current else None
     pending = [rev.revision for rev in reversed(list(script.iterate_revisions(head, base)))]
     if found.problems:

@@ -43,7 +43,6 @@ from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import require_usable_sqlite
 from cowrieprocessor.db.ledger import LEDGER_TABLE
-from cowrieprocessor.db.models import Base
 from cowrieprocessor.settings import (
     MaskedOutput,
     SettingsError,
@@ -62,7 +61,28 @@ if not isinstance(config.stdout, MaskedOutput):
     config.stdout = MaskedOutput(config.stdout)  # type: ignore[assignment]
 
 log = logging.getLogger("cowrieprocessor.migrations")
-target_metadata = Base.metadata
+
+
+# The commands that never compare the schema with the models: they run without
+# target_metadata, and so without importing the models, which bring in SQLAlchemy's ORM
+# (about 0.07 s of the 0.7 s each `alembic` process takes to start).
+WITHOUT_MODELS = frozenset(
+    {"upgrade", "downgrade", "current", "history", "heads", "branches", "show", "stamp"}
+)
+
+
+def _target_metadata() -> Any:
+    """The models' metadata, for autogenerate, ``alembic check`` and whatever runs the
+    migrations in-process (pytest-alembic compares them); None for the commands above."""
+    cmd = getattr(config.cmd_opts, "cmd", None)
+    if cmd and getattr(cmd[0], "__name__", "") in WITHOUT_MODELS:
+        return None
+    from cowrieprocessor.db.models import Base
+
+    return Base.metadata
+
+
+target_metadata = _target_metadata()
 
 # Tables that belong to the migrations' own bookkeeping (the backfill's progress, its
 # rollback record, the ledger of what each revision created), not to the schema the

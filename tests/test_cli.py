@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.backfill.progress import DONE, PROGRESS_TABLE
 from cowrieprocessor.backfill.rollback_record import RECORD_TABLE
 from cowrieprocessor.settings import PROJECT_ROOT
-from cowrieprocessor.testing.runners import COWRIE_DB, batches_committed, child_env, cowrie_db
+from cowrieprocessor.testing.runners import (
+    COWRIE_DB,
+    alembic_argv,
+    batches_committed,
+    child_env,
+    cowrie_db,
+    run_to_end,
+)
 from cowrieprocessor.testing.seed import at_0002, migrate, seed_random, snapshots
 
 PASSWORD = "s3cr:t@p/w%d"
@@ -262,3 +270,37 @@ def test_clear_all_asks_first_then_clears_every_value_and_the_record(seeded_url:
     assert again.returncode == 0
     assert snapshots(engine) == filled
     engine.dispose()
+
+
+def test_the_commands_start_without_the_orm() -> None:
+    """Each `cowrie-db` and each `alembic upgrade` is a new process: they do not import
+    the models, which bring in SQLAlchemy's ORM (about 0.07 s of a 0.7 s start)."""
+    probe = (
+        "import sys, cowrieprocessor.cli.entry, cowrieprocessor.report; "
+        "print('sqlalchemy.orm' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_alembic_upgrade_starts_without_the_orm(sqlite_url: str) -> None:
+    """migrations/env.py gives the models' metadata only to what compares with them."""
+    argv = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "alembic",
+        *alembic_argv(sqlite_url, "upgrade", "head")[1:],
+    ]
+    done = run_to_end(argv)
+    assert done.returncode == 0, done.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if "import time:" in line
+    }
+    assert "alembic.context" in imported and "sqlalchemy.orm" not in imported
