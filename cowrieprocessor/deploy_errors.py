@@ -89,9 +89,12 @@ _CONNECT_HINTS: tuple[tuple[str, str], ...] = (
 _DEFAULT_CONNECT_HINT = "check the URL and that the database accepts connections"
 
 
-def cannot_connect(masked_url: str, exc: BaseException) -> CannotConnect:
+def cannot_connect(
+    masked_url: str, exc: BaseException, given_by: str = "-x db=URL or COWRIE_DB_URL"
+) -> CannotConnect:
     """The :class:`CannotConnect` for a failed connection: the masked URL, the driver's
-    one-line reason, and a hint; where the URL came from is named last."""
+    one-line reason, and a hint; where the URL came from (``given_by``: ``alembic``'s
+    ways by default) is named last. ``cowrie-db`` words its failures with it too."""
     orig = getattr(exc, "orig", None) or exc
     lines = [line for line in str(orig).splitlines() if line.strip()]
     first = " ".join(lines[0].split()) if lines else ""  # libpq's "FATAL:  ..." spacing
@@ -100,9 +103,7 @@ def cannot_connect(masked_url: str, exc: BaseException) -> CannotConnect:
     hint = next((h for key, h in _CONNECT_HINTS if key in lowered), _DEFAULT_CONNECT_HINT)
     if isinstance(orig, OSError):  # making the SQLite file's folder
         hint = "check the file's path: its folder must be one this user can create or write"
-    return CannotConnect(
-        f"cannot connect to {masked_url}: {reason}; {hint} (-x db=URL or COWRIE_DB_URL)"
-    )
+    return CannotConnect(f"cannot connect to {masked_url}: {reason}; {hint} ({given_by})")
 
 
 @contextmanager

@@ -90,6 +90,10 @@ def test_check_fails_clearly_when_the_database_cannot_be_reached() -> None:
     out = cowrie_db("--db", f"postgresql://cowrie:{PASSWORD_IN_URL}@127.0.0.1:1/none", "check")
     assert out.returncode == 2
     assert "cannot connect to postgresql://cowrie:***@127.0.0.1:1/none" in out.stderr
+    # the cause's hint, as `alembic` gives it, and where the URL comes from
+    assert "check the host and port, and that the server is running" in out.stderr
+    assert "(--db URL or COWRIE_DB_URL)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert_no_password(out)
 
 

@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.deploy_errors import cannot_connect
 from cowrieprocessor.settings import (
     ENV_URL,
-    mask_secrets,
     mask_url,
     parse_url,
     resolve_database_url,
@@ -73,8 +73,8 @@ def connect(engine: sa.Engine, masked: str) -> sa.Connection:
     try:
         return engine.connect()
     except (DBAPIError, OSError) as exc:
-        detail = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
-        raise CliError(f"cannot connect to {masked}: {detail}") from exc
+        # the same line as alembic's, with the same hint for each cause
+        raise CliError(str(cannot_connect(masked, exc, "--db URL or COWRIE_DB_URL"))) from exc
 
 
 def print_json(data: Any, out: TextIO) -> None:
