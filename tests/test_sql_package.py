@@ -20,7 +20,7 @@ ROOT = PACKAGE.parents[2]
 LAYERS = {
     "rules": set(),
     "record": set(),
-    "statistics": set(),
+    "statistics": {"walk"},
     "walk": {"rules"},
     "resolve_pg": {"rules", "walk", "record"},
     "resolve_pg_key": {"rules", "walk", "record", "resolve_pg"},

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
 from cowrieprocessor.errors import CowrieError
+from cowrieprocessor.settings import mask_secrets
 
 
 class Transient(enum.StrEnum):
@@ -84,3 +85,9 @@ def classify(exc: BaseException, dialect: str) -> Transient | None:
     if "database is locked" in message or "database table is locked" in message:
         return Transient.DATABASE_LOCKED
     return None
+
+
+def driver_detail(exc: DBAPIError) -> str:
+    """The driver's message as a log line or an error quotes it: its first line, with
+    any password masked ("" for an empty message)."""
+    return mask_secrets((str(exc.orig).strip().splitlines() or [""])[0])

@@ -108,8 +108,10 @@ def ensure_table(conn: Connection) -> None:
         progress_table.create(conn)
         return
     for name in missing_columns(conn):
+        # the column's spec as the dialect compiles it, its name quoted; the table's too
         spec = sa.schema.CreateColumn(progress_table.c[name]).compile(dialect=conn.dialect)
-        conn.execute(sa.text(f"ALTER TABLE {PROGRESS_TABLE} ADD COLUMN {spec}"))
+        table = conn.dialect.identifier_preparer.quote(PROGRESS_TABLE)
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {spec}"))
 
 
 def missing_columns(conn: Connection) -> list[str]:

@@ -20,25 +20,24 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from cowrieprocessor.backfill import sql
+from cowrieprocessor.backfill.errors import driver_detail
 from cowrieprocessor.backfill.run import Run
-from cowrieprocessor.backfill.sql.walk import SESSIONS_TABLE
 from cowrieprocessor.backfill.transactions import Transactions
-from cowrieprocessor.settings import mask_secrets
 
 log = logging.getLogger("cowrieprocessor.backfill")
-
-INVENTORY_TABLE = "ip_inventory"
-SET_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
 
 
 def blind_tables(tx: Transactions, run: Run) -> list[tuple[str, str, str, bool]]:
     """(schema, table, why, may this role ANALYZE it) of each table a batch reads whose
     statistics are missing or describe less than half of it now."""
-    tables = [*(run.leaves if run.leaves is not None else [SESSIONS_TABLE]), INVENTORY_TABLE]
+    tables = [
+        *(run.leaves if run.leaves is not None else [sql.SESSIONS_TABLE]),
+        sql.INVENTORY_TABLE,
+    ]
 
     def read(conn: Connection) -> list[tuple[str, str, str, bool]]:
         rows = conn.execute(sql.TABLE_STATISTICS, {"tables": tables}).all()
@@ -88,17 +87,16 @@ def analyze_blind_tables(tx: Transactions, run: Run) -> None:
         started = time.monotonic()
         try:
             with conn.begin():
-                conn.execute(SET_LOCK_TIMEOUT, {"ms": str(run.knobs.lock_timeout)})
+                conn.execute(sql.ANALYZE_LOCK_TIMEOUT, {"ms": str(run.knobs.lock_timeout)})
                 conn.exec_driver_sql(sql.analyze(conn.dialect, schema, name))
         except DBAPIError as exc:
-            detail = mask_secrets((str(exc.orig).strip().splitlines() or [""])[0])
             log.warning(
                 "%s.%s: %s, and ANALYZE failed (%s): its batches are planned from the "
                 "statistics it has",
                 schema,
                 name,
                 why,
-                detail,
+                driver_detail(exc),
             )
             continue
         log.info(

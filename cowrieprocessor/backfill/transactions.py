@@ -22,9 +22,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from cowrieprocessor.backfill import control
-from cowrieprocessor.backfill.errors import BatchFailed, classify
+from cowrieprocessor.backfill.errors import BatchFailed, classify, driver_detail
 from cowrieprocessor.backfill.run import Run
-from cowrieprocessor.settings import mask_secrets
 
 log = logging.getLogger("cowrieprocessor.backfill")
 RETRY_FIRST_S = 0.2  # the first retry's delay; each next one doubles it ...
@@ -113,7 +112,7 @@ class Transactions:
                 max_retries = self.run.knobs.max_retries
                 if kind is None or split or attempt >= max_retries:
                     cause = kind or type(exc.orig).__name__
-                    detail = mask_secrets((str(exc.orig).strip().splitlines() or [""])[0])
+                    detail = driver_detail(exc)
                     raise BatchFailed(
                         f"{what} failed after {attempt + 1} attempt(s): {cause}: {detail}",
                         kind,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cowrieprocessor.backfill import KnobError, control
+from cowrieprocessor.backfill.errors import driver_detail
 from cowrieprocessor.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if not isinstance(exc, OperationalError):
             raise  # a bug, not the operator's input: keep the traceback
-        detail = mask_secrets(str(exc.orig).strip().splitlines()[0])
+        detail = driver_detail(exc)
         sys.stderr.write(f"cowrie-db {args.command}: database error: {detail}\n")
         return EXIT_USAGE
 

@@ -30,7 +30,7 @@ turns it off for this package, and its f-strings are reviewed here by hand.
 
 The modules import only SQLAlchemy, :mod:`~cowrieprocessor.backfill.json_storage`,
 :mod:`~cowrieprocessor.backfill.progress` (its table's name and columns) and each
-other, in one direction: rules, walk, record and statistics at the bottom, the ``resolve_*``
+other, in one direction: rules, walk and record at the bottom, statistics on walk, the ``resolve_*``
 modules on them, then clear, offline and reports.
 """
 
@@ -119,11 +119,17 @@ from cowrieprocessor.backfill.sql.rules import (
     WOULD_CHANGE,
     WOULD_CHANGE_READ,
 )
-from cowrieprocessor.backfill.sql.statistics import TABLE_STATISTICS, analyze
+from cowrieprocessor.backfill.sql.statistics import (
+    ANALYZE_LOCK_TIMEOUT,
+    OFFLINE_ANALYZE,
+    TABLE_STATISTICS,
+    analyze,
+)
 from cowrieprocessor.backfill.sql.walk import (
     COUNT_INVENTORY,
     COUNT_NEEDING,
     COUNT_SESSIONS,
+    INVENTORY_TABLE,
     PG_SET_TIMEOUTS,
     ROWID_OF,
     SESSIONS_TABLE,
@@ -136,6 +142,7 @@ from cowrieprocessor.backfill.sql.walk import (
 )
 
 __all__ = [
+    "ANALYZE_LOCK_TIMEOUT",
     "ASN_DIVERGENT",
     "CATCHUP_NEEDS",
     "COUNTRY_DIVERGENT",
@@ -149,11 +156,13 @@ __all__ = [
     "DELETE_RECORDS",
     "HAS_SNAPSHOT",
     "HAS_SOURCE_IP",
+    "INVENTORY_TABLE",
     "IP_SOURCES",
     "JOIN_BACK",
     "LEAF_COUNTS",
     "LEAF_ESTIMATES",
     "NEEDS_SNAPSHOT",
+    "OFFLINE_ANALYZE",
     "OLDEST_RECORD",
     "PG_CONSTRAINTS",
     "PG_COUNTS",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from sqlalchemy import Dialect, text
 
+from cowrieprocessor.backfill.sql.walk import INVENTORY_TABLE, SESSIONS_TABLE
+
 # The tables named (regclass text, as :func:`cowrieprocessor.db.partitions.leaves`
 # gives them) with what their statistics describe: rows counted by the last ANALYZE
 # (-1 on PostgreSQL 14+, 0 before, when never analyzed or vacuumed), rows changed since,
@@ -32,6 +34,10 @@ TABLE_STATISTICS = text(
 )
 
 
+# ANALYZE waits for its lock at most the batches' lock_timeout (its transaction only).
+ANALYZE_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
+
+
 def analyze(dialect: Dialect, schema: str, name: str) -> str:
     """``ANALYZE schema.name``, both names quoted by the dialect (they come from the
     catalog)."""
@@ -42,4 +48,4 @@ def analyze(dialect: Dialect, schema: str, name: str) -> str:
 # Offline (``alembic upgrade --sql``): what the script a DBA runs does first, as the
 # online run does for a table without statistics. The script cannot ask whether the
 # statistics are there, so it always analyzes: a sample, seconds at 1.68M rows.
-OFFLINE_ANALYZE = [text("ANALYZE session_summaries"), text("ANALYZE ip_inventory")]
+OFFLINE_ANALYZE = [text(f"ANALYZE {SESSIONS_TABLE}"), text(f"ANALYZE {INVENTORY_TABLE}")]

@@ -16,6 +16,7 @@ from sqlalchemy import TextClause, text
 from cowrieprocessor.backfill.sql.rules import NEEDS_SNAPSHOT
 
 SESSIONS_TABLE = "session_summaries"
+INVENTORY_TABLE = "ip_inventory"
 
 
 def range_predicate(has_lo: bool, has_hi: bool, column: str = "s.session_id") -> str:
@@ -107,4 +108,4 @@ PG_SET_TIMEOUTS = text(
 
 COUNT_SESSIONS = text(f"SELECT count(*) FROM {SESSIONS_TABLE}")
 COUNT_NEEDING = text(f"SELECT count(*) FROM {SESSIONS_TABLE} s WHERE {NEEDS_SNAPSHOT}")
-COUNT_INVENTORY = text("SELECT count(*) FROM ip_inventory")
+COUNT_INVENTORY = text(f"SELECT count(*) FROM {INVENTORY_TABLE}")
