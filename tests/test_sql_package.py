@@ -21,6 +21,7 @@ LAYERS = {
     "rules": set(),
     "record": set(),
     "statistics": {"walk"},
+    "stripes": {"walk"},
     "walk": {"rules"},
     "resolve_pg": {"rules", "walk", "record"},
     "resolve_pg_key": {"rules", "walk", "record", "resolve_pg"},

@@ -381,6 +381,25 @@ class RowClaim:
             self.held = False
 
 
+class WorkerClaim:
+    """A worker of a job that holds the claim (:mod:`.workers`): the job's own
+    connection holds it for all of its workers, which take nothing themselves."""
+
+    backend: int | None = None
+
+    def attach(self, conn: Connection) -> None:
+        pass
+
+    def take(self, conn: Connection) -> None:
+        pass
+
+    def detach(self, conn: Connection) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 def claim_for(
     dialect: str, job: str, *, dry_run: bool, sleep: Callable[[float], None] = time.sleep
 ) -> Claim:

@@ -129,12 +129,12 @@ class Governor:
         self._count_waited()
         if self._first_look:  # a command sent while the run was starting up
             self._first_look = False
-            self._poll()
+            self.poll()
         self._apply_knobs()
         run = self.run
         if self.command.control == STOP:
             run.stopping("stop asked by operator")
-            self._poll()
+            self.poll()
             return Decision(
                 STOP_RUN,
                 reason=f"stopped by operator (cowrie-db control stop at "
@@ -162,7 +162,7 @@ class Governor:
         self._held |= set(holding)
         reason = "; ".join(holding.values())
         run.held(paused=PAUSED in holding, detail=reason)
-        self._poll()
+        self.poll()
         self._waiting = (self.clock(), set(holding))
         return Decision(WAIT, self._step(reading, holding), reason)
 
@@ -294,7 +294,7 @@ class Governor:
 
     # -- commands ------------------------------------------------------------------------
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
         """Heartbeat: write the engine's state, read the commands (one statement)."""
         if self.heartbeat is not None:
             self.command = self.heartbeat()

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from cowrieprocessor.backfill import control, json_storage, progress, rollback_record
+from cowrieprocessor.backfill import control, json_storage, progress, rollback_record, workers
 from cowrieprocessor.backfill.governor import describe_waits, discard_commands
 from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
@@ -31,7 +31,7 @@ from cowrieprocessor.backfill.ranges import (
 )
 from cowrieprocessor.backfill.sizing import describe_sizing
 from cowrieprocessor.backfill.statistics import analyze_blind_tables
-from cowrieprocessor.backfill.walker import BatchReport, RangeWalker
+from cowrieprocessor.backfill.walker import BatchReport, RangeWalker, RunRange
 from cowrieprocessor.db import partitions
 
 log = logging.getLogger("cowrieprocessor.backfill")
@@ -75,6 +75,13 @@ class BackfillResult:
     @property
     def rate(self) -> float:
         return self.sessions_total / self.seconds if self.seconds > 0 else 0.0
+
+
+def _resuming(walker: RangeWalker) -> str:
+    s = walker.run.state
+    if s.phase == WALK and s.last_key is None and s.batches == 0:
+        return "; resuming the walk's stripes"  # the workers' (:mod:`.workers`)
+    return f"; resuming {s.phase}{_in_leaf(walker)} after {s.last_key!r}"
 
 
 def _in_leaf(walker: RangeWalker) -> str:
@@ -155,7 +162,16 @@ def _prepare(
         return False
     unfinished = resumable(tx.retrying("preparing the progress table", setup))
     analyze_blind_tables(tx, run)
-    return unfinished is not None and (unfinished.batches > 0 or unfinished.phase != WALK)
+    if unfinished is None:
+        return False
+    if unfinished.batches > 0 or unfinished.phase != WALK:
+        return True
+    # a walk with workers keeps its batches in its stripes' rows (:mod:`.workers`)
+    return bool(tx.retrying("reading the workers' stripes", _reading(_stripes_of(run.job))))
+
+
+def _stripes_of(job: str) -> Callable[[Connection], list[JobState]]:
+    return lambda conn: progress.load_workers(conn, job)
 
 
 def run_backfill(
@@ -177,6 +193,7 @@ def run_backfill(
     """
     # A dry run walks once: without writes, a catch-up pass would only count twice.
     phases = (WALK,) if dry_run else JOB_PHASES[BACKFILL_JOB]
+    workers.check_dialect(knobs, engine.dialect.name)
     walker = RangeWalker(
         engine,
         knobs,
@@ -199,7 +216,7 @@ def run_backfill(
             total,
             inventory,
             describe_sizing(knobs, walker.fresh_order),
-            f"; resuming {s.phase}{_in_leaf(walker)} after {s.last_key!r}" if resumed else "",
+            _resuming(walker) if resumed else "",
         )
         mode = CTID
         if walker.dialect == "postgresql":
@@ -212,8 +229,11 @@ def run_backfill(
             walker.dialect, dry_run, json, BACKFILL_JOB if keep_record else None, mode
         )
         for phase in phases:
-            if walker.run.state.phase == phase:
-                walker.walk(phase, run_range)
+            if walker.run.state.phase != phase:
+                continue
+            if phase == WALK and _in_parallel(walker, engine, run_range, on_batch):
+                continue  # walked by the workers, and moved on to the catch-up
+            walker.walk(phase, run_range)
     s = walker.run.state
     result = BackfillResult(
         job=BACKFILL_JOB,
@@ -238,6 +258,30 @@ def run_backfill(
         result.wal_bytes, result.wal_seconds = wal[0], round(wal[1], 3)
     log_summary(result)
     return result
+
+
+def _in_parallel(
+    walker: RangeWalker,
+    engine: Engine,
+    run_range: RunRange,
+    on_batch: Callable[[BatchReport], None] | None,
+) -> bool:
+    """The walk with workers (:mod:`.workers`), when the knob asks for more than one or
+    an earlier run's stripes are saved; False: one walker walks."""
+    if walker.dialect != "postgresql" or walker.dry_run:
+        if walker.dry_run and walker.knobs.workers > 1:
+            log.info(
+                "a dry run walks with one connection (workers=%s)", walker.knobs.show_workers()
+            )
+        return False
+    return workers.Stripes(walker, engine, run_range, on_batch).walk(walker.run.leaves)
+
+
+def _one_worker(job: str, knobs: BackfillKnobs, dialect: str) -> None:
+    """The clear and the undo walk with one connection: say so when more were asked."""
+    workers.check_dialect(knobs, dialect)
+    if knobs.workers > 1 or knobs.workers_per_leaf:
+        log.info("%s walks with one connection (workers=%s)", job, knobs.show_workers())
 
 
 def log_summary(r: BackfillResult) -> None:
@@ -304,6 +348,7 @@ def clear_snapshots(
     the clear's own row lets a rerun resume. At the end the rollback record is emptied:
     nothing it names is left. Raises like :func:`run_backfill`.
     """
+    _one_worker(job, knobs, engine.dialect.name)
     walker = RangeWalker(engine, knobs, job=job, stop=stop)
     started = time.monotonic()
     with walker:
@@ -334,6 +379,7 @@ def undo_backfill(
     The progress and record tables are dropped at the end. Resumable; raises like
     :func:`run_backfill`.
     """
+    _one_worker(CLEAR_JOB, knobs, engine.dialect.name)
     with engine.connect() as conn:
         exact = rollback_record.exists(conn) and not rollback_record.is_incomplete(conn)
         conn.rollback()

@@ -36,13 +36,16 @@ class KeyOrder:
 
     ``table``: the table walked, ``session_summaries`` or one leaf of it when it is
     partitioned (:mod:`cowrieprocessor.db.partitions`): each leaf has its own ranges.
+    ``upper``: the last key of the walk (a worker's stripe, :mod:`.workers`); None: the
+    table's end. A range whose ``hi`` is None ends there.
     """
 
     name = "session_id"
     column = "s.session_id"
 
-    def __init__(self, table: str = sql.SESSIONS_TABLE) -> None:
+    def __init__(self, table: str = sql.SESSIONS_TABLE, upper: str | None = None) -> None:
         self.table = table
+        self.upper = upper
 
     def in_table(self, table: str) -> KeyOrder:
         """This order over another table (a leaf)."""
@@ -56,7 +59,10 @@ class KeyOrder:
         params: dict[str, Any] = {"offset": offset}
         if lo is not None:
             params["lo"] = lo
-        value = conn.execute(sql.next_bound(lo is not None, self.table), params).scalar()
+        if self.upper is not None:
+            params["upper"] = self.upper
+        stmt = sql.next_bound(lo is not None, self.table, self.upper is not None)
+        value = conn.execute(stmt, params).scalar()
         return None if value is None else str(value)
 
     def param(self, key: str) -> Any:
@@ -69,11 +75,13 @@ class KeyOrder:
         return True
 
     def describe(self, lo: str | None, hi: str | None) -> str:
+        hi = hi if hi is not None else self.upper
         left = "(start" if lo is None else f"({self.show(lo)}"
         right = "end)" if hi is None else f"{self.show(hi)}]"
         return f"{self.name} range {left}, {right}"
 
     def params(self, lo: str | None, hi: str | None) -> dict[str, Any]:
+        hi = hi if hi is not None else self.upper
         params = {}
         if lo is not None:
             params["lo"] = self.param(lo)
@@ -81,12 +89,16 @@ class KeyOrder:
             params["hi"] = self.param(hi)
         return params
 
+    def has_hi(self, hi: str | None) -> bool:
+        """Whether a range ending at ``hi`` has an upper bound (its own or the walk's)."""
+        return hi is not None or self.upper is not None
+
     # the statement's extra predicate for this order ("" or " AND ..."), bound by params
     extra_predicate = ""
 
     def count(self, conn: Connection, lo: str | None, hi: str | None) -> int:
         """How many keys the range holds (to split one that timed out)."""
-        stmt = sql.count_range(lo is not None, hi is not None, self.column, self.table)
+        stmt = sql.count_range(lo is not None, self.has_hi(hi), self.column, self.table)
         return int(conn.execute(stmt, self.params(lo, hi)).scalar_one())
 
     def sessions(self, keys: int) -> float:
@@ -208,7 +220,7 @@ class Range:
 
     @property
     def has_hi(self) -> bool:
-        return self.hi is not None
+        return self.order.has_hi(self.hi)
 
     @property
     def params(self) -> dict[str, Any]:

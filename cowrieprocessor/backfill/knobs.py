@@ -203,7 +203,12 @@ INT_KNOBS: tuple[IntKnob, ...] = (
 # table's row versions only), or by ``session_id`` (Citus; :mod:`cowrieprocessor.backfill.sql`).
 # ``auto``: by key when the citus extension is installed, else by ctid.
 JOIN_BACK_CHOICES = ("auto", "ctid", "key")
-KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file", "join_back"})
+KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file", "join_back", "workers"})
+# Workers (PostgreSQL, :mod:`.workers`): N connections walking disjoint stripes at once;
+# ``auto``: one per partition of a partitioned table (one on a plain table), at most
+# AUTO_WORKERS, or at most N with ``auto:N``.
+MAX_WORKERS = 64
+AUTO_WORKERS = 4
 DEFAULTS = {k.name: k.default for k in INT_KNOBS}  # from the table above, never re-typed
 
 
@@ -220,6 +225,8 @@ class BackfillKnobs:
     max_wal_rate: int = DEFAULTS["max_wal_rate"]
     status_file: Path | None = None
     join_back: str = "auto"
+    workers: int = 1  # at most this many at once
+    workers_per_leaf: bool = False  # workers=auto: one per partition
 
     @property
     def adaptive(self) -> bool:
@@ -274,7 +281,14 @@ class BackfillKnobs:
         found = raw("join_back")
         if found is not None:
             values["join_back"] = _choice("join_back", JOIN_BACK_CHOICES, *found)
+        found = raw("workers")
+        if found is not None:
+            values["workers"], values["workers_per_leaf"] = _workers(*found)
         return cls(**values)  # type: ignore[arg-type]
+
+    def show_workers(self) -> str:
+        """``workers`` as an operator writes it: ``2``, ``auto:4``."""
+        return f"auto:{self.workers}" if self.workers_per_leaf else str(self.workers)
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -303,8 +317,10 @@ class BackfillKnobs:
         return replace(self, **values)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, str]:
-        """The number knobs as an operator writes them (``status``, the logs)."""
-        return {k.name: k.show(getattr(self, k.name)) for k in INT_KNOBS}
+        """The number knobs and ``workers`` as an operator writes them (``status``, the
+        logs)."""
+        shown = {k.name: k.show(getattr(self, k.name)) for k in INT_KNOBS}
+        return {**shown, "workers": self.show_workers()}
 
     def changes(self, new: BackfillKnobs) -> list[str]:
         """``name old -> new`` for each number knob that differs in ``new``."""
@@ -320,6 +336,23 @@ def _choice(name: str, choices: tuple[str, ...], raw: str, source: str) -> str:
     if value not in choices:
         raise KnobError(f"{name}={raw!r} (from {source}) is not one of: {', '.join(choices)}")
     return value
+
+
+def _workers(raw: str, source: str) -> tuple[int, bool]:
+    """``workers``: a number, ``auto`` or ``auto:N``; (at most how many, one per leaf)."""
+    text = raw.strip().lower()
+    head, sep, cap = text.partition(":")
+    per_leaf = head.strip() == "auto"
+    if per_leaf:
+        text = cap.strip() if sep else str(AUTO_WORKERS)
+    valid = (per_leaf or not sep) and re.fullmatch(r"\d{1,3}", text)
+    if valid and 1 <= int(text) <= MAX_WORKERS:
+        return int(text), per_leaf
+    raise KnobError(
+        f"workers={raw!r} (from {source}) is not a number of workers; allowed: "
+        f"1..{MAX_WORKERS}, auto (one per partition, at most {AUTO_WORKERS}) or auto:N "
+        "(at most N)"
+    )
 
 
 def _status_path(raw: str, source: str) -> Path:

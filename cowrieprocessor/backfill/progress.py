@@ -56,6 +56,10 @@ progress_table = sa.Table(
     # A partitioned session_summaries: the leaf that last_key is in (leaves are walked
     # one after the other in the order of their names; :mod:`cowrieprocessor.db.partitions`).
     sa.Column("leaf", sa.String(255)),
+    # A worker's stripe (:mod:`.workers`): the job's keys in (stripe_lo, stripe_hi]
+    # (None: from the start, to the end), in its own row "<job>/<n>".
+    sa.Column("stripe_lo", sa.String(64)),
+    sa.Column("stripe_hi", sa.String(64)),
 )
 # Columns added after the first release: ensure_table adds them to an older table.
 RUN_COLUMNS = (
@@ -67,7 +71,7 @@ RUN_COLUMNS = (
     "control_seq",
     "control_at",
 )
-LATER_COLUMNS = (*RUN_COLUMNS, "leaf")
+LATER_COLUMNS = (*RUN_COLUMNS, "leaf", "stripe_lo", "stripe_hi")
 
 # Phases of a job, in order. "done" is final; a later run starts a fresh walk.
 WALK, CATCHUP, DONE = "walk", "catchup", "done"
@@ -97,6 +101,8 @@ class JobState:
     updated_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
     leaf: str | None = None
+    stripe_lo: str | None = None
+    stripe_hi: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,21 +137,41 @@ def has_table(conn: Connection) -> bool:
 
 
 def load(conn: Connection, job: str) -> JobState | None:
+    found = _load(conn, progress_table.c.job == job)
+    return found[0] if found else None
+
+
+# The rows of a job's workers are named "<job>/<n>" (:mod:`.workers`).
+WORKER_SEP = "/"
+
+
+def load_workers(conn: Connection, job: str) -> list[JobState]:
+    """The rows of ``job``'s workers' stripes, in the order of their names."""
+    prefix = job + WORKER_SEP
+    # compared as a prefix, not LIKE: "_" in a job's name is a LIKE wildcard
+    where = sa.func.substr(progress_table.c.job, 1, len(prefix)) == prefix
+    return sorted(_load(conn, where), key=lambda state: state.job)
+
+
+def delete_workers(conn: Connection, job: str) -> None:
+    prefix = job + WORKER_SEP
+    if has_table(conn):
+        where = sa.func.substr(progress_table.c.job, 1, len(prefix)) == prefix
+        conn.execute(progress_table.delete().where(where))
+
+
+def _load(conn: Connection, where: sa.ColumnElement[bool]) -> list[JobState]:
     if not has_table(conn):
-        return None
+        return []
     have = {c["name"] for c in sa.inspect(conn).get_columns(PROGRESS_TABLE)}
     state_columns = [progress_table.c[f.name] for f in fields(JobState) if f.name in have]
-    row = (
-        conn.execute(sa.select(*state_columns).where(progress_table.c.job == job))
-        .mappings()
-        .first()
-    )
-    if row is None:
-        return None
-    state = JobState(**dict(row))
-    for name in ("started_at", "updated_at", "finished_at"):
-        setattr(state, name, as_utc(getattr(state, name)))
-    return state
+    states = []
+    for row in conn.execute(sa.select(*state_columns).where(where)).mappings():
+        state = JobState(**dict(row))
+        for name in ("started_at", "updated_at", "finished_at"):
+            setattr(state, name, as_utc(getattr(state, name)))
+        states.append(state)
+    return states
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -227,6 +253,8 @@ class Progress:
     wait_share: float = 0.0
     knobs: dict[str, str] = field(default_factory=dict)
     waits: dict[str, dict[str, float]] = field(default_factory=dict)
+    # with workers: each one's stripe and where it stands (:func:`worker_view`)
+    workers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -316,3 +344,25 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
+
+
+def worker_view(state: JobState, run_state: str = "") -> dict[str, Any]:
+    """One worker's stripe and where it stands, as ``status`` and the status file show
+    it: its row's name, the partition or key range it walks, sessions walked of about
+    how many, rows updated, batches, and its state (``running``, ``finished``, ...)."""
+    if state.leaf is not None and state.stripe_lo is None and state.stripe_hi is None:
+        where = f"partition {state.leaf}"
+    else:
+        lo = "(start" if state.stripe_lo is None else f"({state.stripe_lo!r}"
+        hi = "end)" if state.stripe_hi is None else f"{state.stripe_hi!r}]"
+        where = f"session_id {lo}, {hi}"
+    return {
+        "worker": state.job,
+        "stripe": where,
+        "phase": state.phase,
+        "done": state.sessions_walked if state.phase != DONE else state.sessions_total,
+        "total": state.sessions_total,
+        "rows_updated": state.rows_updated,
+        "batches": state.batches,
+        "state": run_state,
+    }

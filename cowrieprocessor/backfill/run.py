@@ -130,6 +130,8 @@ class Run:
         # sessions lacking a snapshot column, as this run's walk found them
         self.walk_candidates = 0
         self.batch_seconds: list[float] = []
+        # with workers (:mod:`.workers`): where each one stands, for the status
+        self.workers: list[dict[str, Any]] = []
 
     # -- where the job stands ------------------------------------------------------------
 
@@ -216,14 +218,36 @@ class Run:
             s.leaf = self.next_leaf
             return
         if hi is None:  # the last range of the phase: move on, atomically with it
-            s.leaf = None
-            following = self.phases[self.phases.index(phase) + 1 :]
-            s.phase = following[0] if following else DONE
-            s.sessions_walked = 0
-            if s.phase == CATCHUP:
-                s.unmatched_no_ip = s.unmatched_not_in_inventory = 0
-            if s.phase == DONE:
-                s.finished_at = progress.utcnow()
+            self._move_on(phase)
+
+    def _move_on(self, phase: str) -> None:
+        """``phase`` is walked: the job goes on with the next one (or is done)."""
+        s = self.state
+        s.last_key = None
+        if progress.WORKER_SEP not in s.job:
+            s.leaf = None  # (a worker's row keeps the partition it walks)
+        following = self.phases[self.phases.index(phase) + 1 :]
+        s.phase = following[0] if following else DONE
+        s.sessions_walked = 0
+        if s.phase == CATCHUP:
+            s.unmatched_no_ip = s.unmatched_not_in_inventory = 0
+        if s.phase == DONE:
+            s.finished_at = progress.utcnow()
+
+    def merge_workers(self, workers: list[JobState]) -> None:
+        """Every stripe of the workers (:mod:`.workers`) is walked: their counts join the
+        job's and the job goes on with its next phase (saved in the transaction that
+        deletes their rows)."""
+        s = self.state
+        for w in workers:
+            s.batches += w.batches
+            s.retries += w.retries
+            s.splits += w.splits
+            s.rows_updated += w.rows_updated
+            s.matched += w.matched
+            s.unmatched_no_ip += w.unmatched_no_ip
+            s.unmatched_not_in_inventory += w.unmatched_not_in_inventory
+        self._move_on(WALK)
 
     def undone(self, entries: int, changed: int) -> None:
         """A batch of the rollback record was undone: ``entries`` sessions, ``changed``
@@ -260,6 +284,7 @@ class Run:
             run_detail=self.detail,
             knobs=self.knobs.describe(),
             waits={k: dict(v) for k, v in self.waits.items()},
+            workers=list(self.workers),
         )
 
     # -- the engine's state ----------------------------------------------------------------

@@ -34,15 +34,23 @@ class Transactions:
     """The connection of one run (``run``: its job, knobs, retry count), with its claim."""
 
     def __init__(
-        self, engine: Engine, run: Run, *, sleep: Callable[[float], None] = time.sleep
+        self,
+        engine: Engine,
+        run: Run,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        claim: control.Claim | None = None,
     ) -> None:
         self.engine = engine
         self.run = run
         self.sleep = sleep
         self.dialect = engine.dialect.name
         self.conn: Connection | None = None
-        # one job at a time: taken when the run starts (:meth:`take_claim`)
-        self.claim = control.claim_for(self.dialect, run.job, dry_run=run.dry_run, sleep=sleep)
+        # one job at a time: taken when the run starts (:meth:`take_claim`); a worker's
+        # is its job's (:class:`~.control.WorkerClaim`)
+        self.claim = claim or control.claim_for(
+            self.dialect, run.job, dry_run=run.dry_run, sleep=sleep
+        )
         self.claimed = False
 
     def connection(self) -> Connection:

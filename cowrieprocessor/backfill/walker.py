@@ -97,9 +97,17 @@ class RangeWalker:
         stop: threading.Event | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        stripe: KeyOrder | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> None:
+        """``stripe`` and ``gate`` make it one worker of a job (:mod:`.workers`): it
+        walks only the keys of ``stripe`` (a table or a leaf, up to its ``upper``), under
+        its job's claim, and before each batch passes ``gate`` (the job's governor
+        decides for all its workers) instead of asking a governor of its own."""
         self.run = Run(job, knobs, phases=phases, dry_run=dry_run)
-        self.tx = Transactions(engine, self.run, sleep=sleep)
+        claim = control.WorkerClaim() if gate is not None else None
+        self.tx = Transactions(engine, self.run, sleep=sleep, claim=claim)
+        self.gate = gate
         self.job = job
         self.dry_run = dry_run
         self.dialect = self.tx.dialect
@@ -108,12 +116,14 @@ class RangeWalker:
         self.sizer = BatchSizer(knobs)
         self._sized_by = knobs
         # Adaptive batches on SQLite walk the physical order (:mod:`.keys`).
+        self.key_order: KeyOrder = stripe or SESSION_ID_ORDER
         self.fresh_order: KeyOrder = (
-            ROWID_ORDER if self.dialect == "sqlite" and knobs.adaptive else SESSION_ID_ORDER
+            ROWID_ORDER if self.dialect == "sqlite" and knobs.adaptive else self.key_order
         )
         self.order: KeyOrder = self.fresh_order
-        # the server's health (PostgreSQL); a dry run writes no progress row to steer by
-        self.monitor = HealthMonitor() if self.dialect == "postgresql" else None
+        # the server's health (PostgreSQL); a dry run writes no progress row to steer by;
+        # a worker's job reads it for all of its workers
+        self.monitor = HealthMonitor() if self.dialect == "postgresql" and not gate else None
         self.steered = not dry_run
         self.governor = Governor(
             self.run,
@@ -144,6 +154,10 @@ class RangeWalker:
     def _before_batch(self) -> None:
         """Wait while the governor holds the next batch back (the caller checks
         ``stop``); raise when the operator asked the run to stop."""
+        if self.gate is not None:
+            self.gate()
+            self._follow_knobs()
+            return
         while True:
             decision = self.governor.decide()
             self._follow_knobs()
@@ -271,6 +285,12 @@ class RangeWalker:
             run.next_leaf = leaves[n + 1] if n + 1 < len(leaves) else None
             self._walk_table(phase, run_range, leaf)
 
+    def walk_stripe(self, run_range: RunRange) -> None:
+        """A worker: walk its stripe (``stripe``) from the saved position to its end."""
+        self._start_phase(WALK)
+        self.run.next_leaf = None
+        self._walk_table(WALK, run_range, None)
+
     def _walk_table(self, phase: str, run_range: RunRange, leaf: str | None) -> None:
         """Walk the ranges of one table (``leaf``, or session_summaries when None) from
         the saved position to its end."""
@@ -280,7 +300,7 @@ class RangeWalker:
         elif ROWID_ORDER.owns(lo) and self.dialect == "sqlite":
             order = ROWID_ORDER  # resume in the order the phase was started in
         else:
-            order = SESSION_ID_ORDER
+            order = self.key_order
         self.order = order if leaf is None else order.in_table(leaf)
         if phase == CATCHUP and self.dialect == "postgresql" and not self.dry_run:
             self.order = self._catchup_list(lo) or self.order

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from cowrieprocessor.backfill import BackfillKnobs, KnobError
-from cowrieprocessor.backfill.knobs import INT_KNOBS, JOIN_BACK_CHOICES
+from cowrieprocessor.backfill.knobs import AUTO_WORKERS, INT_KNOBS, JOIN_BACK_CHOICES, MAX_WORKERS
 from cowrieprocessor.cli.common import STATUS_FILE_NAME, CliError
 
 
@@ -44,6 +44,15 @@ def add_knob_flags(parser: argparse.ArgumentParser) -> None:
         metavar="|".join(JOIN_BACK_CHOICES),
         help="PostgreSQL: how a batch finds its rows again, by ctid or by session_id "
         "(Citus); default auto: by session_id when the citus extension is installed",
+    )
+    parser.add_argument(
+        "--workers",
+        dest="workers",
+        default=None,
+        metavar="N|auto|auto:N",
+        help="PostgreSQL: connections walking disjoint stripes of the table at once "
+        f"(1..{MAX_WORKERS}); auto: one per partition, at most {AUTO_WORKERS} (auto:N: at "
+        "most N); default 1",
     )
 
 
@@ -81,6 +90,7 @@ def _knob_values(args: argparse.Namespace) -> dict[str, str | int | None]:
     explicit: dict[str, str | int | None] = dict(_x_items(args))
     flags: dict[str, str | None] = {k.name: getattr(args, k.name) for k in INT_KNOBS}
     flags["join_back"] = getattr(args, "join_back", None)
+    flags["workers"] = getattr(args, "workers", None)
     for name, value in flags.items():
         if value is None:
             continue

@@ -79,6 +79,14 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             out.write("  knobs: " + ", ".join(f"{k}={v}" for k, v in j.knobs.items()) + "\n")
         if j.waits:
             out.write(f"  held back: {describe_waits(j.waits)}\n")
+        if j.workers:
+            out.write(f"  workers ({len(j.workers)} stripes):\n")
+            for w in j.workers:
+                out.write(
+                    f"    {w['worker']}: {w['stripe']}, {w['phase']}, {w['done']:,}/about "
+                    f"{w['total']:,} sessions, {w['rows_updated']:,} rows updated, "
+                    f"{w['batches']:,} batches, {w['state'] or 'not started'}\n"
+                )
         if j.partitions:
             out.write(f"  partitions ({j.phase}):\n")
             for leaf in j.partitions:

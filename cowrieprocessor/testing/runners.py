@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic.config import Config
 from sqlalchemy.exc import DBAPIError
 
-from cowrieprocessor.backfill.progress import PROGRESS_TABLE
+from cowrieprocessor.backfill.progress import PROGRESS_TABLE, WORKER_SEP
 from cowrieprocessor.backfill.progress import progress_table as progress
 from cowrieprocessor.settings import PROJECT_ROOT
 
@@ -110,8 +110,20 @@ def progress_state(engine: sa.Engine, job: str) -> tuple[str, str | None, int]:
 
 
 def batches_committed(engine: sa.Engine, job: str) -> int:
-    """How many batches ``job`` has committed (0 before its progress row exists)."""
-    return progress_state(engine, job)[2]
+    """How many batches ``job`` has committed (0 before its progress row exists), its
+    workers' stripes included (their rows are "<job>/<n>")."""
+    prefix = job + WORKER_SEP
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(PROGRESS_TABLE):
+                return 0
+            where = (progress.c.job == job) | (
+                sa.func.substr(progress.c.job, 1, len(prefix)) == prefix
+            )
+            found = conn.execute(sa.select(sa.func.sum(progress.c.batches)).where(where))
+            return int(found.scalar() or 0)
+    except DBAPIError:  # the table went away between the two statements
+        return 0
 
 
 def wait_until(what: str, predicate: Callable[[], object], timeout: float = 60.0) -> None:

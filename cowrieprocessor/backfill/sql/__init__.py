@@ -19,7 +19,8 @@ Where each statement lives:
 * :mod:`.offline`: what ``alembic upgrade/downgrade --sql`` prints;
 * :mod:`.reports`: what ``cowrie-db check``, ``status`` and ``verify`` read;
 * :mod:`.statistics`: whether the planner has statistics of the tables a batch reads;
-  the offline script's ``ANALYZE``.
+  the offline script's ``ANALYZE``;
+* :mod:`.stripes`: the quantiles of ``session_id`` that the workers' stripes start at.
 
 Every statement is fixed SQL text with bound parameters (``:lo``, ``:hi``,
 timeouts). What varies is chosen from fixed fragments written in these modules: the
@@ -30,8 +31,8 @@ turns it off for this package, and its f-strings are reviewed here by hand.
 
 The modules import only SQLAlchemy, :mod:`~cowrieprocessor.backfill.json_storage`,
 :mod:`~cowrieprocessor.backfill.progress` (its table's name and columns) and each
-other, in one direction: rules, walk and record at the bottom, statistics on walk, the ``resolve_*``
-modules on them, then clear, offline and reports.
+other, in one direction: rules, walk and record at the bottom, statistics and stripes
+on walk, the ``resolve_*`` modules on them, then clear, offline and reports.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ from cowrieprocessor.backfill.sql.statistics import (
     TABLE_STATISTICS,
     analyze,
 )
+from cowrieprocessor.backfill.sql.stripes import ESTIMATED_ROWS, HISTOGRAM_BOUNDS, sample_keys
 from cowrieprocessor.backfill.sql.walk import (
     COUNT_INVENTORY,
     COUNT_NEEDING,
@@ -154,8 +156,10 @@ __all__ = [
     "COUNT_WITH_VALUES",
     "DELETE_RECORD",
     "DELETE_RECORDS",
+    "ESTIMATED_ROWS",
     "HAS_SNAPSHOT",
     "HAS_SOURCE_IP",
+    "HISTOGRAM_BOUNDS",
     "INVENTORY_TABLE",
     "IP_SOURCES",
     "JOIN_BACK",
@@ -225,6 +229,7 @@ __all__ = [
     "pg_resolve",
     "pg_resolve_flat",
     "range_predicate",
+    "sample_keys",
     "sqlite_offline_backfill",
     "sqlite_resolve",
     "unwrite",

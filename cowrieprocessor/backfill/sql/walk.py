@@ -43,13 +43,16 @@ def in_text(table: str) -> str:
 # --- walking the key space ---------------------------------------------------------
 
 
-def next_bound(has_lo: bool, table: str = SESSIONS_TABLE) -> TextClause:
-    """The key ``:n`` places after ``:lo``: the inclusive upper bound of the next range.
+def next_bound(has_lo: bool, table: str = SESSIONS_TABLE, has_upper: bool = False) -> TextClause:
+    """The key ``:n`` places after ``:lo``: the inclusive upper bound of the next range;
+    with ``has_upper``, only keys up to ``:upper`` count (a worker's stripe ends there).
 
     An index-only walk of ``:n`` entries of the primary key starting at the previous
     bound; never an OFFSET from the start of the table.
     """
-    where = "WHERE session_id > :lo " if has_lo else ""
+    bounds = [("session_id > :lo", has_lo), ("session_id <= :upper", has_upper)]
+    where = " AND ".join(part for part, present in bounds if present)
+    where = f"WHERE {where} " if where else ""
     return text(
         f"SELECT session_id FROM {in_text(table)} {where}ORDER BY session_id LIMIT 1 OFFSET :offset"
     )

@@ -98,13 +98,22 @@ def run_with_kills(
         engine.dispose()
 
 
-def kill_trial(ds: Dataset, url: str, rng: random.Random, max_kills: int, name: str) -> list[str]:
+def kill_trial(
+    ds: Dataset,
+    url: str,
+    rng: random.Random,
+    max_kills: int,
+    name: str,
+    knobs: Mapping[str, str] | None = None,
+) -> list[str]:
     """The upgrade killed at random moments and rerun to the end, compared with the
     uninterrupted run; then the same for the downgrade, which brings the database back
-    to where the next trial starts. Returns where the kills landed."""
+    to where the next trial starts. Returns where the kills landed. ``knobs``: the
+    upgrade's (default: the dataset's)."""
     engine = create_engine_from_url(url)
     kills_up, kills_down = rng.randint(1, max_kills), rng.randint(1, max_kills)
-    up = run_with_kills(url, ["upgrade", "head"], ds.knobs, ds.up, BACKFILL_JOB, rng, kills_up)
+    knobs = ds.knobs if knobs is None else knobs
+    up = run_with_kills(url, ["upgrade", "head"], knobs, ds.up, BACKFILL_JOB, rng, kills_up)
     diff = differences(snapshots(engine), ds.reference)
     assert not diff, f"{name} kills {up}: {len(diff)} rows differ, e.g. {diff[:5]}"
     assert version(engine) == HEAD
@@ -120,16 +129,26 @@ def kill_trial(ds: Dataset, url: str, rng: random.Random, max_kills: int, name: 
     return up + down
 
 
+# The workers of each lane's upgrades on PostgreSQL (SQLite has one writer): one, two
+# and four connections walking stripes at once, killed and resumed alike.
+LANE_WORKERS = ("1", "2", "4")
+
+
 def kill_trials(ds: Dataset, trials: int, max_kills: int, test: str) -> None:
     """``trials`` kill trials in three lanes side by side (three databases): most of a
-    trial is spent starting Python. Each lane has its own seeded random generator."""
+    trial is spent starting Python. Each lane has its own seeded random generator and,
+    on PostgreSQL, its own number of workers (:data:`LANE_WORKERS`; on a partitioned
+    table a stripe is a partition)."""
     lanes = [ds.rerun, ds.clone(), ds.clone()]
 
     def lane(n: int) -> list[str]:
         rng = random.Random(f"{SEED}-{ds.dialect}-{test}-{n}")
+        workers = LANE_WORKERS[n] if ds.dialect == "postgresql" else "1"
+        knobs = {**ds.knobs, "workers": workers}
         landed: list[str] = []
         for trial in range(n, trials, len(lanes)):
-            landed += kill_trial(ds, lanes[n], rng, max_kills, f"seed {SEED} trial {trial}")
+            name = f"seed {SEED} trial {trial} (workers={workers})"
+            landed += kill_trial(ds, lanes[n], rng, max_kills, name, knobs)
         return landed
 
     with ThreadPoolExecutor(len(lanes)) as pool:
@@ -142,6 +161,7 @@ def kill_trials(ds: Dataset, trials: int, max_kills: int, test: str) -> None:
         seed=SEED,
         sessions=ds.sessions,
         knobs=ds.knobs,
+        workers=list(LANE_WORKERS) if ds.dialect == "postgresql" else ["1"],
         trials=trials,
         kills=len(landed),
         kills_landed=dict(sorted(Counter(landed).items())),
