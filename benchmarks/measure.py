@@ -40,7 +40,7 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.settings import PROJECT_ROOT
 
 BATCH_LINE = re.compile(
-    r"snapshot_backfill (?P<phase>walk|catchup): .*; batch (?P<batch>\d+): "
+    r"snapshot_backfill(?:/\d+)? (?P<phase>walk|catchup): .*; batch (?P<batch>\d+): "
     r"(?:(?P<rows>\d+) rows|the last range) in (?P<seconds>[\d.]+) s"
 )
 TO_0003 = "Running upgrade 0002_snapshot_columns -> 0003_backfill_session_snapshots"
@@ -120,9 +120,9 @@ def _fail(what: str, m: Measured) -> RuntimeError:
     return RuntimeError(f"{what} failed with exit code {m.returncode}:\n{tail}\n{m.stdout}")
 
 
-def product(url: str, sessions: int, join_back: str = "auto") -> dict[str, Any]:
+def product(url: str, sessions: int, join_back: str = "auto", workers: str = "1") -> dict[str, Any]:
     """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside."""
-    knobs = {"log_interval": "0", "join_back": join_back}
+    knobs = {"log_interval": "0", "join_back": join_back, "workers": workers}
     m = run_measured(alembic(url, "upgrade", "head", extra_x=knobs))
     if m.returncode != 0:
         raise _fail("alembic upgrade head", m)
@@ -183,6 +183,30 @@ def product(url: str, sessions: int, join_back: str = "auto") -> dict[str, Any]:
 def product_key(url: str, sessions: int) -> dict[str, Any]:
     """:func:`product` with the join-back by key (``-x join_back=key``: Citus's path)."""
     return product(url, sessions, join_back="key")
+
+
+def product_2w(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product` with two workers (``-x workers=2``; on partitions, ``auto:2``)."""
+    return product(url, sessions, workers=_workers(url, 2))
+
+
+def product_4w(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product` with four workers (``-x workers=4``; on partitions, ``auto:4``)."""
+    return product(url, sessions, workers=_workers(url, 4))
+
+
+def _workers(url: str, n: int) -> str:
+    """``n`` stripes of the key on a plain table, ``n`` partitions at a time on a
+    partitioned one (one per partition: ``auto:n``); both mean n connections."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            kind = conn.execute(
+                sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass('session_summaries')")
+            ).scalar()
+    finally:
+        engine.dispose()
+    return f"auto:{n}" if kind == "p" else str(n)
 
 
 def _python_module(what: str, module: str, url: str, *args: str) -> tuple[Measured, dict[str, Any]]:

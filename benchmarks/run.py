@@ -72,6 +72,8 @@ APPROACHES: dict[str, Approach] = {
     "product": measure.product,
     "limit": measure.limit,
     "product-key": measure.product_key,
+    "product-2w": measure.product_2w,
+    "product-4w": measure.product_4w,
     "upstream": measure.upstream,
     "walk": measure.walk,
     "walk-norecord": measure.walk_norecord,
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     schedule = [
                         (a, i)
                         for i in range(args.repeat)
-                        for a in ("product", "limit", "product-key")
+                        for a in ("product", "product-2w", "limit", "product-4w", "product-key")
                         if a in approaches
                     ]
                     if all(a in approaches for a in RECORD_COST):

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 RECORD_COST = ("walk", "walk-norecord")
+PRODUCTS = ("product", "product-key", "product-2w", "product-4w")
+WORKERS = ("product-2w", "product-4w")  # the product with 2 and 4 workers
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 k: round(statistics.median(r["steps"][k] for r in entries), 3)
                 for k in entries[0]["steps"]
             }
-        if approach in ("product", "product-key"):
+        if approach in PRODUCTS:
             summary[approach]["backfill_seconds"] = round(
                 statistics.median(r["phases"]["backfill"] for r in entries), 3
             )
@@ -67,6 +69,17 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 lambda r: r["phases"]["walk"],
                 lambda r: r["steps"]["update"],
             )
+    for parallel in [a for a in WORKERS if a in summary]:
+        # the walk with workers against the database's one UPDATE, and one worker
+        name = parallel.removeprefix("product-")
+        if "limit" in summary:
+            ratios |= whole_ratio(summary, runs, f"{name}_over_limit", parallel, "limit")
+            walk = summary[parallel]["phases"].get("walk")
+            update = summary["limit"]["steps"].get("update")
+            if walk and update:
+                ratios[f"{name}_walk_over_update"] = round(walk / update, 3)
+        if "product" in summary:
+            ratios |= whole_ratio(summary, runs, f"{name}_over_1w", parallel, "product")
     if "product" in summary and "product-key" in summary:
         # the join-back by key (Citus) against the ctid join-back, on the same table
         ratios |= whole_ratio(summary, runs, "key_over_ctid", "product-key", "product")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -253,7 +254,16 @@ class Stripes:
                 self.gate.clear()
                 wait = decision.seconds
             self._publish()
-            c.stop.wait(wait)
+            self._sleep(wait, threads)
+
+    def _sleep(self, seconds: float, threads: list[threading.Thread]) -> None:
+        """Wait ``seconds``, or less when the run is stopped or every worker is done."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if self.coordinator.stop.wait(min(left, GATE_POLL_S)) or self.stop.is_set():
+                return
+            if not any(t.is_alive() for t in threads):
+                return
 
     def _publish(self) -> None:
         """The job's progress as the sum of its stripes': the status file, the row's
