@@ -71,6 +71,9 @@ def test_workers_write_what_one_walker_writes(pg_databases: Databases, kind: str
     stripes = {w["worker"] for r in seen for w in r.progress.workers}
     assert len(stripes) >= 2
     assert all(name.startswith(BACKFILL_JOB + "/") for name in stripes)
+    walked = [r.progress for r in seen if r.phase == "walk"]
+    assert all(p.total == SESSIONS for p in walked)  # the job's, not a stripe's
+    assert walked[-1].done >= SESSIONS * 0.9
     # the stripes' rows were merged into the job's, which is done
     assert progress_rows(many) == [BACKFILL_JOB]
     with many.connect() as conn:
@@ -225,4 +228,30 @@ def test_one_governor_pauses_every_worker_and_status_shows_each(pg_databases: Da
     assert re.search(r"Held back: paused 1 time\(s\), [1-9]\d*\.\d s", run.output), run.output
     assert snapshots(engine) == snapshots(reference)
     reference.dispose()
+    engine.dispose()
+
+
+def test_stripes_follow_partitions_gone_or_attached_between_runs(
+    pg_databases: Databases, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = seeded(pg_databases, HASH)
+    stop = threading.Event()
+    knobs = BackfillKnobs.from_sources({"batch_size": "50", "workers": "auto:2"}, {})
+    with pytest.raises(BackfillInterrupted):
+        run_backfill(engine, knobs, stop=stop, on_batch=lambda r: stop.set())
+    with engine.connect() as conn:
+        waiting = [s for s in load_workers(conn, BACKFILL_JOB) if s.batches == 0]
+    gone = waiting[-1].leaf
+    assert gone is not None
+    with engine.begin() as conn:  # a partition not walked yet is dropped
+        conn.execute(sa.text(f'DROP TABLE "{gone}"'))
+    caplog.set_level("WARNING", logger="cowrieprocessor.backfill")
+    run_backfill(engine, knobs)
+    assert f"partition {gone} is gone: its stripe is skipped" in caplog.text
+    with engine.connect() as conn:
+        missing = conn.execute(
+            sa.text("SELECT count(*) FROM session_summaries WHERE source_ip IS NULL")
+        ).scalar_one()
+    assert missing < SESSIONS * 0.05  # every partition left was walked
+    assert progress_rows(engine) == [BACKFILL_JOB]
     engine.dispose()

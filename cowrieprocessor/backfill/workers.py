@@ -180,6 +180,7 @@ class Stripes:
         knobs = c.run.knobs
         n = workers_for(knobs, leaves)
         saved = c.tx.retrying("reading the workers' stripes", _load_stripes(c.run.job))
+        saved = c.tx.retrying("checking the stripes' partitions", self._recheck(saved, leaves))
         if not saved and n <= 1:
             if knobs.workers_per_leaf:
                 log.info(
@@ -201,6 +202,7 @@ class Stripes:
                 left = c.run.state.sessions_total - c.run.state.sessions_walked
                 stripe.sessions_total = _share(max(left, 0), len(saved))
             c.tx.retrying("saving the workers' stripes", _save_stripes(saved, c))
+        c._start_phase(WALK)
         self.base = c.run.checkpoint()
         self.states = {s.job: s for s in saved}
         self.queue.extend(s for s in saved if s.phase != DONE)
@@ -228,6 +230,48 @@ class Stripes:
         self._raise_first_error()
         c.tx.retrying("merging the workers' stripes", self._merge)
         return True
+
+    def _recheck(
+        self, saved: list[JobState], leaves: list[str] | None
+    ) -> Callable[[Connection], list[JobState]]:
+        """Saved stripes against the table as it is now: a partition gone since is
+        skipped, one attached since gets a stripe, and stripes of partitions on a table
+        that is no longer partitioned are dropped (the walk is planned again, from the
+        job's own position)."""
+        job = self.coordinator.run.job
+
+        def recheck(conn: Connection) -> list[JobState]:
+            by_leaf = [s for s in saved if s.leaf is not None]
+            if not by_leaf:
+                return saved
+            with conn.begin():
+                if leaves is None:
+                    log.warning(
+                        "%s: the saved stripes are partitions, but session_summaries is not "
+                        "partitioned now: planning the walk again",
+                        job,
+                    )
+                    progress.delete_workers(conn, job)
+                    return []
+                for stripe in by_leaf:
+                    if stripe.leaf not in leaves and stripe.phase != DONE:
+                        log.warning(
+                            "%s: partition %s is gone: its stripe is skipped",
+                            stripe.job,
+                            stripe.leaf,
+                        )
+                        stripe.phase = DONE
+                        progress.save(conn, stripe)
+                known = {s.leaf for s in by_leaf}
+                added = [leaf for leaf in leaves if leaf not in known]
+                for n, leaf in enumerate(added, start=len(saved) + 1):
+                    log.warning("partition %s was attached since the walk began: walking it", leaf)
+                    stripe = JobState(job=worker_job(job, n), leaf=leaf)
+                    progress.save(conn, stripe)
+                    saved.append(stripe)
+            return saved
+
+        return recheck
 
     # -- the coordinator -----------------------------------------------------------------
 
@@ -268,10 +312,15 @@ class Stripes:
     def _publish(self) -> None:
         """The job's progress as the sum of its stripes': the status file, the row's
         engine columns (written by the next heartbeat)."""
-        run = self.coordinator.run
         with self.lock:
-            states = [self._state_now(job) for job in sorted(self.states)]
-            run.workers = [worker_view(s, self._run_state(s.job)) for s in states]
+            self._refresh()
+        self.coordinator.run.write_status()
+
+    def _refresh(self) -> None:
+        """The job's state as shown: its own, plus its stripes' (the lock held)."""
+        run = self.coordinator.run
+        states = [self._state_now(job) for job in sorted(self.states)]
+        run.workers = [worker_view(s, self._run_state(s.job)) for s in states]
         # shown only: the job's row keeps its own counts until the merge adds theirs
         base = self.base
         run.state.sessions_walked = base.sessions_walked + sum(
@@ -279,7 +328,6 @@ class Stripes:
         )
         run.state.rows_updated = base.rows_updated + sum(s.rows_updated for s in states)
         run.state.batches = base.batches + sum(s.batches for s in states)
-        run.write_status()
 
     def _state_now(self, job: str) -> JobState:
         walker = self.walkers.get(job)
@@ -356,6 +404,7 @@ class Stripes:
         if self.on_batch is None:
             return
         with self.lock:
+            self._refresh()
             snap = self.coordinator.run.progress(WALK)
             self.on_batch(replace(report, job=self.coordinator.run.job, progress=snap))
 
