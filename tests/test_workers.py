@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BACKFILL_JOB, BackfillKnobs, KnobError, run_backfill
 from cowrieprocessor.backfill import workers as workers_module
+from cowrieprocessor.backfill.alembic_ops import BATCH_APPLICATION_NAME
 from cowrieprocessor.backfill.errors import BackfillInterrupted
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE, JobState, load, load_workers
 from cowrieprocessor.backfill.walker import BatchReport
@@ -213,6 +214,13 @@ def test_one_governor_pauses_every_worker_and_status_shows_each(pg_databases: Da
         held = batches_committed(engine, BACKFILL_JOB)
         wait_for_heartbeats(engine, BACKFILL_JOB, 2)
         assert batches_committed(engine, BACKFILL_JOB) == held, "a worker's batch committed"
+        # the job's connection and three workers' at once (the revision's pool has room)
+        with engine.connect() as conn:
+            backends = conn.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": BATCH_APPLICATION_NAME},
+            ).scalar_one()
+        assert backends == 4, backends
         status = cowrie_db("--db", url, "status")
         assert "state: paused (paused by operator since" in status.stdout, status.stdout
         assert "workers (3 stripes):" in status.stdout, status.stdout

@@ -59,6 +59,7 @@ def engine_for_bind(bind: Connection, knobs: BackfillKnobs) -> Engine:
         url,
         application_name=BATCH_APPLICATION_NAME,
         sqlite_busy_timeout_ms=knobs.lock_timeout,
-        pool_size=1,
+        # the job's connection, and one per worker (:mod:`.workers`); one spare
+        pool_size=knobs.workers + 1,
         max_overflow=1,
     )

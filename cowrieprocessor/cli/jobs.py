@@ -104,7 +104,9 @@ class ProgressBar:
 
 def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
     knobs = knobs_from_args(args)
-    engine = open_engine(args, sqlite_busy_timeout_ms=knobs.lock_timeout)
+    # the job's connection and one per worker, as the revision's engine has them
+    pool = {"pool_size": knobs.workers + 1} if knobs.workers > 5 else {}
+    engine = open_engine(args, sqlite_busy_timeout_ms=knobs.lock_timeout, **pool)
     callbacks: list[Callable[[BatchReport], None]] = []
     bar: ProgressBar | None = None
     if args.progress and sys.stderr.isatty() and not args.dry_run:

@@ -203,3 +203,18 @@ def test_concurrent_writer_at_the_default_batch_size(large: Dataset) -> None:
     busy = {"batch_size": "1000", "pause_ms": "10"}
     small = ingest_during_backfill(large, busy, 0.01, "concurrent ingestion (busy knobs)")
     assert small["max_ms"] < 1000
+
+
+@pytest.mark.parametrize(
+    "mixed", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_concurrent_writer_beside_two_workers_waits_under_half_a_second(mixed: Dataset) -> None:
+    """Two workers (PostgreSQL) lock two batches' rows at once; a writer that meets one
+    of them waits for that batch only."""
+    figures = ingest_during_backfill(
+        mixed,
+        {"batch_size": "200", "pause_ms": "10", "workers": "2"},
+        0.005,
+        "concurrent ingestion (2 workers)",
+    )
+    assert figures["max_ms"] < 500
