@@ -77,6 +77,8 @@ def test_workers_write_what_one_walker_writes(pg_databases: Databases, kind: str
     assert walked[-1].done >= SESSIONS * 0.9
     # the stripes' rows were merged into the job's, which is done
     assert progress_rows(many) == [BACKFILL_JOB]
+    assert sorted(parallel.stripes) == sorted(stripes)  # the summary counts each one's
+    assert sum(parallel.stripes.values()) + 1 <= parallel.batches  # and the catch-up's
     with many.connect() as conn:
         state = load(conn, BACKFILL_JOB)
     assert state is not None and state.phase == "done"

@@ -71,6 +71,8 @@ class BackfillResult:
     # when a health signal is on)
     wal_bytes: int | None = None
     wal_seconds: float | None = None
+    # with workers: each stripe's row and the batches it took (this run's and earlier)
+    stripes: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -252,6 +254,7 @@ def run_backfill(
         resumed=resumed,
         batch_seconds=walker.run.batch_seconds,
         waits=walker.run.waits,
+        stripes=walker.run.stripe_batches,
     )
     wal = walker.governor.wal_written()
     if wal is not None:
@@ -307,6 +310,11 @@ def log_summary(r: BackfillResult) -> None:
             r.unmatched_not_in_inventory,
         )
     log.info("Batches: %d, retries: %d, ranges split: %d", r.batches, r.retries, r.splits)
+    if r.stripes:
+        log.info(
+            "Workers' stripes: %s",
+            ", ".join(f"{job} {n} batches" for job, n in sorted(r.stripes.items())),
+        )
     log.info(
         "Batch time: p50 %.3f s, p95 %.3f s, max %.3f s",
         percentile(r.batch_seconds, 0.5),

@@ -132,6 +132,7 @@ class Run:
         self.batch_seconds: list[float] = []
         # with workers (:mod:`.workers`): where each one stands, for the status
         self.workers: list[dict[str, Any]] = []
+        self.stripe_batches: dict[str, int] = {}  # each stripe's batches, once merged
 
     # -- where the job stands ------------------------------------------------------------
 
@@ -239,6 +240,7 @@ class Run:
         job's and the job goes on with its next phase (saved in the transaction that
         deletes their rows)."""
         s = self.state
+        self.stripe_batches = {w.job: w.batches for w in workers}
         for w in workers:
             s.batches += w.batches
             s.retries += w.retries

@@ -91,9 +91,10 @@ class ProgressBar:
         rate, eta = r.progress.rate, r.progress.eta_seconds
         width = 30
         filled = int(width * r.done / r.total) if r.total else width
+        workers = len(r.progress.workers)
         self.stream.write(
             f"\r{r.phase:8} [{'#' * filled}{'.' * (width - filled)}] {r.done:,}/{r.total:,} "
-            f"{rate:,.0f}/s ETA {fmt_seconds(eta)}   "
+            f"{rate:,.0f}/s ETA {fmt_seconds(eta)}{f' ({workers} stripes)' if workers else ''}   "
         )
         self.stream.flush()
 
