@@ -123,7 +123,8 @@ def _fail(what: str, m: Measured) -> RuntimeError:
 def product(url: str, sessions: int, join_back: str = "auto", workers: str = "1") -> dict[str, Any]:
     """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside."""
     knobs = {"log_interval": "0", "join_back": join_back, "workers": workers}
-    m = run_measured(alembic(url, "upgrade", "head", extra_x=knobs))
+    with WaitSampler(url) as waits:
+        m = run_measured(alembic(url, "upgrade", "head", extra_x=knobs))
     if m.returncode != 0:
         raise _fail("alembic upgrade head", m)
     batches: list[dict[str, Any]] = []
@@ -167,6 +168,7 @@ def product(url: str, sessions: int, join_back: str = "auto", workers: str = "1"
             "indexes_vacuum_validate": round(m.seconds - t_0004, 3),
         },
         "batches": len(batches),
+        "wait_events": waits.shares(),
         "batch_seconds": {
             "p50": round(percentile(durations, 0.50), 4),
             "p95": round(percentile(durations, 0.95), 4),
@@ -183,6 +185,81 @@ def product(url: str, sessions: int, join_back: str = "auto", workers: str = "1"
 def product_key(url: str, sessions: int) -> dict[str, Any]:
     """:func:`product` with the join-back by key (``-x join_back=key``: Citus's path)."""
     return product(url, sessions, join_back="key")
+
+
+class WaitSampler:
+    """Where the batches' backends spend their time (PostgreSQL): every
+    :data:`SAMPLE_S` seconds, what each backend of the backfill's connections is doing
+    (``pg_stat_activity``: on CPU when active without a wait event, else the wait event,
+    e.g. ``LWLock:WALWrite``, ``IO:WALSync``, ``IO:DataFileRead``). One sample costs
+    about a millisecond of one backend's CPU."""
+
+    SAMPLE_S = 0.1
+    QUERY = sa.text(
+        "SELECT CASE WHEN wait_event IS NULL THEN 'CPU' "
+        "ELSE wait_event_type || ':' || wait_event END "
+        "FROM pg_stat_activity WHERE application_name = :name AND state = 'active'"
+    )
+
+    def __init__(self, url: str, application_name: str = "cowrie-backfill") -> None:
+        self.url = url
+        self.application_name = application_name
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WaitSampler:
+        self.cpu_before = _cpu_times()
+        if self.url.startswith("postgresql"):
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self.cpu_after = _cpu_times()
+
+    def _run(self) -> None:
+        engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                while not self.stop.wait(self.SAMPLE_S):
+                    self.samples += 1
+                    for (what,) in conn.execute(self.QUERY, {"name": self.application_name}):
+                        self.counts[what] = self.counts.get(what, 0) + 1
+        finally:
+            engine.dispose()
+
+    def shares(self) -> dict[str, Any]:
+        """Backends busy on average per sample, in all and per state (CPU, each wait)."""
+        spent = [b - a for a, b in zip(self.cpu_before, self.cpu_after, strict=True)]
+        # the machine's CPU over the run: /proc/stat's user+nice, system, iowait, idle
+        machine = dict(zip(("user", "system", "iowait", "idle"), spent, strict=True))
+        total = sum(spent) or 1
+        cpu = {k: round(v / total, 3) for k, v in machine.items()}
+        if not self.samples:
+            return {"machine_cpu": cpu}
+        busy = {k: round(v / self.samples, 3) for k, v in sorted(self.counts.items())}
+        return {
+            "machine_cpu": cpu,
+            "samples": self.samples,
+            "active_backends": round(sum(busy.values()), 3),
+            **busy,
+        }
+
+
+def _cpu_times() -> list[int]:
+    """The machine's CPU ticks since boot: user+nice, system (+irq, softirq), iowait, idle
+    (zeros where there is no /proc/stat)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            f = [int(x) for x in handle.readline().split()[1:8]]
+    except OSError:
+        return [0, 0, 0, 0]
+    user, nice, system, idle, iowait, irq, softirq = f
+    return [user + nice, system + irq + softirq, iowait, idle]
 
 
 def product_2w(url: str, sessions: int) -> dict[str, Any]:
@@ -220,7 +297,8 @@ def _python_module(what: str, module: str, url: str, *args: str) -> tuple[Measur
 
 def limit(url: str, sessions: int) -> dict[str, Any]:
     """One unbatched UPDATE and the plain index builds (benchmarks/limit.py)."""
-    m, data = _python_module("the limit", "benchmarks.limit", url)
+    with WaitSampler(url, "cowrie-bench-limit") as waits:
+        m, data = _python_module("the limit", "benchmarks.limit", url)
     seconds = float(data["seconds"])
     return {
         "seconds": round(seconds, 3),  # in-process: no interpreter start-up counted
@@ -230,6 +308,7 @@ def limit(url: str, sessions: int) -> dict[str, Any]:
         "first_commit_seconds": round(float(data["steps"]["update"]), 3),
         "steps": {k: round(float(v), 3) for k, v in data["steps"].items()},
         "rows_updated": data["rows_updated"],
+        "wait_events": waits.shares(),
         "json_kinds": data.get("json_kinds", {}),
         "indexes_built": data.get("indexes_built"),
         "indexes_present": data.get("indexes_present"),
