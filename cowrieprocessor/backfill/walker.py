@@ -156,11 +156,11 @@ class RangeWalker:
         ``stop``); raise when the operator asked the run to stop."""
         if self.gate is not None:
             self.gate()
-            self._follow_knobs()
+            self.follow_knobs()
             return
         while True:
             decision = self.governor.decide()
-            self._follow_knobs()
+            self.follow_knobs()
             if decision.stop:
                 raise BackfillInterrupted(decision.reason)
             if decision.go:
@@ -172,7 +172,7 @@ class RangeWalker:
             if self.stop.is_set():
                 return
 
-    def _follow_knobs(self) -> None:
+    def follow_knobs(self) -> None:
         """Knobs changed while running (``cowrie-db control set``): from the next batch."""
         if self.run.knobs is not self._sized_by:
             self._sized_by = self.run.knobs
@@ -261,7 +261,7 @@ class RangeWalker:
     def walk(self, phase: str, run_range: RunRange) -> None:
         """Walk every range of ``phase`` from the saved position to the end: of the
         table, or of each leaf in turn from the saved one when it is partitioned."""
-        self._start_phase(phase)
+        self.start_phase(phase)
         run, leaves = self.run, self.run.leaves
         if not leaves:
             if run.state.leaf is not None:
@@ -287,7 +287,7 @@ class RangeWalker:
 
     def walk_stripe(self, run_range: RunRange) -> None:
         """A worker: walk its stripe (``stripe``) from the saved position to its end."""
-        self._start_phase(WALK)
+        self.start_phase(WALK)
         self.run.next_leaf = None
         self._walk_table(WALK, run_range, None)
 
@@ -368,7 +368,7 @@ class RangeWalker:
 
     def undo_recorded(self) -> None:
         """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""
-        self._start_phase(WALK)
+        self.start_phase(WALK)
         run = self.run
         while True:
             self._before_batch()
@@ -489,7 +489,7 @@ class RangeWalker:
 
     # -- reporting -----------------------------------------------------------------
 
-    def _start_phase(self, phase: str) -> None:
+    def start_phase(self, phase: str) -> None:
         self.run.start_phase(phase)
         self.sizer.start_phase(phase)
 

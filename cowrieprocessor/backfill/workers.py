@@ -202,7 +202,7 @@ class Stripes:
                 left = c.run.state.sessions_total - c.run.state.sessions_walked
                 stripe.sessions_total = _share(max(left, 0), len(saved))
             c.tx.retrying("saving the workers' stripes", _save_stripes(saved, c))
-        c._start_phase(WALK)
+        c.start_phase(WALK)
         self.base = c.run.checkpoint()
         self.states = {s.job: s for s in saved}
         self.queue.extend(s for s in saved if s.phase != DONE)
@@ -286,7 +286,7 @@ class Stripes:
             if self.gate.is_set():
                 governor.poll()  # while it holds, the governor polls by itself
             decision = governor.decide()
-            c._follow_knobs()
+            c.follow_knobs()
             if decision.stop:
                 self.stop.set()
                 self.errors.append(BackfillInterrupted(decision.reason))
