@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cowrieprocessor.backfill import BACKFILL_JOB, BackfillKnobs, KnobError, run_backfill
+from cowrieprocessor.backfill import (
+    BACKFILL_JOB,
+    CLEAR_ALL_JOB,
+    BackfillKnobs,
+    KnobError,
+    clear_snapshots,
+    run_backfill,
+)
 from cowrieprocessor.backfill import workers as workers_module
 from cowrieprocessor.backfill.alembic_ops import BATCH_APPLICATION_NAME
 from cowrieprocessor.backfill.errors import BackfillInterrupted
@@ -264,4 +271,27 @@ def test_stripes_follow_partitions_gone_or_attached_between_runs(
         ).scalar_one()
     assert missing < SESSIONS * 0.05  # every partition left was walked
     assert progress_rows(engine) == [BACKFILL_JOB]
+    engine.dispose()
+
+
+def test_a_clear_forgets_the_stripes_of_a_stopped_run_with_workers(
+    pg_databases: Databases,
+) -> None:
+    engine = seeded(pg_databases)
+    stop = threading.Event()
+    knobs = BackfillKnobs.from_sources({"batch_size": "100", "workers": "2"}, {})
+    with pytest.raises(BackfillInterrupted):
+        run_backfill(engine, knobs, stop=stop, on_batch=lambda r: stop.set())
+    with engine.connect() as conn:
+        assert len(load_workers(conn, BACKFILL_JOB)) == 2
+    clear_snapshots(engine, BackfillKnobs(batch_size=500))
+    assert progress_rows(engine) == [CLEAR_ALL_JOB]
+    # the next backfill starts afresh, and fills every session
+    result = run_backfill(engine, BackfillKnobs(batch_size=500))
+    assert not result.resumed
+    with engine.connect() as conn:
+        filled = conn.execute(
+            sa.text("SELECT count(*) FROM session_summaries WHERE source_ip IS NOT NULL")
+        ).scalar_one()
+    assert filled == result.matched > 0
     engine.dispose()

@@ -142,9 +142,12 @@ def _prepare(
             progress.ensure_table(conn)
             if fresh_job_to_delete:
                 progress.delete(conn, fresh_job_to_delete)
+                progress.delete_workers(conn, fresh_job_to_delete)
             saved = progress.load(conn, run.job)
             if with_record:
                 _ensure_record(conn, backfilled_before=saved is not None)
+            if resumable(saved) is None:  # a fresh start: no stripe of an earlier walk
+                progress.delete_workers(conn, run.job)
             run.resume(resumable(saved))
             discard_commands(conn, run.job)
             progress.save(conn, run.state, run.columns())
