@@ -1,6 +1,6 @@
 """The project's commands as the tests run them: Alembic in-process or as the real
 ``alembic`` command (run to the end, or as a child process to watch and ``kill -9``),
-and ``cowrie-db``.
+and ``cowrie-db`` (the real command, or its ``main`` in this process).
 
 Every child process gets the environment of the test run without ``COWRIE_DB_URL``: the
 database is always named on the command line, never picked up from the operator's shell.
@@ -9,13 +9,18 @@ database is always named on the command line, never picked up from the operator'
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -89,6 +94,112 @@ def run_alembic(
 def cowrie_db(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run the real ``cowrie-db`` command to its end; stdout and stderr apart."""
     return run_to_end([str(COWRIE_DB), *args], timeout=timeout)
+
+
+def cowrie_db_here(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cowrie-db ARGS`` as :func:`cowrie_db` runs it, but its ``main`` in this process:
+    the same stdout, stderr and exit status, without the 0.6 s a new process takes to
+    import Python, SQLAlchemy and Alembic. For a command that ends by itself: a refusal,
+    an error, a quick read. A job to watch, kill or interrupt, and what only a process
+    shows (its environment, its exit as the shell sees it), stay with :func:`cowrie_db`.
+
+    As in the child: the environment without ``COWRIE_DB_URL`` plus ``env``, the project
+    folder as the working directory, stdin empty (not a terminal), the root logger
+    without handlers (``main``'s ``logging.basicConfig`` writes to the captured stderr),
+    ``SystemExit`` an exit status, and an uncaught exception a traceback on stderr and
+    status 1. Everything ``main`` may change in this process (the environment, the
+    working directory, the standard streams, the loggers, the SIGINT and SIGTERM
+    handlers, the warning filters) is put back afterwards. One call at a time, from the
+    thread that runs the test."""
+    from cowrieprocessor.cli import main  # not imported by the modules that only run children
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _as_a_child(env, stdout, stderr):
+        try:
+            status = _exit_status(main(list(args)), stderr)
+        except SystemExit as exc:  # argparse (bad usage, --help, --version)
+            status = _exit_status(exc.code, stderr)
+        except Exception:  # a bug: Python's own last words
+            traceback.print_exc(file=stderr)
+            status = 1
+    return subprocess.CompletedProcess(
+        [str(COWRIE_DB), *args], status, _universal(stdout), _universal(stderr)
+    )
+
+
+def _exit_status(code: object, stderr: io.StringIO) -> int:
+    """The status a process exits with for ``sys.exit(code)``."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    stderr.write(f"{code}\n")
+    return 1
+
+
+def _universal(stream: io.StringIO) -> str:
+    """What ``subprocess.run(text=True)`` reads: universal newlines."""
+    return stream.getvalue().replace("\r\n", "\n").replace("\r", "\n")
+
+
+@contextmanager
+def _as_a_child(
+    env: Mapping[str, str] | None, stdout: io.StringIO, stderr: io.StringIO
+) -> Iterator[None]:
+    """This process set up as :func:`run_to_end` sets up its child, and put back after."""
+    saved_environ = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_streams = sys.stdin, sys.stdout, sys.stderr
+    root = logging.getLogger()
+    loggers = [root, *list(logging.Logger.manager.loggerDict.values())]
+    saved_loggers = [
+        (lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled)
+        for lg in loggers
+        if isinstance(lg, logging.Logger)
+    ]
+    saved_disable = logging.root.manager.disable
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with warnings.catch_warnings():
+            os.environ.pop("COWRIE_DB_URL", None)
+            os.environ.update(env or {})
+            os.chdir(PROJECT_ROOT)
+            logging.disable(logging.NOTSET)
+            root.handlers = []  # pytest's capture handlers: basicConfig adds its own
+            root.setLevel(logging.WARNING)  # a new process's
+            sys.stdin, sys.stdout, sys.stderr = io.StringIO(), stdout, stderr
+            yield
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        if main_thread:
+            for signum, on_signal in saved_signals.items():
+                if signal.getsignal(signum) is not on_signal and on_signal is not None:
+                    signal.signal(signum, on_signal)
+        known = {lg for lg, *_ in saved_loggers}
+        for lg in list(logging.Logger.manager.loggerDict.values()):
+            # a logger made during the call keeps what its module gave it at import,
+            # not a handler on the captured streams
+            if isinstance(lg, logging.Logger) and lg not in known:
+                for handler in list(lg.handlers):
+                    if getattr(handler, "stream", None) in (stdout, stderr):
+                        lg.removeHandler(handler)
+                        handler.close()
+        for lg, level, handlers, propagate, disabled in saved_loggers:
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers, lg.propagate, lg.disabled = handlers, propagate, disabled
+            lg.setLevel(level)  # also clears the logging module's cache of levels
+        logging.disable(saved_disable)
+        os.chdir(saved_cwd)
+        for key in set(os.environ) - set(saved_environ):
+            del os.environ[key]
+        for key, value in saved_environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
 
 
 def progress_state(engine: sa.Engine, job: str) -> tuple[str, str | None, int]:
