@@ -1,5 +1,8 @@
 """``cowrie-db`` as an operator runs it: a real subprocess on a real database, on both
-dialects; exit codes, ``--json`` shapes, masked passwords, the dry run's promise."""
+dialects; exit codes, ``--json`` shapes, masked passwords, the dry run's promise. The
+refusals that end before any work (bad flags, a database it cannot use) run its
+``main`` in this process instead (``cowrie_db_here``: the same output and exit status,
+without a new process's start)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from cowrieprocessor.testing.runners import (
     batches_committed,
     child_env,
     cowrie_db,
+    cowrie_db_here,
     run_to_end,
 )
 from cowrieprocessor.testing.seed import at_0002, migrate, seed_random, snapshots
@@ -102,7 +106,7 @@ def test_check_refuses_a_database_it_cannot_adopt(sqlite_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE session_summaries (session_id TEXT PRIMARY KEY)"))
     engine.dispose()
-    out = cowrie_db("--db", sqlite_url, "check")
+    out = cowrie_db_here("--db", sqlite_url, "check")
     assert out.returncode == 2
     assert "not adoptable" in out.stdout
     assert "asn_inventory" in out.stdout
@@ -170,7 +174,7 @@ def test_backfill_then_verify_and_status(seeded_url: str) -> None:
 
 def test_backfill_needs_the_snapshot_columns(sqlite_url: str) -> None:
     migrate(sqlite_url, "0001_baseline")
-    out = cowrie_db("--db", sqlite_url, "backfill")
+    out = cowrie_db_here("--db", sqlite_url, "backfill")
     assert out.returncode == 2
     assert "run `alembic upgrade 0002_snapshot_columns` first" in out.stderr
 
@@ -179,7 +183,7 @@ def test_bad_flag_values_are_rejected_before_any_write(seeded_url: str) -> None:
     engine = sa.create_engine(seeded_url)
     before = fingerprint(engine)
     for args in (["--batch-size", "0"], ["--lock-timeout", "soon"], ["--status-dir", "/nope"]):
-        out = cowrie_db("--db", seeded_url, "backfill", *args)
+        out = cowrie_db_here("--db", seeded_url, "backfill", *args)
         assert out.returncode == 2, args
         assert "error:" in out.stderr
     assert fingerprint(engine) == before
@@ -245,7 +249,7 @@ def run_is_complete(engine: sa.Engine) -> bool:
 
 
 def test_demo_data_refuses_a_database_that_has_sessions(seeded_url: str) -> None:
-    out = cowrie_db("--db", seeded_url, "demo-data", "--sessions", "10", "--ips", "5")
+    out = cowrie_db_here("--db", seeded_url, "demo-data", "--sessions", "10", "--ips", "5")
     assert out.returncode == 2
     assert "600" in out.stderr
     assert_no_password(out)

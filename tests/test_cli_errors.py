@@ -1,13 +1,19 @@
 """Broken and hostile input at ``cowrie-db``'s boundary (issue #21): a file that is not
 a database, a damaged one, a revision this package does not know, a driver that is not
 installed, a closed pipe, out-of-range flags. Each ends in one line naming the problem
-and what to do, with the documented exit code, and leaves the database as it was."""
+and what to do, with the documented exit code, and leaves the database as it was.
+
+The refusals run ``cowrie-db``'s ``main`` in this process (``cowrie_db_here``: the same
+output and exit status, without a new process's start); each kind of refusal is also
+seen once from a real process (``check``), as are the missing driver, the closed pipe
+and the folder that cannot be made."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +26,13 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.integrity import UnusableDatabase, quick_check, require_usable_sqlite
 from cowrieprocessor.settings import SettingsError
 from cowrieprocessor.testing.databases import sqlite_path
-from cowrieprocessor.testing.runners import COWRIE_DB, batches_committed, child_env, cowrie_db
+from cowrieprocessor.testing.runners import (
+    COWRIE_DB,
+    batches_committed,
+    child_env,
+    cowrie_db,
+    cowrie_db_here,
+)
 from cowrieprocessor.testing.seed import at_0002, seed_random
 
 # --- fixtures: a sound file, a text file, a damaged one --------------------------------
@@ -190,13 +202,19 @@ WRITES = [
     ["demo-data", "--sessions", "10", "--ips", "5", "--force"],
 ]
 STEERS = [["control", "pause"], ["control", "set", "batch_size=10"]]
+# run as a real process for each kind of refusal; the other commands in this one
+AS_A_PROCESS = ["check"]
+
+
+def cowrie_db_for(command: list[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    return cowrie_db if command == AS_A_PROCESS else cowrie_db_here
 
 
 def refused(path: str, command: list[str], expected: str) -> str:
     """Run ``cowrie-db --db sqlite:///PATH COMMAND``: it must fail with exit 2 and one
     error line holding ``expected``, no traceback, and leave the file as it was."""
     before = file_state(path)
-    out = cowrie_db("--db", f"sqlite:///{path}", *command)
+    out = cowrie_db_for(command)("--db", f"sqlite:///{path}", *command)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if f"cowrie-db {command[0]}:" in line]
@@ -261,7 +279,7 @@ def test_unknown_revision_is_refused_on_postgresql(pg_url: str) -> None:
 
     before = tables()
     for command in (["check"], ["backfill"], ["upgrade"]):
-        out = cowrie_db("--db", pg_url, *command)
+        out = cowrie_db_for(command)("--db", pg_url, *command)
         assert out.returncode == 2 and UNKNOWN_REVISION in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
     assert tables() == before  # the backfill's progress table was not created
@@ -284,11 +302,11 @@ def test_damaged_file_is_refused_before_the_first_write(
 
 def test_check_reports_the_integrity_check(seeded_template: str, tmp_path: Path) -> None:
     path = copy_of(seeded_template, tmp_path)
-    sound = cowrie_db("--db", f"sqlite:///{path}", "check")
+    sound = cowrie_db_here("--db", f"sqlite:///{path}", "check")
     assert sound.returncode == 0, sound.stderr
     assert "Integrity:  ok (PRAGMA quick_check)\n" in sound.stdout
     damage(path)
-    damaged = cowrie_db("--db", f"sqlite:///{path}", "check")
+    damaged = cowrie_db_here("--db", f"sqlite:///{path}", "check")
     assert damaged.returncode == 2
     assert "Integrity:  FAILED (PRAGMA quick_check; see the error)" in damaged.stdout
 

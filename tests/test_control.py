@@ -25,6 +25,7 @@ from cowrieprocessor.testing.runners import (
     CowrieDb,
     batches_committed,
     cowrie_db,
+    cowrie_db_here,
     wait_for_heartbeats,
 )
 from cowrieprocessor.testing.seed import at_0002, read, seed_random, version
@@ -67,6 +68,11 @@ def slow_backfill(url: str, batches: int = 3) -> Iterator[tuple[CowrieDb, sa.Eng
 def control(url: str, *args: str) -> Any:
     """``cowrie-db control ARGS --db URL`` (the options after the command, as typed)."""
     return cowrie_db("control", *args, "--db", url, timeout=60)
+
+
+def control_here(url: str, *args: str) -> Any:
+    """:func:`control`, its ``main`` in this process (a refusal: no second process needed)."""
+    return cowrie_db_here("control", *args, "--db", url)
 
 
 def test_pause_holds_alembic_upgrade_head_unstamped_until_resume(
@@ -195,7 +201,7 @@ def test_control_refuses_bad_input_and_changes_nothing(
             (("set",), "set what?"),
             (("pause", "now"), "`control pause` takes no arguments"),
         ):
-            out = control(url, *args)
+            out = control_here(url, *args)
             assert out.returncode == 2, (args, out.stdout, out.stderr)
             assert message in out.stderr, (args, out.stderr)
         assert control_columns(engine) == before
@@ -203,7 +209,7 @@ def test_control_refuses_bad_input_and_changes_nothing(
         assert control(url, "stop").returncode == 0
         assert run.wait() == 130
     # nothing running: exit 1, and it says so
-    idle = control(url, "pause")
+    idle = control_here(url, "pause")
     assert idle.returncode == 1 and "no backfill or clear is running" in idle.stdout
 
 
@@ -220,12 +226,12 @@ def control_columns(engine: sa.Engine) -> list[Any]:
 
 def test_control_on_an_unreachable_database_fails_like_check() -> None:
     url = "postgresql://cowrie:secret@127.0.0.1:1/nowhere"
-    out = cowrie_db("control", "pause", "--db", url)
-    check = cowrie_db("check", "--db", url)
+    out = cowrie_db_here("control", "pause", "--db", url)
+    check = cowrie_db_here("check", "--db", url)
     assert out.returncode == check.returncode == 2
     assert "cannot connect to postgresql://cowrie:***@127.0.0.1:1/nowhere" in out.stderr
     assert "secret" not in out.stdout + out.stderr
-    missing = cowrie_db("control", "pause", "--db", "sqlite:////nonexistent/folder/x.db")
+    missing = cowrie_db_here("control", "pause", "--db", "sqlite:////nonexistent/folder/x.db")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert not Path("/nonexistent/folder").exists()
 

@@ -22,7 +22,7 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE
 from cowrieprocessor.testing import field_schema
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from cowrieprocessor.testing.runners import Alembic, cowrie_db, run_alembic
+from cowrieprocessor.testing.runners import Alembic, cowrie_db, cowrie_db_here, run_alembic
 
 pytestmark = pytest.mark.postgres
 
@@ -275,7 +275,7 @@ def test_an_unusable_column_type_is_refused_before_any_change(pg_url: str) -> No
         assert "session_summaries.snapshot_asn is TEXT, which cannot serve as integer" in up.stderr
         assert "Nothing was changed" in up.stderr
         assert db.catalog() == catalog and db.snapshots() == snaps and db.version() is None
-        check = cowrie_db("--db", db.url, "check")
+        check = cowrie_db_here("--db", db.url, "check")
         assert check.returncode == 2 and "snapshot_asn" in check.stdout
     finally:
         db.engine.dispose()
@@ -295,7 +295,7 @@ def test_a_sqlite_database_of_the_schema_code_is_refused_by_name(
         assert "cannot adopt this database" in up.stderr
         assert "ip_inventory" in up.stderr
         assert set(sa.inspect(engine).get_table_names()) == tables  # nothing was changed
-        check = cowrie_db("--db", sqlite_url, "check")
+        check = cowrie_db_here("--db", sqlite_url, "check")
         assert check.returncode == 2 and "not adoptable" in check.stdout
     finally:
         engine.dispose()

@@ -23,7 +23,7 @@ from cowrieprocessor.db.adoption import SNAPSHOT_INDEXES
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.partitioned import HASH, KINDS, RANGE, partition_tables
-from cowrieprocessor.testing.runners import Alembic, cowrie_db, run_alembic
+from cowrieprocessor.testing.runners import Alembic, cowrie_db, cowrie_db_here, run_alembic
 from cowrieprocessor.testing.seed import (
     at_0002,
     migrate,
@@ -349,6 +349,8 @@ def test_the_key_path_sends_only_statements_citus_can_push_down(
 def test_a_bad_join_back_is_refused_by_name(bad: str) -> None:
     with pytest.raises(KnobError, match=r"join_back=.* is not one of: auto, ctid, key"):
         BackfillKnobs.from_sources({"join_back": bad}, {})
-    out = cowrie_db("upgrade", "--db", "sqlite:////nonexistent/x.sqlite", "--join-back", bad or " ")
+    out = cowrie_db_here(
+        "upgrade", "--db", "sqlite:////nonexistent/x.sqlite", "--join-back", bad or " "
+    )
     assert out.returncode == 2, out.stderr
     assert "join_back" in out.stderr
