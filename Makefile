@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench bench-scale-out bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
+.PHONY: install test test-all lint format demo bench bench-scale-out bench-workers bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
 
 install: $(STAMP)
 
@@ -90,6 +90,18 @@ bench-scale-out: $(STAMP)
 		--shapes partitioned --approaches product,limit --label partitioned
 	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
 		--shapes current --approaches product,product-key --label join-back
+
+# Parallel workers (#22): 1, 2 and 4 workers against the limit, alternated, at 1.68M on
+# our schema and on 8 hash partitions (auto:N there), then 1 and 2 on the field's shape.
+bench-workers: $(STAMP)
+	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
+		--shapes current --approaches product,product-2w,limit,product-4w --repeat 3 \
+		--label workers-current
+	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
+		--shapes partitioned --approaches product,product-2w,limit,product-4w --repeat 2 \
+		--label workers-partitioned
+	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
+		--shapes field --approaches product,product-2w,limit --repeat 1 --label workers-field
 
 # What the rollback record costs the walk (walk with and without it, ABBA).
 bench-record: $(STAMP)

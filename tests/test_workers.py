@@ -20,7 +20,7 @@ from cowrieprocessor.backfill import (
     clear_snapshots,
     run_backfill,
 )
-from cowrieprocessor.backfill import workers as workers_module
+from cowrieprocessor.backfill import stripes as stripes_module
 from cowrieprocessor.backfill.alembic_ops import BATCH_APPLICATION_NAME
 from cowrieprocessor.backfill.errors import BackfillInterrupted
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE, JobState, load, load_workers
@@ -99,7 +99,7 @@ def test_stripes_cover_every_key_once(pg_databases: Databases) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("ANALYZE session_summaries"))
     with engine.connect() as conn:
-        stripes = workers_module.plan(conn, JobState(job=BACKFILL_JOB), None, 4)
+        stripes = stripes_module.plan(conn, JobState(job=BACKFILL_JOB), None, 4)
         per_stripe = [
             conn.execute(
                 sa.text(
@@ -121,7 +121,7 @@ def test_stripes_cover_every_key_once(pg_databases: Databases) -> None:
 def test_stripes_without_statistics_come_from_a_sample(pg_databases: Databases) -> None:
     engine = seeded(pg_databases)
     with engine.connect() as conn:
-        bounds, source = workers_module.quantiles(conn, None, 3)
+        bounds, source = stripes_module.quantiles(conn, None, 3)
         conn.rollback()
     assert "sample" in source  # freshly seeded: no histogram yet
     assert len(bounds) == 2 and bounds[0] < bounds[1]
