@@ -21,7 +21,7 @@ from cowrieprocessor import __version__, migrate
 from cowrieprocessor.backfill import control, progress, sql
 from cowrieprocessor.backfill.jobs import JOB_PHASES
 from cowrieprocessor.backfill.knobs import BackfillKnobs
-from cowrieprocessor.backfill.progress import JobState, Progress
+from cowrieprocessor.backfill.progress import Progress
 from cowrieprocessor.backfill.ranges import dry_run_counts, session_counts
 from cowrieprocessor.db import adoption, partitions
 from cowrieprocessor.errors import IncompatibleSchema
@@ -240,11 +240,11 @@ def job_status(conn: Connection) -> list[JobStatus]:
         if state is None:
             continue
         stripes = progress.load_workers(conn, job)
-        state = _with_stripes(state, stripes)
+        state = progress.with_stripes(state, stripes)
         run = _run_columns(conn, job)
         info: dict[str, Any] = json.loads(run["run_info"]) if run.get("run_info") else {}
         running = live is not None and live.job == job
-        done = state.sessions_total if state.phase == progress.DONE else state.sessions_walked
+        done = progress.sessions_done(state)
         elapsed = (state.updated_at - state.started_at).total_seconds()
         found = Progress.of(state, phases, phase=state.phase, done=done, elapsed=elapsed)
         found = replace(
@@ -284,20 +284,6 @@ def job_status(conn: Connection) -> list[JobStatus]:
         )
     conn.rollback()
     return result
-
-
-def _with_stripes(state: JobState, stripes: list[JobState]) -> JobState:
-    """The job's state with its workers' stripes walked so far (their rows keep their
-    counts until the walk ends: :mod:`cowrieprocessor.backfill.workers`)."""
-    if not stripes:
-        return state
-    return replace(
-        state,
-        sessions_walked=state.sessions_walked
-        + sum(s.sessions_total if s.phase == progress.DONE else s.sessions_walked for s in stripes),
-        rows_updated=state.rows_updated + sum(s.rows_updated for s in stripes),
-        batches=state.batches + sum(s.batches for s in stripes),
-    )
 
 
 def _run_columns(conn: Connection, job: str) -> dict[str, Any]:

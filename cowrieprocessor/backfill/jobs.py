@@ -172,11 +172,7 @@ def _prepare(
     if unfinished.batches > 0 or unfinished.phase != WALK:
         return True
     # a walk with workers keeps its batches in its stripes' rows (:mod:`.workers`)
-    return bool(tx.retrying("reading the workers' stripes", _reading(_stripes_of(run.job))))
-
-
-def _stripes_of(job: str) -> Callable[[Connection], list[JobState]]:
-    return lambda conn: progress.load_workers(conn, job)
+    return bool(tx.retrying("reading the workers' stripes", workers.saved_stripes(run.job)))
 
 
 def run_backfill(

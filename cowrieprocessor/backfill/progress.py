@@ -145,19 +145,39 @@ def load(conn: Connection, job: str) -> JobState | None:
 WORKER_SEP = "/"
 
 
+def workers_of(job: str) -> sa.ColumnElement[bool]:
+    """The rows of ``job``'s workers' stripes ("<job>/<n>"), compared as a prefix, not
+    with LIKE: "_" in a job's name is a LIKE wildcard."""
+    prefix = job + WORKER_SEP
+    return sa.func.substr(progress_table.c.job, 1, len(prefix)) == prefix
+
+
 def load_workers(conn: Connection, job: str) -> list[JobState]:
     """The rows of ``job``'s workers' stripes, in the order of their names."""
-    prefix = job + WORKER_SEP
-    # compared as a prefix, not LIKE: "_" in a job's name is a LIKE wildcard
-    where = sa.func.substr(progress_table.c.job, 1, len(prefix)) == prefix
-    return sorted(_load(conn, where), key=lambda state: state.job)
+    return sorted(_load(conn, workers_of(job)), key=lambda state: state.job)
 
 
 def delete_workers(conn: Connection, job: str) -> None:
-    prefix = job + WORKER_SEP
     if has_table(conn):
-        where = sa.func.substr(progress_table.c.job, 1, len(prefix)) == prefix
-        conn.execute(progress_table.delete().where(where))
+        conn.execute(progress_table.delete().where(workers_of(job)))
+
+
+def sessions_done(state: JobState) -> int:
+    """Sessions of its phase that ``state`` has walked (all of them once it is done)."""
+    return state.sessions_total if state.phase == DONE else state.sessions_walked
+
+
+def with_stripes(state: JobState, stripes: list[JobState]) -> JobState:
+    """``state`` with its workers' stripes walked so far added (their rows keep their
+    counts until the walk ends: :mod:`.workers`), as ``status`` and the engine show it."""
+    if not stripes:
+        return state
+    return replace(
+        state,
+        sessions_walked=state.sessions_walked + sum(map(sessions_done, stripes)),
+        rows_updated=state.rows_updated + sum(s.rows_updated for s in stripes),
+        batches=state.batches + sum(s.batches for s in stripes),
+    )
 
 
 def _load(conn: Connection, where: sa.ColumnElement[bool]) -> list[JobState]:
@@ -360,7 +380,7 @@ def worker_view(state: JobState, run_state: str = "") -> dict[str, Any]:
         "worker": state.job,
         "stripe": where,
         "phase": state.phase,
-        "done": state.sessions_walked if state.phase != DONE else state.sessions_total,
+        "done": sessions_done(state),
         "total": state.sessions_total,
         "rows_updated": state.rows_updated,
         "batches": state.batches,

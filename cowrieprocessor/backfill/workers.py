@@ -105,7 +105,7 @@ class Stripes:
         c = self.coordinator
         knobs = c.run.knobs
         n = workers_for(knobs, leaves)
-        saved = c.tx.retrying("reading the workers' stripes", _load_stripes(c.run.job))
+        saved = c.tx.retrying("reading the workers' stripes", saved_stripes(c.run.job))
         saved = c.tx.retrying("checking the stripes' partitions", self._recheck(saved, leaves))
         if not saved and n <= 1:
             if knobs.workers_per_leaf:
@@ -129,7 +129,6 @@ class Stripes:
                 stripe.sessions_total = _share(max(left, 0), len(saved))
             c.tx.retrying("saving the workers' stripes", _save_stripes(saved, c))
         c.start_phase(WALK)
-        self.base = c.run.checkpoint()
         self.states = {s.job: s for s in saved}
         self.queue.extend(s for s in saved if s.phase != DONE)
         count = min(max(n, 1), len(self.queue))
@@ -248,12 +247,7 @@ class Stripes:
         states = [self._state_now(job) for job in sorted(self.states)]
         run.workers = [worker_view(s, self._run_state(s.job)) for s in states]
         # shown only: the job's row keeps its own counts until the merge adds theirs
-        base = self.base
-        run.state.sessions_walked = base.sessions_walked + sum(
-            s.sessions_total if s.phase == DONE else s.sessions_walked for s in states
-        )
-        run.state.rows_updated = base.rows_updated + sum(s.rows_updated for s in states)
-        run.state.batches = base.batches + sum(s.batches for s in states)
+        run.state = progress.with_stripes(self.base, states)
 
     def _state_now(self, job: str) -> JobState:
         walker = self.walkers.get(job)
@@ -300,8 +294,7 @@ class Stripes:
             def start(conn: Connection) -> None:
                 with walker.tx.begin(conn):
                     walker.tx.take_claim(conn)
-                    saved = progress.load(conn, stripe.job)
-                    walker.run.resume(saved or stripe)
+                    walker.run.resume(stripe)  # as read or planned by the coordinator
                     walker.run.count_sessions(total)
                     progress.save(conn, walker.run.state, walker.run.columns())
 
@@ -343,8 +336,8 @@ class Stripes:
             raise failures[0]
         if self.errors:
             raise self.errors[0]
-        if self.coordinator.stop.is_set() or any(s.phase != DONE for s in self._all()):
-            walked = sum(s.phase == DONE for s in self._all())
+        walked = sum(s.phase == DONE for s in self._all())
+        if self.coordinator.stop.is_set() or walked < len(self.states):
             raise BackfillInterrupted(
                 f"stopped with {walked} of {len(self.states)} stripe(s) walked; rerun to resume"
             )
@@ -374,7 +367,9 @@ def _share(total: int, parts: int) -> int:
     return -(-total // parts) if parts else total
 
 
-def _load_stripes(job: str) -> Callable[[Connection], list[JobState]]:
+def saved_stripes(job: str) -> Callable[[Connection], list[JobState]]:
+    """A read of ``job``'s saved stripes, ending its transaction (for ``tx.retrying``)."""
+
     def load(conn: Connection) -> list[JobState]:
         found = progress.load_workers(conn, job)
         conn.rollback()

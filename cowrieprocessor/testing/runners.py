@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from alembic.config import Config
 from sqlalchemy.exc import DBAPIError
 
-from cowrieprocessor.backfill.progress import PROGRESS_TABLE, WORKER_SEP
+from cowrieprocessor.backfill.progress import PROGRESS_TABLE, workers_of
 from cowrieprocessor.backfill.progress import progress_table as progress
 from cowrieprocessor.settings import PROJECT_ROOT
 
@@ -223,14 +223,11 @@ def progress_state(engine: sa.Engine, job: str) -> tuple[str, str | None, int]:
 def batches_committed(engine: sa.Engine, job: str) -> int:
     """How many batches ``job`` has committed (0 before its progress row exists), its
     workers' stripes included (their rows are "<job>/<n>")."""
-    prefix = job + WORKER_SEP
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(PROGRESS_TABLE):
                 return 0
-            where = (progress.c.job == job) | (
-                sa.func.substr(progress.c.job, 1, len(prefix)) == prefix
-            )
+            where = (progress.c.job == job) | workers_of(job)
             found = conn.execute(sa.select(sa.func.sum(progress.c.batches)).where(where))
             return int(found.scalar() or 0)
     except DBAPIError:  # the table went away between the two statements
