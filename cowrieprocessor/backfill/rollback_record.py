@@ -55,11 +55,11 @@ def ensure_table(conn: Connection) -> None:
     conn.execute(sql.PG_RECORD_DDL)
     if created:
         lz4 = conn.execute(sql.PG_HAS_LZ4).scalar()
-        conn.execute(sql.PG_RECORD_LZ4 if lz4 else sql.PG_RECORD_UNCOMPRESSED)
+        conn.execute(sql.pg_record_storage(conn.dialect, bool(lz4)))
 
 
 def drop_table(conn: Connection) -> None:
-    conn.execute(sa.text(f"DROP TABLE IF EXISTS {RECORD_TABLE}"))
+    conn.execute(sql.drop_record(conn.dialect))
 
 
 def pending(conn: Connection) -> tuple[int, int]:

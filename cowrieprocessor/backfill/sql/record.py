@@ -9,7 +9,7 @@ See :mod:`cowrieprocessor.backfill.rollback_record` for why and how the downgrad
 
 from __future__ import annotations
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import Dialect, TextClause, text
 
 RECORD_TABLE = "cowrie_backfill_writes"
 
@@ -38,14 +38,22 @@ RECORD_ARRAYS = (
 PG_HAS_LZ4 = text(
     "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
 )
-PG_RECORD_LZ4 = text(
-    f"ALTER TABLE {RECORD_TABLE} "
-    + ", ".join(f"ALTER COLUMN {column} SET COMPRESSION lz4" for column in RECORD_ARRAYS)
-)
-PG_RECORD_UNCOMPRESSED = text(
-    f"ALTER TABLE {RECORD_TABLE} "
-    + ", ".join(f"ALTER COLUMN {column} SET STORAGE EXTERNAL" for column in RECORD_ARRAYS)
-)
+
+
+def pg_record_storage(dialect: Dialect, lz4: bool) -> TextClause:
+    """PostgreSQL: the record's arrays compressed with lz4 where the server has it, else
+    stored out of line uncompressed; the table's and each column's name quoted by
+    ``dialect``."""
+    quote = dialect.identifier_preparer.quote
+    storage = "SET COMPRESSION lz4" if lz4 else "SET STORAGE EXTERNAL"
+    columns = ", ".join(f"ALTER COLUMN {quote(column)} {storage}" for column in RECORD_ARRAYS)
+    return text(f"ALTER TABLE {quote(RECORD_TABLE)} {columns}")
+
+
+def drop_record(dialect: Dialect) -> TextClause:
+    return text(f"DROP TABLE IF EXISTS {dialect.identifier_preparer.quote(RECORD_TABLE)}")
+
+
 SQLITE_RECORD_DDL = text(
     f"""CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
     id INTEGER PRIMARY KEY,
