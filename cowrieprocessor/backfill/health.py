@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from cowrieprocessor.backfill.errors import driver_detail
 from cowrieprocessor.backfill.knobs import show_bytes
 
 log = logging.getLogger("cowrieprocessor.backfill")
@@ -111,8 +112,11 @@ class HealthMonitor:
                     continue
                 del self.parts[name]
                 dropped = True
-                detail = str(exc.orig).strip().splitlines()[0]
-                log.warning("health signal %r is off: this role cannot read it (%s)", name, detail)
+                log.warning(
+                    "health signal %r is off: this role cannot read it (%s)",
+                    name,
+                    driver_detail(exc),
+                )
         return dropped
 
 
