@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE, workers_of
 from cowrieprocessor.backfill.progress import progress_table as progress
 from cowrieprocessor.settings import PROJECT_ROOT
+from cowrieprocessor.testing import forkserver
 
 ALEMBIC_BIN = Path(sys.executable).parent / "alembic"
 COWRIE_DB = Path(sys.executable).parent / "cowrie-db"
@@ -68,7 +69,10 @@ def alembic_argv(url: str, *args: str, x: Mapping[str, str] | None = None) -> li
 def run_to_end(
     argv: list[str], env: Mapping[str, str] | None = None, timeout: float = RUN_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command of ours in the project folder to its end; stdout and stderr apart."""
+    """Run a command of ours in the project folder to its end; stdout and stderr apart
+    (forked from the fork server when it starts ``argv``: :mod:`.forkserver`)."""
+    if forkserver.serves(argv):
+        return forkserver.run_captured(argv, child_env(env), PROJECT_ROOT, timeout)
     return subprocess.run(
         argv,
         cwd=PROJECT_ROOT,
@@ -279,16 +283,20 @@ class Child:
     ) -> None:
         self.lines: list[tuple[float, str]] = []
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=PROJECT_ROOT,
-            env=child_env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=preexec_fn,  # resource limits and capabilities of the child only
-        )
+        self.proc: subprocess.Popen[str] | forkserver.Forked
+        if preexec_fn is None and forkserver.serves(argv):  # :mod:`.forkserver`
+            self.proc = forkserver.spawn_piped(argv, child_env(env), PROJECT_ROOT)
+        else:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=PROJECT_ROOT,
+                env=child_env(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                preexec_fn=preexec_fn,  # resource limits and capabilities of the child only
+            )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
