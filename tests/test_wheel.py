@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from cowrieprocessor.settings import PROJECT_ROOT
+from cowrieprocessor.testing import forkserver
 from cowrieprocessor.testing.runners import child_env
 from cowrieprocessor.testing.seed import read
 
@@ -65,15 +66,9 @@ def installed(
     for inherited in ("COWRIE_DATA_DIR", "VIRTUAL_ENV"):
         full.pop(inherited, None)
     full.update(env or {})
-    return subprocess.run(
-        [str(venv / "bin" / "cowrie-db"), *args],
-        capture_output=True,
-        text=True,
-        env=full,
-        cwd=cwd,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
+    # forked from a Python of that virtualenv that has imported its libraries (it runs
+    # the installed script file: testing/forkserver.py)
+    return forkserver.run([str(venv / "bin" / "cowrie-db"), *args], full, cwd, BUILD_TIMEOUT)
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

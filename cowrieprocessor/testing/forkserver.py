@@ -1,51 +1,62 @@
-"""``alembic`` and ``cowrie-db`` as child processes, forked from a Python that has
+"""``alembic`` and ``cowrie-db`` as child processes forked from a Python that has
 already imported SQLAlchemy, psycopg2 and Alembic, instead of a new interpreter each.
 
-A new ``alembic`` spends 0.6-0.9 s of CPU importing them before it reads its first
-argument; the suite starts some 500 of them. The fork server
-(:mod:`.forkserver_main`, one per test process, started on first use) pays that once;
-each command is then a process of its own, forked from it, that runs the same console
-script entry point (``alembic.config:main``, ``cowrieprocessor.cli:main``) with its own
-arguments, environment, working directory and standard streams, imports our modules
-afresh, exits with the status the command's own process would, and can be signalled and
+A new ``alembic`` spends 0.6-0.9 s of CPU on this machine importing them before it
+reads its first argument, and the suite starts some 500 commands. The fork server
+(:mod:`.forkserver_main`, one per interpreter in each test process, started on first
+use) pays that once. Each command is still a process of its own: forked from the server,
+it takes its own arguments, environment, working directory and standard streams, runs
+the console script file itself as ``__main__`` (``runpy``: the script's own import and
+``sys.exit(main())``, so a wrong entry point fails here as it would in a shell), imports
+our modules afresh, exits with the status a new interpreter would (a traceback and 1,
+130 on Ctrl-C by our handler, death by SIGINT otherwise), and is signalled and
 ``kill -9``-ed by its pid. :class:`Forked` answers as ``subprocess.Popen`` does.
 
-What stays a new interpreter (``subprocess``): a command with a ``preexec_fn`` (resource
-limits, another user), any other program, the wheel's commands, and every command when
-``COWRIE_TEST_NO_FORKSERVER`` is set. ``tests/test_test_harness.py`` runs the same
-commands both ways and compares what they print and how they exit.
+What stays a new interpreter (plain ``subprocess``): a command with a ``preexec_fn``
+(resource limits, another user), anything that is not a Python script, and every
+command when ``COWRIE_TEST_NO_FORKSERVER`` is set. ``tests/test_test_harness.py`` runs
+the same commands both ways and compares what they print and how they exit.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-BIN = Path(sys.executable).parent
-# each command of ours the fork server can start, by its console script: the entry
-# point the script runs (pyproject.toml's [project.scripts], alembic's own)
-ENTRY_POINTS = {
-    str(BIN / "alembic"): "alembic.config:main",
-    str(BIN / "cowrie-db"): "cowrieprocessor.cli:main",
-}
 NO_FORKSERVER = "COWRIE_TEST_NO_FORKSERVER"  # set: every command is a new interpreter
 SERVER = Path(__file__).with_name("forkserver_main.py")
+# a script's first line, naming a Python interpreter
+_SHEBANG = re.compile(r"#!(?P<python>/\S+/python[\d.]*)\n")
+
+
+@functools.cache
+def interpreter(program: str) -> str | None:
+    """The Python interpreter of ``program`` when it is a Python script (a console script
+    ``alembic``, ``cowrie-db``, as pip and uv write them); else None."""
+    try:
+        with open(program, "rb") as script:
+            first = script.readline().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = _SHEBANG.fullmatch(first)
+    return found["python"] if found else None
 
 
 def serves(argv: Sequence[str]) -> bool:
     """True when ``argv`` is a command the fork server starts (see the module's doc)."""
-    return bool(argv) and argv[0] in ENTRY_POINTS and not os.environ.get(NO_FORKSERVER)
+    return bool(argv) and not os.environ.get(NO_FORKSERVER) and interpreter(argv[0]) is not None
 
 
 class Forked:
@@ -95,13 +106,13 @@ class Forked:
 
 
 class ForkServer:
-    """The server process, and a connection to it per command."""
+    """The server process for one interpreter, and a connection to it per command."""
 
-    def __init__(self) -> None:
+    def __init__(self, python: str) -> None:
         self._folder = tempfile.mkdtemp(prefix="cowrie-forkserver-")
         self.path = os.path.join(self._folder, "socket")
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVER), self.path],
+            [python, str(SERVER), self.path],
             stdin=subprocess.PIPE,  # the lifeline: closed when this process ends
             stdout=subprocess.PIPE,
             env={k: v for k, v in os.environ.items() if k != "COWRIE_DB_URL"},
@@ -118,9 +129,8 @@ class ForkServer:
         cwd: str | os.PathLike[str],
         stdio: tuple[int, int, int],
     ) -> Forked:
-        """Fork ``argv`` (one of :data:`ENTRY_POINTS`) with fds ``stdio`` as its 0, 1, 2."""
-        request = {"argv": argv, "entry": ENTRY_POINTS[argv[0]], "env": dict(env)}
-        request["cwd"] = os.fspath(cwd)
+        """Fork the Python script ``argv[0]`` with fds ``stdio`` as its 0, 1, 2."""
+        request = {"argv": argv, "env": dict(env), "cwd": os.fspath(cwd)}
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.connect(self.path)
         socket.send_fds(conn, [json.dumps(request).encode()], list(stdio))
@@ -140,18 +150,21 @@ class ForkServer:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-_server: ForkServer | None = None
-_server_lock = threading.Lock()
+_servers: dict[str, ForkServer] = {}
+_servers_lock = threading.Lock()
 
 
-def server() -> ForkServer:
-    """This process's fork server, started on first use and stopped at its exit."""
-    global _server
-    with _server_lock:
-        if _server is None or _server.process.poll() is not None:
-            _server = ForkServer()
-            atexit.register(_server.close)
-        return _server
+def server(argv: Sequence[str]) -> ForkServer:
+    """The fork server of ``argv[0]``'s interpreter in this process, started on first
+    use and stopped at its exit."""
+    python = interpreter(argv[0])
+    assert python is not None, argv[0]
+    with _servers_lock:
+        found = _servers.get(python)
+        if found is None or found.process.poll() is not None:
+            found = _servers[python] = ForkServer(python)
+            atexit.register(found.close)
+        return found
 
 
 def spawn_piped(argv: list[str], env: Mapping[str, str], cwd: Path) -> Forked:
@@ -159,24 +172,29 @@ def spawn_piped(argv: list[str], env: Mapping[str, str], cwd: Path) -> Forked:
     read_end, write_end = os.pipe()
     with open(os.devnull, "rb") as devnull:
         try:
-            proc = server().spawn(argv, env, cwd, (devnull.fileno(), write_end, write_end))
+            proc = server(argv).spawn(argv, env, cwd, (devnull.fileno(), write_end, write_end))
         finally:
             os.close(write_end)
     proc.stdout = open(read_end, encoding="utf-8", errors="replace")  # noqa: SIM115
     return proc
 
 
-def run_captured(
+def run(
     argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run(argv, capture_output=True, text=True, timeout=...)``, forked:
-    stdout and stderr apart, killed on the timeout as ``subprocess.run`` kills."""
+    """``subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+    timeout=timeout)``, forked when the server starts ``argv`` (killed on the timeout as
+    ``subprocess.run`` kills)."""
+    if not serves(argv):
+        return subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
     with (
         open(os.devnull, "rb") as devnull,
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,
     ):
-        proc = server().spawn(argv, env, cwd, (devnull.fileno(), out.fileno(), err.fileno()))
+        proc = server(argv).spawn(argv, env, cwd, (devnull.fileno(), out.fileno(), err.fileno()))
         try:
             status = proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -7,11 +7,12 @@ and nothing this process read at import time (the environment, the working direc
 leaks into a child.
 
 Protocol, over a ``SOCK_SEQPACKET`` Unix socket (one connection per child): the client
-sends one JSON message ``{"argv", "entry", "env", "cwd"}`` with three file descriptors
-(the child's stdin, stdout and stderr); the server answers ``{"pid": N}`` once it has
-forked, then ``{"status": S}`` when the child has ended (``S`` as ``Popen.returncode``:
-the exit status, or ``-signal``). The server exits when its stdin (a pipe from the
-client's process) closes. It stays one thread: a fork copies only the calling thread.
+sends one JSON message ``{"argv", "env", "cwd"}`` (``argv[0]`` a Python script) with
+three file descriptors (the child's stdin, stdout and stderr); the server answers
+``{"pid": N}`` once it has forked, then ``{"status": S}`` when the child has ended
+(``S`` as ``Popen.returncode``: the exit status, or ``-signal``). The server exits
+when its stdin (a pipe from the client's process) closes. It stays one thread: a fork
+copies only the calling thread.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import importlib
 import io
 import json
 import os
+import runpy
 import selectors
 import signal
 import socket
@@ -50,6 +52,7 @@ MAX_MESSAGE = 1 << 20
 
 
 def main(path: str) -> None:
+    del sys.path[0]  # this file's folder: nothing here is to be imported by a child
     for module in PRELOADED:
         importlib.import_module(module)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -95,8 +98,8 @@ def _send(conn: socket.socket, message: dict[str, int]) -> None:
 
 
 def run_child(request: dict[str, object], fds: list[int]) -> None:
-    """In the forked child: become the process ``argv`` would have started, run its
-    console script's entry point as the interpreter runs a script, exit as it exits."""
+    """In the forked child: become the process ``argv`` would have started, run the
+    script as the interpreter runs it, exit as it exits."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # as Popen's close_fds
@@ -111,10 +114,10 @@ def run_child(request: dict[str, object], fds: list[int]) -> None:
     argv = request["argv"]
     assert isinstance(argv, list)
     sys.argv = [str(a) for a in argv]
-    sys.path[0] = os.path.dirname(sys.argv[0])  # a console script's own folder
+    sys.path.insert(0, os.path.dirname(sys.argv[0]))  # a script's own folder
     sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
     sys.stdin, sys.stdout, sys.stderr = _stdio()
-    os._exit(_run(str(request["entry"])))
+    os._exit(_run(sys.argv[0]))
 
 
 def _stdio() -> tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]:
@@ -140,15 +143,15 @@ def _stdio() -> tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]:
     return stdin, writer(1, errors, False), writer(2, "backslashreplace", True)
 
 
-def _run(entry: str) -> int:
-    """``sys.exit(main())`` as a console script does it, and what the interpreter does
-    after: its exit status; a traceback and 1 for an uncaught exception; the threads
-    waited for, ``atexit`` run, the streams flushed (120 when stdout cannot be); an
-    uncaught Ctrl-C ends the process by SIGINT, as Python's does."""
-    module, _, name = entry.partition(":")
+def _run(script: str) -> int:
+    """The script run as ``__main__``, as the interpreter runs it, and what the
+    interpreter does after: the exit status it was given; a traceback and 1 for an
+    uncaught exception; the threads waited for, ``atexit`` run, the streams flushed (120
+    when stdout cannot be); an uncaught Ctrl-C ends the process by SIGINT, as Python's
+    does."""
     status, interrupted = 0, False
     try:
-        sys.exit(getattr(importlib.import_module(module), name)())
+        runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
         status = _exit_status(exc.code)
     except KeyboardInterrupt:

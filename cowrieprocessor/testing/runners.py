@@ -71,17 +71,7 @@ def run_to_end(
 ) -> subprocess.CompletedProcess[str]:
     """Run a command of ours in the project folder to its end; stdout and stderr apart
     (forked from the fork server when it starts ``argv``: :mod:`.forkserver`)."""
-    if forkserver.serves(argv):
-        return forkserver.run_captured(argv, child_env(env), PROJECT_ROOT, timeout)
-    return subprocess.run(
-        argv,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        env=child_env(env),
-        timeout=timeout,
-        check=False,
-    )
+    return forkserver.run(argv, child_env(env), PROJECT_ROOT, timeout)
 
 
 def run_alembic(

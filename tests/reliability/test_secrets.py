@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import sqlalchemy as sa
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.reliability.datasets import Dataset
-from cowrieprocessor.testing.runners import COWRIE_DB, alembic_argv, child_env, run_alembic
+from cowrieprocessor.testing.runners import COWRIE_DB, alembic_argv, run_alembic, run_to_end
 
 PASSWORD = "p@ss:w/rd?#%&= x'\"1"  # every character a URL parser cares about
 
@@ -104,13 +103,8 @@ def _with_query_secrets(url: str, *, driver: str) -> str:
 
 def _run(argv: list[str], tmp_path: Path, env: Mapping[str, str] | None = None) -> str:
     """Run a command with ``PGPASSWORD`` set; its stdout and stderr, with the exit code."""
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env=child_env({"PGPASSWORD": ENV_SECRET, "COWRIE_DATA_DIR": str(tmp_path), **(env or {})}),
-        timeout=300,
-        check=False,
+    done = run_to_end(
+        argv, {"PGPASSWORD": ENV_SECRET, "COWRIE_DATA_DIR": str(tmp_path), **(env or {})}
     )
     # not the argv: it holds the secrets
     return f"$ {Path(argv[0]).name} -> {done.returncode}\n{done.stdout}{done.stderr}"
@@ -204,13 +198,8 @@ def test_an_empty_db_is_refused_and_nothing_is_touched(
         [str(COWRIE_DB), "--db", empty, *command],
         [str(COWRIE_DB), *command, "--db", empty],
     ):
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            env=child_env({"COWRIE_DATA_DIR": str(tmp_path), "COWRIE_DB_URL": "sqlite:////x.db"}),
-            timeout=120,
-            check=False,
+        done = run_to_end(
+            argv, {"COWRIE_DATA_DIR": str(tmp_path), "COWRIE_DB_URL": "sqlite:////x.db"}, 120
         )
         assert done.returncode == 2, done.stderr
         assert done.stderr == (
