@@ -1,7 +1,7 @@
 """Steering a running job from another terminal, through its row in the progress table.
 
 Both sides of the protocol live here, with the claim that says which job is running
-(one module of ~470 lines: the claim, the commands and the acknowledgement read and
+(one module of ~510 lines: the claim, the commands and the acknowledgement read and
 write the same columns of the same row, and each side's rules are the other's).
 ``cowrie-db control`` (the operator) writes the row's control columns (:func:`request`)
 and waits until the engine shows it took the command (:func:`wait_for_ack`); the running

@@ -11,7 +11,7 @@ connection, the claim and the retries of transient failures are
 :class:`~.transactions.Transactions`'. When the run ends, its row and the status file
 say how: ``finished``, ``stopped`` or ``failed``.
 
-Why one module of this size (~480 lines): :class:`RangeWalker` is one class whose
+Why one module of this size (~510 lines): :class:`RangeWalker` is one class whose
 methods share the walk's position, key order and sizer (walking a table or its leaves,
 committing a range and splitting one that timed out, undoing the record); everything
 that does not need them has a module of its own: the run's state and what it says

@@ -8,7 +8,9 @@
   built them), :mod:`.partitioned` (the hash-partitioned shape).
 * Data and what it should become: :mod:`.seed` (the one seeder, small explicit rows, and
   the reads the tests compare), :mod:`.oracle` (the expected snapshots, computed in Python).
-* Commands: :mod:`.runners` (``alembic`` and ``cowrie-db`` as the tests run them).
+* Commands: :mod:`.runners` (``alembic`` and ``cowrie-db`` as the tests run them),
+  :mod:`.forkserver` (those commands forked from a Python that has imported their
+  libraries, not each a new interpreter).
 * Faults: :mod:`.reliability` (datasets, kill trials, outcomes, figures).
 
 The demo data generator is not here: it serves ``make demo`` and the benchmarks too
