@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The tests run on WORKERS pytest-xdist workers, each with its own PostgreSQL server;
-# tests that share an expensive fixture stay on one worker (tests/conftest.py).
-WORKERS ?= 2
+# tests that share an expensive fixture stay on one worker (tests/conftest.py). One more
+# worker than this machine's 2 cores: part of each test is waiting (on a child, on a
+# server), and a third keeps the CPU busy (94% against 87% with two: docs/development.md).
+WORKERS ?= 3
 XDIST   := -n $(WORKERS) --dist loadgroup
 
 # Every `alembic` and `cowrie-db` a test starts imports our modules: compiled once here,

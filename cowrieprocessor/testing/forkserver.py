@@ -1,16 +1,17 @@
 """``alembic`` and ``cowrie-db`` as child processes forked from a Python that has
-already imported SQLAlchemy, psycopg2 and Alembic, instead of a new interpreter each.
+already imported what they import, instead of a new interpreter each.
 
-A new ``alembic`` spends 0.6-0.9 s of CPU on this machine importing them before it
-reads its first argument, and the suite starts some 500 commands. The fork server
-(:mod:`.forkserver_main`, one per interpreter in each test process, started on first
-use) pays that once. Each command is still a process of its own: forked from the server,
-it takes its own arguments, environment, working directory and standard streams, runs
-the console script file itself as ``__main__`` (``runpy``: the script's own import and
-``sys.exit(main())``, so a wrong entry point fails here as it would in a shell), imports
-our modules afresh, exits with the status a new interpreter would (a traceback and 1,
-130 on Ctrl-C by our handler, death by SIGINT otherwise), and is signalled and
-``kill -9``-ed by its pid. :class:`Forked` answers as ``subprocess.Popen`` does.
+A new ``alembic`` spends 0.6-0.9 s of CPU on this machine importing SQLAlchemy,
+psycopg2, Alembic and our modules before it reads its first argument, and the suite
+starts some 500 commands. The fork server (:mod:`.forkserver_main`, one per interpreter
+in each test process, started on first use) pays that once. Each command is still a
+process of its own: forked from the server, it takes its own arguments, environment,
+working directory and standard streams; runs the console script file itself as
+``__main__`` (``runpy``: the script's own import and ``sys.exit(main())``, so a wrong
+entry point fails here as it would in a shell); exits with the status a new
+interpreter would (a traceback and 1, 130 on Ctrl-C by our handler, death by SIGINT
+otherwise); and is signalled and ``kill -9``-ed by its pid. :class:`Forked` answers as
+``subprocess.Popen`` does.
 
 What stays a new interpreter (plain ``subprocess``): a command with a ``preexec_fn``
 (resource limits, another user), anything that is not a Python script, and every

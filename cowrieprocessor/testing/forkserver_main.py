@@ -1,10 +1,8 @@
 """The fork server's own process (:mod:`cowrieprocessor.testing.forkserver` starts it).
 
-Run as a script, never imported: it imports the standard library and the third-party
-packages every command of ours needs (SQLAlchemy, psycopg2, Alembic), and nothing of
-``cowrieprocessor``, so a child imports our modules afresh, as a new interpreter does,
-and nothing this process read at import time (the environment, the working directory)
-leaks into a child.
+Run as a script by the interpreter of the commands it serves (so a virtualenv's server
+imports that virtualenv's packages): it imports what every command of ours imports
+(:data:`PRELOADED`), and forks a child per command.
 
 Protocol, over a ``SOCK_SEQPACKET`` Unix socket (one connection per child): the client
 sends one JSON message ``{"argv", "env", "cwd"}`` (``argv[0]`` a Python script) with
@@ -31,8 +29,10 @@ import sys
 import threading
 import traceback
 
-# what every `alembic` and `cowrie-db` of ours imports before it does anything: 0.6-0.9 s
-# of CPU per process on this machine, paid here once
+# what every `alembic` and `cowrie-db` imports before it does anything: 0.6-0.9 s of CPU
+# per process on this machine, paid here once. Our own modules too: none of them reads
+# the environment or the working directory at import (settings are read at each call),
+# which tests/test_test_harness.py checks by comparing with new interpreters.
 PRELOADED = (
     "sqlalchemy",
     "sqlalchemy.dialects.postgresql.psycopg2",
@@ -47,6 +47,12 @@ PRELOADED = (
     "alembic.runtime.migration",
     "alembic.script",
     "alembic.op",
+    "logging.config",
+    "cowrieprocessor.cli",
+    "cowrieprocessor.backfill",
+    "cowrieprocessor.db.adoption",
+    "cowrieprocessor.db.partitioned_ddl",
+    "cowrieprocessor.migrate",
 )
 MAX_MESSAGE = 1 << 20
 
