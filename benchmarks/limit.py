@@ -54,6 +54,7 @@ from cowrieprocessor.backfill import BACKFILL_JOB, json_storage
 from cowrieprocessor.backfill import sql as product_sql
 from cowrieprocessor.backfill.json_storage import JsonTypes
 from cowrieprocessor.db import adoption, partitioned_ddl
+from cowrieprocessor.db.ddl import Statement
 from cowrieprocessor.db.engine import create_engine_from_url
 
 # Revision 0004's indexes: the limit builds exactly those that the product's index
@@ -210,7 +211,7 @@ def plan(conn: sa.Connection) -> dict[str, Any]:
         # a partitioned table: the foreign key is NOT VALID on each partition (0002),
         # validated there and then added to the table, as revision 0004 does
         "leaf_keys": [
-            (k.leaf, k.name)
+            (k.table, k.name)
             for k in (partitioned_ddl.leaf_keys(conn) if conn.dialect.name == "postgresql" else [])
             if not k.valid
         ],
@@ -222,10 +223,6 @@ def _product_statements(conn: sa.Connection, json_types: JsonTypes) -> list[sa.T
     if conn.dialect.name != "postgresql":
         return product_sql.sqlite_offline_backfill(BACKFILL_JOB)
     return [product_sql.pg_backfill(json_types, False, False, keep_record=False)]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def run(url: str, statement: str = "direct") -> dict[str, Any]:
@@ -254,9 +251,9 @@ def run(url: str, statement: str = "direct") -> dict[str, Any]:
             t = time.monotonic()
             for name, columns in todo["indexes"].items():
                 with conn.begin():
-                    conn.execute(
-                        sa.text(f"CREATE INDEX {name} ON session_summaries ({', '.join(columns)})")
-                    )
+                    cols = ", ".join("{}" for _ in columns)
+                    create = f"CREATE INDEX {{}} ON session_summaries ({cols})"
+                    conn.execute(Statement(create, name, *columns))
             steps["indexes"] = time.monotonic() - t
 
             t = time.monotonic()
@@ -269,22 +266,17 @@ def run(url: str, statement: str = "direct") -> dict[str, Any]:
                 for name in todo["not_valid"]:
                     with conn.begin():
                         conn.execute(
-                            sa.text(
-                                f"ALTER TABLE session_summaries VALIDATE CONSTRAINT {_quote(name)}"
-                            )
+                            Statement("ALTER TABLE session_summaries VALIDATE CONSTRAINT {}", name)
                         )
                 for leaf, name in todo["leaf_keys"]:
                     with conn.begin():
-                        conn.execute(
-                            sa.text(f"ALTER TABLE {leaf} VALIDATE CONSTRAINT {_quote(name)}")
-                        )
+                        conn.execute(Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", leaf, name))
                 if todo["leaf_keys"]:
                     with conn.begin():
+                        key = todo["leaf_keys"][0][1]
+                        target = partitioned_ddl.FK_TARGET
                         conn.execute(
-                            sa.text(
-                                "ALTER TABLE session_summaries ADD CONSTRAINT "
-                                f"{_quote(todo['leaf_keys'][0][1])} {partitioned_ddl.FK_TARGET}"
-                            )
+                            Statement(partitioned_ddl.ADD_KEY, "session_summaries", key, *target)
                         )
                 steps["validate"] = time.monotonic() - t
             else:

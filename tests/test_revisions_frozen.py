@@ -2,7 +2,7 @@
 
 The names of the objects a revision creates are written in the revision and passed to
 the library (:mod:`cowrieprocessor.db.adoption`, :mod:`cowrieprocessor.db.partitioned_ddl`,
-whose revision-only functions take the table and the key's definition as required
+whose revision-only functions take the table and the key's columns as required
 keywords); a revision never reads the library's own constants nor relies on its
 defaults, so an edit there cannot change what an old revision does. Read from the
 source: no database.

@@ -47,10 +47,12 @@ from cowrieprocessor.db.ddl import (
 
 log = logging.getLogger("cowrieprocessor.migrations.partitions")
 
-# Today's table and foreign key, for callers that are not revisions (the benchmarks).
-# A revision passes its own (``table=``, ``definition=``): an edit here must not change
-# what an old revision does.
-FK_TARGET = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
+# Today's foreign key (its column, the table and column it references), for callers that
+# are not revisions (the benchmarks). A revision passes its own (``table=``,
+# ``references=``): an edit here must not change what an old revision does.
+FK_TARGET = ("source_ip", "ip_inventory", "ip_address")
+# adding the key ``name`` to a table; each name quoted by the dialect (:class:`Statement`)
+ADD_KEY = "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})"
 
 # The foreign keys source_ip -> ip_inventory of every leaf below :table.
 _LEAF_FKS = sa.text(
@@ -102,20 +104,18 @@ def leaf_keys(conn: Connection, table: str = partitions.SESSIONS_TABLE) -> list[
 # --- 0002 ------------------------------------------------------------------------------
 
 
-def add_leaf_keys(conn: Connection, name: str, *, table: str, definition: str) -> list[str]:
-    """0002: the foreign key ``name`` (``definition``, e.g. ``FOREIGN KEY (source_ip)
-    REFERENCES ...``) ``NOT VALID`` on each leaf of ``table`` that has none; returns the
+def add_leaf_keys(
+    conn: Connection, name: str, *, table: str, references: tuple[str, str, str]
+) -> list[str]:
+    """0002: the foreign key ``name`` (``references``: its column, the table and column it
+    references) ``NOT VALID`` on each leaf of ``table`` that has none; returns the
     leaves."""
     leaves = [m for m in partitions.tree(conn, table) if m.leaf]
     have = {k.table for k in leaf_keys(conn, table)}
     added = []
     for leaf in sorted(leaves, key=lambda m: m.name):
         if leaf.table not in have:
-            run_pg_ddl(
-                Statement(
-                    f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {definition} NOT VALID", leaf.table, name
-                )
-            )
+            run_pg_ddl(Statement(ADD_KEY + " NOT VALID", leaf.table, name, *references))
             added.append(leaf.name)
     return added
 
@@ -134,10 +134,16 @@ def drop_leaf_keys(conn: Connection, name: str, *, table: str) -> None:
 
 
 def validate_leaf_keys(
-    conn: Connection, name: str, violations: str, examples: int, *, table: str, definition: str
+    conn: Connection,
+    name: str,
+    violations: str,
+    examples: int,
+    *,
+    table: str,
+    references: tuple[str, str, str],
 ) -> bool:
     """0004: validate each leaf's NOT VALID key, then add the parent's, ``name`` with
-    ``definition`` on ``table`` (it attaches them).
+    ``references`` (as :func:`add_leaf_keys`) on ``table`` (it attaches them).
 
     A leaf whose rows violate the key keeps it NOT VALID, with a warning naming a few
     session ids, and the parent gets no key: a deploy must not fail on old data.
@@ -170,9 +176,7 @@ def validate_leaf_keys(
     if not clean:
         log.warning("so %s gets no foreign key on source_ip until they are fixed", table)
         return False
-    run_pg_ddl_autocommit(
-        Statement(f"ALTER TABLE {{}} ADD CONSTRAINT {{}} {definition}", table, name)
-    )
+    run_pg_ddl_autocommit(Statement(ADD_KEY, table, name, *references))
     log.info("constraint %s validated on every partition and added to %s", name, table)
     return True
 

@@ -56,7 +56,7 @@ TABLE = "session_summaries"
 # Our names for the constraints, when the database has no equivalent (stated here, never
 # read from the library: a later edit there must not change what this revision does).
 FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
-FK_DEFINITION = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
+FK_REFERENCES = ("source_ip", "ip_inventory", "ip_address")  # column -> table (column)
 CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 NAMES = adoption.OurNames(fk=FK_NAME, check=CK_NAME)  # no index: 0004 plans its own
 COLUMNS = {
@@ -67,7 +67,6 @@ COLUMNS = {
     "enrichment_at": "TIMESTAMP WITH TIME ZONE",
 }
 SQLITE_TYPES = {**COLUMNS, "enrichment_at": "DATETIME"}
-PG_FK = f"CONSTRAINT {FK_NAME} {FK_DEFINITION}"
 PG_CK = f"CONSTRAINT {CK_NAME} CHECK (snapshot_country ~ '^[A-Z]{{2}}$')"
 SQLITE_INLINE = {
     "source_ip": (FK_NAME, f"CONSTRAINT {FK_NAME} REFERENCES ip_inventory (ip_address)"),
@@ -126,17 +125,19 @@ def _add_pg(
     partitioned: bool = False,
 ) -> None:
     actions = [f"ADD COLUMN IF NOT EXISTS {{}} {COLUMNS[name]}" for name in missing]
+    names = [TABLE, *missing]  # each {} in order, quoted by the dialect
     if fk is None and not partitioned:
-        actions.append(f"ADD {PG_FK} NOT VALID")
+        actions.append("ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) NOT VALID")
+        names += [FK_NAME, *FK_REFERENCES]
     if ck is None:
         actions.append(f"ADD {PG_CK} NOT VALID")
     if actions:
-        run_pg_ddl(Statement("ALTER TABLE {} " + ", ".join(actions), TABLE, *missing))
+        run_pg_ddl(Statement("ALTER TABLE {} " + ", ".join(actions), *names))
     if fk is None and partitioned:
         # PostgreSQL refuses a NOT VALID foreign key on a partitioned table: each leaf
         # gets it instead; 0004 validates them and adds it to the table (they attach)
         added = partitioned_ddl.add_leaf_keys(
-            op.get_bind(), FK_NAME, table=TABLE, definition=FK_DEFINITION
+            op.get_bind(), FK_NAME, table=TABLE, references=FK_REFERENCES
         )
         log.info(
             "%s is partitioned: foreign key %s added NOT VALID to %d partition(s)",

@@ -85,7 +85,7 @@ INDEXES: dict[str, tuple[str, ...]] = {
 # The constraints 0002 created under its names (validated here when 0002 created them);
 # on a partitioned table the foreign key is added to the table here.
 FK_NAME = "fk_session_summaries_source_ip_ip_inventory"
-FK_DEFINITION = "FOREIGN KEY (source_ip) REFERENCES ip_inventory (ip_address)"
+FK_REFERENCES = ("source_ip", "ip_inventory", "ip_address")  # column -> table (column)
 CK_NAME = "ck_session_summaries_snapshot_country_iso2"
 # Each constraint's kind with the rows that would violate it.
 VIOLATIONS: dict[str, str] = {
@@ -187,7 +187,7 @@ def validate_or_report(kind: str) -> None:
     found = finder(bind)
     if found is None and kind == "FK" and partitions.is_partitioned(bind):
         partitioned_ddl.validate_leaf_keys(
-            bind, FK_NAME, VIOLATIONS[kind], EXAMPLES, table=TABLE, definition=FK_DEFINITION
+            bind, FK_NAME, VIOLATIONS[kind], EXAMPLES, table=TABLE, references=FK_REFERENCES
         )
         return
     if found is None:
