@@ -116,8 +116,7 @@ class ForkServer:
             [python, str(SERVER), self.path],
             stdin=subprocess.PIPE,  # the lifeline: closed when this process ends
             stdout=subprocess.PIPE,
-            env={k: v for k, v in os.environ.items() if k != "COWRIE_DB_URL"},
-        )
+        )  # its environment reaches no child: each is given its own
         assert self.process.stdout is not None
         ready = self.process.stdout.readline()  # or b"" when it died on the way
         if ready != b"ready\n":
@@ -205,6 +204,10 @@ def run(
         texts = []
         for stream in (out, err):
             stream.seek(0)
-            data = stream.read().decode("utf-8", errors="replace")
-            texts.append(data.replace("\r\n", "\n").replace("\r", "\n"))
+            texts.append(universal_newlines(stream.read().decode("utf-8", errors="replace")))
     return subprocess.CompletedProcess(argv, status, texts[0], texts[1])
+
+
+def universal_newlines(text: str) -> str:
+    """What ``subprocess.run(text=True)`` gives for ``text``: universal newlines."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")

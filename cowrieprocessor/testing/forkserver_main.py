@@ -10,7 +10,8 @@ three file descriptors (the child's stdin, stdout and stderr); the server answer
 ``{"pid": N}`` once it has forked, then ``{"status": S}`` when the child has ended
 (``S`` as ``Popen.returncode``: the exit status, or ``-signal``). The server exits
 when its stdin (a pipe from the client's process) closes. It stays one thread: a fork
-copies only the calling thread.
+copies only the calling thread. Importing it runs nothing (:mod:`.runners` takes
+:func:`exit_status` from here).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import socket
 import sys
 import threading
 import traceback
+from typing import TextIO
 
 # what every `alembic` and `cowrie-db` imports before it does anything: 0.6-0.9 s of CPU
 # per process on this machine, paid here once. Our own modules too: none of them reads
@@ -159,7 +161,7 @@ def _run(script: str) -> int:
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
-        status = _exit_status(exc.code)
+        status = exit_status(exc.code, sys.stderr)
     except KeyboardInterrupt:
         traceback.print_exc()
         interrupted = True
@@ -180,13 +182,14 @@ def _run(script: str) -> int:
     return status
 
 
-def _exit_status(code: object) -> int:
-    """The status a process exits with for ``sys.exit(code)``."""
+def exit_status(code: object, stderr: TextIO) -> int:
+    """The status a process exits with for ``sys.exit(code)`` (a code that is not a
+    number is written to ``stderr``). Also :func:`.runners.cowrie_db_here`'s."""
     if code is None:
         return 0
     if isinstance(code, int):
         return code & 0xFF
-    sys.stderr.write(f"{code}\n")
+    stderr.write(f"{code}\n")
     return 1
 
 

@@ -31,6 +31,7 @@ from cowrieprocessor.backfill.progress import progress_table as progress
 from cowrieprocessor.backfill.progress import workers_of
 from cowrieprocessor.settings import PROJECT_ROOT
 from cowrieprocessor.testing import forkserver
+from cowrieprocessor.testing.forkserver_main import exit_status
 
 ALEMBIC_BIN = Path(sys.executable).parent / "alembic"
 COWRIE_DB = Path(sys.executable).parent / "cowrie-db"
@@ -114,30 +115,18 @@ def cowrie_db_here(
     stdout, stderr = io.StringIO(), io.StringIO()
     with _as_a_child(env, stdout, stderr):
         try:
-            status = _exit_status(main(list(args)), stderr)
+            status = exit_status(main(list(args)), stderr)
         except SystemExit as exc:  # argparse (bad usage, --help, --version)
-            status = _exit_status(exc.code, stderr)
+            status = exit_status(exc.code, stderr)
         except Exception:  # a bug: Python's own last words
             traceback.print_exc(file=stderr)
             status = 1
     return subprocess.CompletedProcess(
-        [str(COWRIE_DB), *args], status, _universal(stdout), _universal(stderr)
+        [str(COWRIE_DB), *args],
+        status,
+        forkserver.universal_newlines(stdout.getvalue()),
+        forkserver.universal_newlines(stderr.getvalue()),
     )
-
-
-def _exit_status(code: object, stderr: io.StringIO) -> int:
-    """The status a process exits with for ``sys.exit(code)``."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    stderr.write(f"{code}\n")
-    return 1
-
-
-def _universal(stream: io.StringIO) -> str:
-    """What ``subprocess.run(text=True)`` reads: universal newlines."""
-    return stream.getvalue().replace("\r\n", "\n").replace("\r", "\n")
 
 
 @contextmanager
