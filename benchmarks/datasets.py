@@ -45,6 +45,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.settings import PROJECT_ROOT
+from cowrieprocessor.testing.databases import create_database, drop_database
 
 ALEMBIC = Path(sys.executable).parent / "alembic"
 BEFORE = "0002_snapshot_columns"
@@ -163,8 +164,8 @@ class PostgresData:
         admin = self._admin()
         try:
             with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.template}"'))
-                conn.execute(sa.text(f'CREATE DATABASE "{self.template}"'))
+                drop_database(conn, self.template, force=False)
+                create_database(conn, self.template)
         finally:
             admin.dispose()
         return self.url_for(self.template)
@@ -173,12 +174,8 @@ class PostgresData:
         admin = self._admin()
         try:
             with admin.connect() as conn:
-                major = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
-                strategy = " STRATEGY FILE_COPY" if major >= 15 else ""
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-                conn.execute(
-                    sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"{strategy}')
-                )
+                drop_database(conn, name, force=False)
+                create_database(conn, name, self.template)
                 conn.execute(sa.text("CHECKPOINT"))
         finally:
             admin.dispose()
@@ -188,7 +185,7 @@ class PostgresData:
         admin = self._admin()
         try:
             with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                drop_database(conn, name)
         finally:
             admin.dispose()
 

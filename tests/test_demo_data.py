@@ -9,9 +9,8 @@ import os
 import statistics
 import subprocess
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.models import SNAPSHOT_COLUMNS
 from cowrieprocessor.demo import DemoDataError, DemoResult, DemoSpec, generate, sink
 from cowrieprocessor.settings import PROJECT_ROOT
+from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.runners import alembic_config
 
 SPEC = DemoSpec(sessions=2_000, ips=400, seed=7)
@@ -36,33 +36,9 @@ IP_TYPES = ("VPN", "TOR", "PROXY", "DATACENTER", "RESIDENTIAL", "MOBILE")
 
 
 @pytest.fixture
-def fresh_url(
-    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[[], str]]:
+def fresh_url(databases: Databases) -> Callable[[], str]:
     """Makes more empty databases on the dialect of ``db_url`` (dropped afterwards)."""
-    created: list[str] = []
-    admin: sa.Engine | None = None
-    if db_url.startswith("postgresql"):
-        admin = sa.create_engine(request.getfixturevalue("pg_server_url"),
-                                 isolation_level="AUTOCOMMIT")  # fmt: skip
-
-    def make() -> str:
-        name = f"t_{uuid.uuid4().hex[:16]}"
-        if admin is None:
-            return f"sqlite:///{tmp_path / name}.sqlite"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return admin.url.set(database=name).render_as_string(hide_password=False)
-
-    try:
-        yield make
-    finally:
-        if admin is not None:
-            with admin.connect() as conn:
-                for name in created:
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    return databases.new
 
 
 def migrated(url: str, revision: str = "0002_snapshot_columns") -> sa.Engine:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from cowrieprocessor.testing import ephemeral_pg
+from cowrieprocessor.testing.databases import create_database
 from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres, embedded_bindir
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from cowrieprocessor.testing.runners import alembic_config
@@ -47,7 +48,7 @@ def test_the_deploy_runs_on_the_wheels_postgresql(monkeypatch: pytest.MonkeyPatc
         admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             version = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one())
-            conn.execute(sa.text("CREATE DATABASE deploy"))
+            create_database(conn, "deploy")
         admin.dispose()
         assert version >= 180000, version
         url = server.url_for("deploy")

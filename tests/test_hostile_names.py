@@ -33,7 +33,7 @@ from cowrieprocessor.db import partitions
 from cowrieprocessor.db.adoption import CK_NAME, FK_NAME
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.db.ledger import LEDGER_TABLE
-from cowrieprocessor.testing.databases import Databases
+from cowrieprocessor.testing.databases import Databases, drop_database
 from cowrieprocessor.testing.partitioned import HASH, partition_tables
 from cowrieprocessor.testing.runners import alembic_config
 from cowrieprocessor.testing.seed import migrate
@@ -127,8 +127,7 @@ class Bases:
         assert self.dbs.admin is not None
         with self.dbs.admin.connect() as conn:
             for url in self.copies:
-                name = sa.make_url(url).database
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                drop_database(conn, str(sa.make_url(url).database))
         self.dbs.created = [u for u in self.dbs.created if u not in self.copies]
         self.copies.clear()
 
