@@ -120,11 +120,21 @@ def _fail(what: str, m: Measured) -> RuntimeError:
     return RuntimeError(f"{what} failed with exit code {m.returncode}:\n{tail}\n{m.stdout}")
 
 
-def product(url: str, sessions: int, join_back: str = "auto", workers: str = "1") -> dict[str, Any]:
-    """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside."""
+def product(
+    url: str, sessions: int, join_back: str = "auto", workers: str = "1", writer: bool = False
+) -> dict[str, Any]:
+    """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside;
+    ``writer``: with :class:`WriterProbe` writing beside it (PostgreSQL)."""
     knobs = {"log_interval": "0", "join_back": join_back, "workers": workers}
+    probe = WriterProbe(url) if writer else None
     with WaitSampler(url) as waits:
-        m = run_measured(alembic(url, "upgrade", "head", extra_x=knobs))
+        if probe is not None:
+            probe.start()
+        try:
+            m = run_measured(alembic(url, "upgrade", "head", extra_x=knobs))
+        finally:
+            if probe is not None:
+                probe.finish()
     if m.returncode != 0:
         raise _fail("alembic upgrade head", m)
     batches: list[dict[str, Any]] = []
@@ -179,6 +189,7 @@ def product(url: str, sessions: int, join_back: str = "auto", workers: str = "1"
             "max": max(walk_rows, default=0),
         },
         "batch_log": batches,
+        **({"writer": probe.figures()} if probe is not None else {}),
     }
 
 
@@ -265,6 +276,69 @@ def _cpu_times() -> list[int]:
 def product_2w(url: str, sessions: int) -> dict[str, Any]:
     """:func:`product` with two workers (``-x workers=2``; on partitions, ``auto:2``)."""
     return product(url, sessions, workers=_workers(url, 2))
+
+
+def product_2w_writer(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product_2w` with an application's single-row writes beside it."""
+    return product(url, sessions, workers=_workers(url, 2), writer=True)
+
+
+class WriterProbe:
+    """An application's writes beside the backfill: every :data:`INTERVAL_S` seconds one
+    ``UPDATE`` of one session (drawn from a sample of 2,000), on its own connection in
+    autocommit, timed. It sets ``event_count`` to itself: the row is locked and gets a
+    new version as any write would, and no value changes (the result digest still
+    compares with the limit's). A write that meets a batch's lock waits for that batch.
+    """
+
+    INTERVAL_S = 0.01
+    SAMPLE = sa.text("SELECT session_id FROM session_summaries TABLESAMPLE SYSTEM (1) LIMIT 2000")
+    WRITE = sa.text("UPDATE session_summaries SET event_count = event_count WHERE session_id = :id")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.waits: list[float] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                ids = list(conn.execute(self.SAMPLE).scalars())
+                turn = 0
+                while ids and not self.stop.wait(self.INTERVAL_S):
+                    began = time.perf_counter()
+                    try:
+                        conn.execute(self.WRITE, {"id": ids[turn % len(ids)]})
+                    except sa.exc.DBAPIError as exc:
+                        self.errors.append(str(exc.orig).splitlines()[0])
+                        continue
+                    self.waits.append(time.perf_counter() - began)
+                    turn += 7919  # a prime: the writes wander over the sample
+        finally:
+            engine.dispose()
+
+    def figures(self) -> dict[str, Any]:
+        """The writes' latencies over the whole upgrade, in milliseconds."""
+        ms = [w * 1000 for w in self.waits]
+        if not ms:
+            return {"writes": 0, "errors": self.errors[:5]}
+        return {
+            "writes": len(ms),
+            "errors": self.errors[:5],
+            **{f"p{q}": round(percentile(ms, q / 100), 1) for q in (50, 95, 99)},
+            "max": round(max(ms), 1),
+            "over_500ms": sum(1 for x in ms if x > 500),
+        }
 
 
 def product_4w(url: str, sessions: int) -> dict[str, Any]:

@@ -68,11 +68,14 @@ UPSTREAM_AUTO_MAX = 1_680_000  # its cost grows with the square of the table
 GIB = 1 << 30
 
 Approach = Callable[[str, int], dict[str, Any]]
+# the approaches run in turn within each repeat, in this order
+PAIRED = ("product", "product-2w", "limit", "product-4w", "product-key", "product-2w-writer")
 APPROACHES: dict[str, Approach] = {
     "product": measure.product,
     "limit": measure.limit,
     "product-key": measure.product_key,
     "product-2w": measure.product_2w,
+    "product-2w-writer": measure.product_2w_writer,
     "product-4w": measure.product_4w,
     "upstream": measure.upstream,
     "walk": measure.walk,
@@ -346,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     schedule = [
                         (a, i)
                         for i in range(args.repeat)
-                        for a in ("product", "product-2w", "limit", "product-4w", "product-key")
+                        for a in PAIRED
                         if a in approaches
                     ]
                     if all(a in approaches for a in RECORD_COST):
