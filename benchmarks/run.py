@@ -347,10 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                         or (args.upstream == "auto" and sessions <= UPSTREAM_AUTO_MAX)
                     )
                     schedule = [
-                        (a, i)
-                        for i in range(args.repeat)
-                        for a in PAIRED
-                        if a in approaches
+                        (a, i) for i in range(args.repeat) for a in PAIRED if a in approaches
                     ]
                     if all(a in approaches for a in RECORD_COST):
                         schedule += [  # ABBA: a drift hits both alike
