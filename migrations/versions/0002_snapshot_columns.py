@@ -67,12 +67,15 @@ COLUMNS = {
     "enrichment_at": "TIMESTAMP WITH TIME ZONE",
 }
 SQLITE_TYPES = {**COLUMNS, "enrichment_at": "DATETIME"}
-PG_CK = f"CONSTRAINT {CK_NAME} CHECK (snapshot_country ~ '^[A-Z]{{2}}$')"
+# the constraints' SQL, with {} where each of their names goes (quoted by the dialect)
+PG_CK = ("CONSTRAINT {} CHECK ({} ~ '^[A-Z]{2}$')", (CK_NAME, "snapshot_country"))
+# SQLite: column -> (its constraint, the constraint's SQL, its names)
 SQLITE_INLINE = {
-    "source_ip": (FK_NAME, f"CONSTRAINT {FK_NAME} REFERENCES ip_inventory (ip_address)"),
+    "source_ip": (FK_NAME, "CONSTRAINT {} REFERENCES {} ({})", (FK_NAME, *FK_REFERENCES[1:])),
     "snapshot_country": (
         CK_NAME,
-        f"CONSTRAINT {CK_NAME} CHECK (snapshot_country GLOB '[A-Z][A-Z]')",
+        "CONSTRAINT {} CHECK ({} GLOB '[A-Z][A-Z]')",
+        (CK_NAME, "snapshot_country"),
     ),
 }
 
@@ -130,7 +133,8 @@ def _add_pg(
         actions.append("ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) NOT VALID")
         names += [FK_NAME, *FK_REFERENCES]
     if ck is None:
-        actions.append(f"ADD {PG_CK} NOT VALID")
+        actions.append(f"ADD {PG_CK[0]} NOT VALID")
+        names += PG_CK[1]
     if actions:
         run_pg_ddl(Statement("ALTER TABLE {} " + ", ".join(actions), *names))
     if fk is None and partitioned:
@@ -157,13 +161,14 @@ def _add_sqlite(
 ) -> None:
     present = {FK_NAME: fk, CK_NAME: ck}
     for name in COLUMNS:
-        constraint, inline = SQLITE_INLINE.get(name, ("", ""))
+        constraint, inline, inline_names = SQLITE_INLINE.get(name, ("", "", ()))
         if name in missing:
             op.execute(
                 Statement(
                     f"ALTER TABLE {{}} ADD COLUMN {{}} {SQLITE_TYPES[name]} {inline}".strip(),
                     TABLE,
                     name,
+                    *inline_names,
                 )
             )
         elif constraint and present[constraint] is None:
