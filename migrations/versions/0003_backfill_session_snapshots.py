@@ -65,7 +65,7 @@ def downgrade() -> None:
     """NULL exactly the values the backfill wrote (its rollback record), batch by batch."""
     knobs = migration_knobs()
     if op.get_context().as_sql:
-        _emit(backfill_sql.offline_undo(op.get_context().dialect.name, knobs.lock_timeout))
+        _emit(backfill_sql.offline_undo(op.get_context().dialect, knobs.lock_timeout))
         return
     with batch_engine(knobs) as engine:
         undo_backfill(engine, knobs)

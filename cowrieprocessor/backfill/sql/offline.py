@@ -5,7 +5,7 @@ revision prints for a DBA to review and run, the same batches and rollback recor
 
 from __future__ import annotations
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import Dialect, TextClause, text
 
 from cowrieprocessor.backfill.json_storage import OFFLINE
 from cowrieprocessor.backfill.progress import PROGRESS_TABLE
@@ -16,6 +16,7 @@ from cowrieprocessor.backfill.sql.record import (
     SQLITE_RECORD,
     SQLITE_RECORD_DDL,
     WRITTEN,
+    drop_record,
     unwrite,
 )
 from cowrieprocessor.backfill.sql.resolve_pg import JOIN_BACK, pg_resolve
@@ -86,12 +87,14 @@ END
 $cowrie$"""
 
 
-def offline_unwrite(dialect: str) -> TextClause:
-    """Offline downgrade: undo what the record says, where it is still there."""
-    if dialect == "postgresql":
-        statement = str(unwrite(dialect, "r.id = v_id", "0", "r.n"))
-        return text(_PG_OFFLINE_UNWRITE.format(table=RECORD_TABLE, statement=statement))
-    return unwrite(dialect, "TRUE", "0", "r.n")
+def offline_unwrite(dialect: Dialect) -> TextClause:
+    """Offline downgrade: undo what the record says, where it is still there (the
+    record's name quoted by ``dialect``)."""
+    if dialect.name == "postgresql":
+        statement = str(unwrite(dialect.name, "r.id = v_id", "0", "r.n"))
+        table = dialect.identifier_preparer.quote(RECORD_TABLE)
+        return text(_PG_OFFLINE_UNWRITE.format(table=table, statement=statement))
+    return unwrite(dialect.name, "TRUE", "0", "r.n")
 
 
 def sqlite_offline_backfill(job: str) -> list[TextClause]:
@@ -134,13 +137,15 @@ def offline_backfill(
     return sqlite_offline_backfill(job)
 
 
-def offline_undo(dialect: str, lock_timeout_ms: int) -> list[TextClause]:
-    """What ``alembic downgrade --sql`` prints: undo the record, drop our two tables."""
+def offline_undo(dialect: Dialect, lock_timeout_ms: int) -> list[TextClause]:
+    """What ``alembic downgrade --sql`` prints: undo the record, drop our two tables
+    (their names quoted by ``dialect``, the one the migration context compiles for)."""
+    progress = dialect.identifier_preparer.quote(PROGRESS_TABLE)
     statements = [
         offline_unwrite(dialect),
-        text(f"DROP TABLE IF EXISTS {RECORD_TABLE}"),
-        text(f"DROP TABLE IF EXISTS {PROGRESS_TABLE}"),
+        drop_record(dialect),
+        text(f"DROP TABLE IF EXISTS {progress}"),
     ]
-    if dialect == "postgresql":
+    if dialect.name == "postgresql":
         return _pg_offline_timeouts(statements, lock_timeout_ms)
     return statements
