@@ -71,13 +71,15 @@ def pg_resolve(json: JsonTypes, range_sql: str, needs: str, table: str = SESSION
     ``ip_inventory`` per batch), and would on any table whose statistics are stale.
 
     Both are joined to the candidates themselves, so whatever the planner expects of the
-    range, each runs once per candidate; the ``raw_events`` probe's conditions on the
-    candidate alone make it a one-time filter, skipped for a candidate that has an IP.
-    When that probe was a CTE of its own joined back to the candidates, an estimate of
-    one candidate (statistics saying the columns are set, or a range estimate from an
-    unlucky ``ANALYZE`` sample at 1.68M sessions) put it, with a scan of every candidate,
-    inside a loop over the candidates: a batch of 3,000 made 150,000 probes and took
-    1-3.5 s instead of 0.1-0.3 s (``tests/test_batch_plans.py``).
+    range, each runs once per candidate, and the ``raw_events`` probe only for the
+    candidates with no IP of their own or from their enrichment (a ``UNION ALL`` branch;
+    with the probe's conditions on the candidate inside the ``LATERAL`` instead, its sort
+    was set up for every candidate, 7% more per batch). When that probe was a CTE of its
+    own joined back to the candidates, an estimate of one candidate (statistics saying
+    the columns are set, or a range estimate from an unlucky ``ANALYZE`` sample at 1.68M
+    sessions) put it, with a scan of every candidate, inside a loop over the
+    candidates: a batch of 3,000 made 150,000 probes and took 1-3.5 s instead of
+    0.1-0.3 s (``tests/test_batch_plans.py``).
     """
     se, ev, inv = json.columns()
     return f"""
@@ -85,21 +87,24 @@ WITH cand AS (
     {pg_candidates(se, range_sql, needs, table, "s.ctid AS row_ctid, ")}
 ),
 resolved AS (
-    SELECT c.*, COALESCE(c.old_ip, c.meta_ip, c.dshield_ip, ev.ev_ip) AS ip,
+    SELECT c.*, COALESCE(c.old_ip, c.meta_ip, c.dshield_ip) AS ip,
            CASE WHEN c.old_ip IS NOT NULL THEN 1 WHEN c.meta_ip IS NOT NULL THEN 2
-                WHEN c.dshield_ip IS NOT NULL THEN 3 WHEN ev.ev_ip IS NOT NULL THEN 4
-           END AS src
+                WHEN c.dshield_ip IS NOT NULL THEN 3 END AS src
+    FROM cand c
+    WHERE c.old_ip IS NOT NULL OR c.meta_ip IS NOT NULL OR c.dshield_ip IS NOT NULL
+    UNION ALL
+    SELECT c.*, ev.ev_ip, CASE WHEN ev.ev_ip IS NOT NULL THEN 4 END
     FROM cand c
     LEFT JOIN LATERAL (
         SELECT lower(btrim({ev.expr} ->> 'src_ip')) AS ev_ip
         FROM raw_events e
-        WHERE c.old_ip IS NULL AND c.meta_ip IS NULL AND c.dshield_ip IS NULL
-          AND e.session_id = c.session_id
+        WHERE e.session_id = c.session_id
           AND {ev.typeof("-> 'src_ip'")} = 'string'
           AND btrim({ev.expr} ->> 'src_ip') <> ''
         ORDER BY e.event_timestamp ASC NULLS LAST, e.id
         LIMIT 1
     ) ev ON TRUE
+    WHERE c.old_ip IS NULL AND c.meta_ip IS NULL AND c.dshield_ip IS NULL
 ),
 matched AS (
     SELECT r.session_id, r.row_ctid, r.old_ip, r.old_asn, r.old_country, r.old_type,
