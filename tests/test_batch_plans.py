@@ -70,20 +70,26 @@ def _unused_ip(n: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=["current", "field"])
-def analyzed_url(request: pytest.FixtureRequest, pg_url: str) -> str:
-    if request.param == "current":
+def seeded(pg_url: str, shape: str) -> sa.Engine:
+    """``SESSIONS`` sessions on our schema at 0002 (``current``) or the field's."""
+    if shape == "current":
         engine = at_0002(pg_url)
         with engine.begin() as conn:
             seed_random(conn, SESSIONS, 1_500, seed=5)
-    else:
-        engine = sa.create_engine(pg_url)
-        with engine.begin() as conn:
-            field_schema.build_postgres(conn)
-            field_schema.seed_postgres(conn, sessions=SESSIONS, seed=5)
-            # the fixture's 60 IPs fit in three pages, which a plan may rightly read
-            # whole; an inventory of thousands of IPs, as in the field, may not be
-            conn.execute(sa.text(field_schema._INSERT_IP), [_unused_ip(n) for n in range(4_000)])
+        return engine
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        field_schema.build_postgres(conn)
+        field_schema.seed_postgres(conn, sessions=SESSIONS, seed=5)
+        # the fixture's 60 IPs fit in three pages, which a plan may rightly read
+        # whole; an inventory of thousands of IPs, as in the field, may not be
+        conn.execute(sa.text(field_schema._INSERT_IP), [_unused_ip(n) for n in range(4_000)])
+    return engine
+
+
+@pytest.fixture(params=["current", "field"])
+def analyzed_url(request: pytest.FixtureRequest, pg_url: str) -> str:
+    engine = seeded(pg_url, request.param)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("ANALYZE"))
     with engine.begin() as conn:
@@ -135,16 +141,7 @@ def stale_url(request: pytest.FixtureRequest, pg_url: str) -> str:
     the columns were filled when the table was last analyzed, and nulled since (a
     downgrade, then a redeploy before autovacuum analyzes the table again). The range's
     candidates are then estimated at one row, whatever the range."""
-    if request.param == "current":
-        engine = at_0002(pg_url)
-        with engine.begin() as conn:
-            seed_random(conn, SESSIONS, 1_500, seed=5)
-    else:
-        engine = sa.create_engine(pg_url)
-        with engine.begin() as conn:
-            field_schema.build_postgres(conn)
-            field_schema.seed_postgres(conn, sessions=SESSIONS, seed=5)
-            conn.execute(sa.text(field_schema._INSERT_IP), [_unused_ip(n) for n in range(4_000)])
+    engine = seeded(pg_url, request.param)
     with engine.begin() as conn:
         conn.execute(sql.PG_RECORD_DDL)
         conn.execute(sa.text("ALTER TABLE session_summaries SET (autovacuum_enabled = false)"))
