@@ -266,6 +266,43 @@ def test_a_saved_partition_after_every_partition_still_finishes_the_phase(
     engine.dispose()
 
 
+def test_a_partition_whose_old_rows_break_the_key_keeps_it_not_valid(
+    pg_databases: Databases,
+) -> None:
+    """Old data the deploy did not write (a row whose source_ip is not in ip_inventory,
+    which the NOT VALID key never checked): that leaf's validation fails and its key
+    stays NOT VALID, named with the row and the statement to run once it is fixed; every
+    other leaf's key is validated, the table gets no key, and the deploy succeeds."""
+    url, engine = seeded(pg_databases)
+    migrate(url, "0003_backfill_session_snapshots")
+    with engine.begin() as conn:
+        session_id, leaf = conn.execute(
+            sa.text(
+                "SELECT session_id, tableoid::regclass::text FROM session_summaries "
+                "ORDER BY session_id LIMIT 1"
+            )
+        ).one()
+        conn.execute(sa.text("SET LOCAL session_replication_role = replica"))  # no FK trigger
+        conn.execute(
+            sa.text(
+                "UPDATE session_summaries SET source_ip = '203.0.113.250' WHERE session_id = :s"
+            ),
+            {"s": session_id},
+        )
+    out = run_alembic(url, "upgrade", "head")
+    assert out.returncode == 0, out.stderr
+    assert (
+        f"of partition {leaf} left NOT VALID: 1 rows violate it (e.g. session_id {session_id!r})"
+    ) in out.stderr
+    assert f"then run: ALTER TABLE public.{leaf} VALIDATE CONSTRAINT {FK}" in out.stderr
+    assert "so session_summaries gets no foreign key" in out.stderr
+    keys = {(r[1], r[3]) for r in catalog(engine) if r[0] == "constraint" and r[2] == FK}
+    with engine.connect() as conn:
+        leaves = partitions.leaves(conn) or []
+    assert keys == {(name, name != leaf) for name in leaves}  # none on the table
+    engine.dispose()
+
+
 def test_check_counts_each_partition(pg_databases: Databases) -> None:
     url, engine = seeded(pg_databases, RANGE)
     engine.dispose()

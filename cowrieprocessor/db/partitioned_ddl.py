@@ -43,6 +43,7 @@ from cowrieprocessor.db.ddl import (
     run_pg_ddl,
     run_pg_ddl_autocommit,
     show_name,
+    validate_constraint,
 )
 
 log = logging.getLogger("cowrieprocessor.migrations.partitions")
@@ -145,8 +146,9 @@ def validate_leaf_keys(
     """0004: validate each leaf's NOT VALID key, then add the parent's, ``name`` with
     ``references`` (as :func:`add_leaf_keys`) on ``table`` (it attaches them).
 
-    A leaf whose rows violate the key keeps it NOT VALID, with a warning naming a few
-    session ids, and the parent gets no key: a deploy must not fail on old data.
+    A leaf whose rows violate the key keeps it NOT VALID (its validation fails, and only
+    then are the rows counted), with a warning naming a few session ids, and the parent
+    gets no key: a deploy must not fail on old data.
     ``violations`` is the predicate of a violating row (fixed SQL, alias ``s``). Returns
     True when the parent has its key.
     """
@@ -155,24 +157,23 @@ def validate_leaf_keys(
         if key.valid:
             continue
         schema, leaf = key.table
+        validate = Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", key.table, key.name)
+        if validate_constraint(validate):
+            continue
+        clean = False
         rows = sa.table(leaf, sa.column("session_id"), schema=schema).alias("s")
         bad_rows = sa.select(rows.c.session_id).where(sa.text(violations))
         bad = conn.execute(sa.select(sa.func.count()).select_from(bad_rows.subquery())).scalar_one()
-        validate = Statement("ALTER TABLE {} VALIDATE CONSTRAINT {}", key.table, key.name)
-        if bad:
-            clean = False
-            sample = conn.execute(bad_rows.order_by(rows.c.session_id).limit(examples)).scalars()
-            log.warning(
-                "constraint %s of partition %s left NOT VALID: %d rows violate it (e.g. "
-                "session_id %s); fix them, then run: %s",
-                show_name(conn.dialect, key.name),
-                key.leaf,
-                bad,
-                ", ".join(map(repr, sample)),
-                validate.sql(conn.dialect),
-            )
-            continue
-        run_pg_ddl_autocommit(validate)
+        sample = conn.execute(bad_rows.order_by(rows.c.session_id).limit(examples)).scalars()
+        log.warning(
+            "constraint %s of partition %s left NOT VALID: %d rows violate it (e.g. "
+            "session_id %s); fix them, then run: %s",
+            show_name(conn.dialect, key.name),
+            key.leaf,
+            bad,
+            ", ".join(map(repr, sample)),
+            validate.sql(conn.dialect),
+        )
     if not clean:
         log.warning("so %s gets no foreign key on source_ip until they are fixed", table)
         return False

@@ -27,9 +27,10 @@ run with ``statement_timeout = 0`` and ``lock_timeout = 0``, said explicitly: a 
 waits for every older transaction, and either limit would cut it and leave an INVALID
 index. The offline script (``--sql``) sets the same timeouts around the same statements.
 A constraint is validated under the name the catalog gives it, quoted by the dialect.
-Rows that violate one (an adopted database's old data) leave that constraint
-unvalidated with a warning naming the count and a few session ids: a deploy must not
-fail on old data it did not write.
+Rows that violate one (an adopted database's old data) make the validation fail, which
+leaves that constraint unvalidated and changes nothing else; then a warning names the
+count and a few session ids: a deploy must not fail on old data it did not write. The
+violating rows are counted only then, so clean data is read once, by the validation.
 
 Adoption: an index whose key columns are the ones needed, whatever its name (upstream's
 ``idx_session_source_ip`` and the like), is reused and never duplicated; the ledger
@@ -60,7 +61,11 @@ from cowrieprocessor.backfill import control
 from cowrieprocessor.backfill.alembic_ops import batch_engine, engine_for_bind, migration_knobs
 from cowrieprocessor.backfill.jobs import refill_after_interrupted_clear
 from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
-from cowrieprocessor.db.ddl import Statement, no_lock_timeout, run_pg_ddl_autocommit
+from cowrieprocessor.db.ddl import (
+    Statement,
+    no_lock_timeout,
+    validate_constraint,
+)
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
 
 revision: str = "0004_snapshot_indexes"
@@ -177,10 +182,11 @@ def _index_is_invalid(name: str) -> bool:
 
 
 def validate_or_report(kind: str) -> None:
-    """VALIDATE the constraint of ``kind`` (FK or CHECK) if it is NOT VALID, unless old
-    rows violate it: then it stays NOT VALID, with a warning naming a few of them."""
+    """VALIDATE the constraint of ``kind`` (FK or CHECK) if it is NOT VALID; when old
+    rows violate it, it stays NOT VALID, with a warning naming a few of them (counted
+    only then: clean data is scanned once, by the validation)."""
     if op.get_context().as_sql:
-        run_pg_ddl_autocommit(_validate(OUR_CONSTRAINTS[kind]))
+        validate_constraint(_validate(OUR_CONSTRAINTS[kind]))
         return
     bind = op.get_bind()
     finder = adoption.find_source_ip_fk if kind == "FK" else adoption.find_country_check
@@ -196,33 +202,32 @@ def validate_or_report(kind: str) -> None:
     if found.valid:
         return
     statement = _validate(found.name)  # a name from the catalog: quoted by the dialect
+    if validate_constraint(statement):
+        log.info("constraint %s validated", found.name)
+        return
     violation = VIOLATIONS[kind]
     bad = bind.execute(
         sa.text(f"SELECT count(*) FROM {TABLE} s WHERE {violation}")  # noqa: S608 - fixed SQL
     ).scalar_one()
-    if bad:
-        examples = (
-            bind.execute(
-                sa.text(
-                    f"SELECT s.session_id FROM {TABLE} s WHERE {violation} "  # noqa: S608
-                    "ORDER BY s.session_id LIMIT :n"
-                ),
-                {"n": EXAMPLES},
-            )
-            .scalars()
-            .all()
+    examples = (
+        bind.execute(
+            sa.text(
+                f"SELECT s.session_id FROM {TABLE} s WHERE {violation} "  # noqa: S608
+                "ORDER BY s.session_id LIMIT :n"
+            ),
+            {"n": EXAMPLES},
         )
-        log.warning(
-            "constraint %s left NOT VALID: %d existing rows violate it (e.g. session_id %s); "
-            "fix them, then run: %s",
-            found.name,
-            bad,
-            ", ".join(map(repr, examples)),
-            statement.sql(bind.dialect),
-        )
-        return
-    run_pg_ddl_autocommit(statement)
-    log.info("constraint %s validated", found.name)
+        .scalars()
+        .all()
+    )
+    log.warning(
+        "constraint %s left NOT VALID: %d existing rows violate it (e.g. session_id %s); "
+        "fix them, then run: %s",
+        found.name,
+        bad,
+        ", ".join(map(repr, examples)),
+        statement.sql(bind.dialect),
+    )
 
 
 def _validate(name: str) -> Statement:
