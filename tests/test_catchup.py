@@ -10,11 +10,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from cowrieprocessor.backfill import BackfillKnobs, BatchReport, run_backfill
+from cowrieprocessor.backfill.keys import KeyListOrder
 from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
+from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
+from cowrieprocessor.testing.runners import alembic_config
 from cowrieprocessor.testing.seed import add_ip, add_session, at_0002, read, seed_random
 
 
@@ -93,3 +97,69 @@ def test_the_catch_up_resumes_from_its_position(db_url: str) -> None:
     engine.dispose()
     assert result.resumed
     assert read(db_url, current_snapshots) == read(db_url, expected_snapshots)
+
+
+# Session ids in the order of ICU's en-US collation (PostgreSQL's, on such a database),
+# which is not Python's: "_" and "-" sort before digits and letters, case comes second.
+ICU_ORDER = ["_9", "-c", "0x8", "a_b5", "a-b4", "Aa0", "aB1", "ab2", "AB3", "B6", "b7"]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5])
+def test_the_catch_up_list_is_taken_in_its_own_order(step: int) -> None:
+    """Each batch takes the keys of its range (lo, hi] of the list, however Python
+    would compare them: together, every key once. A binary search left keys out."""
+    assert sorted(ICU_ORDER) != ICU_ORDER
+    for start, keys in [(None, ICU_ORDER), ("0x8", ICU_ORDER[3:])]:  # read after a position
+        order = KeyListOrder(keys, 1.0, start=start)
+        taken: list[str] = []
+        lo = start
+        while True:
+            hi = order.bound_after(None, lo, step - 1)  # type: ignore[arg-type]  # no query
+            batch = order.params(lo, hi)["keys"]
+            assert batch == keys[len(taken) : len(taken) + len(batch)], (lo, hi, batch)
+            assert hi is None or batch[-1] == hi
+            assert order.count(None, lo, hi) == len(batch)  # type: ignore[arg-type]
+            taken += batch
+            if hi is None:
+                break
+            lo = hi
+        assert taken == keys
+    with pytest.raises(ValueError, match="'zz' is not in the list"):
+        KeyListOrder(ICU_ORDER, 1.0).params("zz", None)
+
+
+def test_sessions_behind_the_walk_are_caught_up_under_an_icu_collation(
+    pg_databases: Databases,
+) -> None:
+    """On a database whose collation is not Python's order, every session inserted
+    behind the walk (ids with punctuation and mixed case) is filled by the catch-up."""
+    url = pg_databases.new_icu()
+    if url is None:
+        pytest.skip("this PostgreSQL has no ICU collation (it needs 15+ built with ICU)")
+    command.upgrade(alembic_config(url), "0002_snapshot_columns")
+    engine = create_engine_from_url(url)
+    with engine.begin() as conn:
+        seed_random(conn, 1_000, 100, seed=4)
+    weird = sorted({f"{a}{b}{n}" for n in range(12) for a in "_-aAbB" for b in ".-zZ0"})
+    writer = create_engine_from_url(url)
+
+    def on_batch(report: BatchReport) -> None:
+        if report.phase == WALK and report.batch == 3:
+            with writer.begin() as conn:
+                add_ip(conn, "198.51.100.9", asn=4134, country="NL")
+                for sid in weird:
+                    add_session(conn, sid, meta_ip="198.51.100.9")
+
+    run_backfill(engine, BackfillKnobs.from_sources({"batch_size": "7"}, {}), on_batch=on_batch)
+    writer.dispose()
+    with engine.connect() as conn:
+        server = list(
+            conn.execute(
+                sa.text("SELECT session_id FROM session_summaries ORDER BY session_id")
+            ).scalars()
+        )
+    engine.dispose()
+    assert server != sorted(server)  # the premise: the server's order is not Python's
+    got: dict[str, Any] = read(url, current_snapshots)
+    assert [sid for sid in weird if got[sid][0] != "198.51.100.9"] == []
+    assert got == read(url, expected_snapshots)

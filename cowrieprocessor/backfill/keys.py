@@ -15,7 +15,6 @@ instead of every range of the table again.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,22 +112,41 @@ class KeyListOrder(KeyOrder):
     those inserted behind the walk); walking every range of the table again to find them
     read the whole table through the primary key (3-13 s at 1.68M sessions). Instead,
     one sequential scan lists their keys when the pass starts (or resumes: keys after
-    the saved position), and each batch takes the next keys of the list, with its range
-    bounds as before and ``session_id = ANY(:keys)``. A position is a session id, as in
-    :class:`KeyOrder`. Sessions inserted after the list was read are not seen, as they
-    were not by a range the pass had passed.
+    the saved position ``start``), and each batch takes the next keys of the list, with
+    its range bounds as before and ``session_id = ANY(:keys)``. A position is a session
+    id, as in :class:`KeyOrder`. Sessions inserted after the list was read are not seen,
+    as they were not by a range the pass had passed.
+
+    The list is in the server's order of ``session_id`` (its collation), which the range
+    bounds follow too; Python's order of the same strings differs under most collations
+    (ICU's or glibc's ``en_US``: ``'a-b' < 'Ab' < 'B'``). So a position is found by where
+    it is in the list, never by comparing strings here: a binary search would take a
+    batch's keys from the wrong place, and the range would then leave some out.
     """
 
     def __init__(
-        self, keys: list[str], sessions_per_key: float, table: str = sql.SESSIONS_TABLE
+        self,
+        keys: list[str],
+        sessions_per_key: float,
+        table: str = sql.SESSIONS_TABLE,
+        start: str | None = None,
     ) -> None:
         super().__init__(table)
-        self.keys = keys  # sorted
+        self.keys = keys  # in the server's order
+        self.after = {key: i + 1 for i, key in enumerate(keys)}  # how many keys up to it
+        self.start = start  # the position the list was read after
         self.sessions_per_key = sessions_per_key
         self.extra_predicate = " AND s.session_id = ANY(:keys)"
 
     def _index(self, key: str | None) -> int:
-        return 0 if key is None else bisect_right(self.keys, key)
+        """How many keys of the list lie up to ``key``: a key of the list, or where the
+        list was read from."""
+        if key is None or key == self.start:
+            return 0
+        try:
+            return self.after[key]
+        except KeyError:
+            raise ValueError(f"catch-up position {key!r} is not in the list it walks") from None
 
     def bound_after(self, conn: Connection, lo: str | None, offset: int) -> str | None:
         at = self._index(lo) + offset

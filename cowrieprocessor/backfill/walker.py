@@ -364,7 +364,9 @@ class RangeWalker:
             len(keys),
             where,
         )
-        return KeyListOrder(keys, remaining / len(keys) if keys else 0.0, self.order.table)
+        return KeyListOrder(
+            keys, remaining / len(keys) if keys else 0.0, self.order.table, start=lo
+        )
 
     def undo_recorded(self) -> None:
         """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""

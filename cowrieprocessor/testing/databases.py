@@ -58,6 +58,30 @@ class Databases:
         """A fresh, empty database; its URL (with the password, for the child processes)."""
         return self._create(_name(), None)
 
+    def new_icu(self) -> str | None:
+        """A fresh, empty PostgreSQL database whose default collation is ICU's ``en-US``,
+        where strings sort unlike in Python (``'_9' < 'a-b' < 'Ab' < 'B'``), as under
+        most production locales; None when the server cannot make one (before 15, or
+        built without ICU). Migrate it with ``alembic`` itself: a copy of a migrated
+        template would bring the template's collation."""
+        assert self.admin is not None, "PostgreSQL only"
+        name = _name()
+        with self.admin.connect() as conn:
+            if (conn.dialect.server_version_info or (0,)) < (15,) or not conn.execute(
+                sa.text("SELECT 1 FROM pg_collation WHERE collprovider = 'i' LIMIT 1")
+            ).first():
+                return None
+            quoted = conn.dialect.identifier_preparer.quote(name)
+            conn.execute(
+                sa.text(
+                    f"CREATE DATABASE {quoted} TEMPLATE template0 "
+                    "LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+                )
+            )
+        url = self.admin.url.set(database=name).render_as_string(hide_password=False)
+        self.created.append(url)
+        return url
+
     def clone(self, url: str) -> str:
         """A copy of ``url`` (whose engines must all be disposed on PostgreSQL)."""
         name = _name()
