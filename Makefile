@@ -93,17 +93,12 @@ bench-scale-out: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
 		--shapes current --approaches product,product-key --label join-back
 
-# Parallel workers (#22): 1, 2 and 4 workers against the limit, alternated, at 1.68M on
-# our schema and on 8 hash partitions (auto:N there), then 1 and 2 on the field's shape.
+# Parallel workers (#22): 1, 2 and 4 workers against the limit, alternated, two rounds at
+# 1.68M on our schema, the field's and 8 hash partitions (auto:N there); about 45 minutes.
 bench-workers: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
-		--shapes current --approaches product,product-2w,limit,product-4w --repeat 3 \
-		--label workers-current
-	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
-		--shapes partitioned --approaches product,product-2w,limit,product-4w --repeat 2 \
-		--label workers-partitioned
-	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
-		--shapes field --approaches product,product-2w,limit --repeat 1 --label workers-field
+		--shapes current,field,partitioned --approaches product,product-2w,limit,product-4w \
+		--repeat 2 --upstream never --label workers
 
 # What the rollback record costs the walk (walk with and without it, ABBA).
 bench-record: $(STAMP)
