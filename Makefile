@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench bench-scale-out bench-workers bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
+.PHONY: install test test-all lint format demo bench bench-scale-out bench-workers bench-workers-5m bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
 
 install: $(STAMP)
 
@@ -99,6 +99,11 @@ bench-workers: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
 		--shapes current,field,partitioned --approaches product,product-2w,limit,product-4w \
 		--repeat 2 --upstream never --label workers
+
+bench-workers-5m: $(STAMP)
+	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes current \
+		--approaches product,product-2w,limit,product-4w --repeat 2 --upstream never \
+		--label workers-5m
 
 # What the rollback record costs the walk (walk with and without it, ABBA).
 bench-record: $(STAMP)

@@ -111,7 +111,7 @@ class KeyListOrder(KeyOrder):
     The catch-up only looks at sessions without ``source_ip`` (the unmatched ones, and
     those inserted behind the walk); walking every range of the table again to find them
     read the whole table through the primary key (3-13 s at 1.68M sessions). Instead,
-    one sequential scan lists their keys when the pass starts (or resumes: keys after
+    one scan lists their keys when the pass starts (or resumes: keys after
     the saved position ``start``), and each batch takes the next keys of the list, with
     its range bounds as before and ``session_id = ANY(:keys)``. A position is a session
     id, as in :class:`KeyOrder`. Sessions inserted after the list was read are not seen,

@@ -77,8 +77,10 @@ ROWID_OF = text(f"SELECT rowid FROM {SESSIONS_TABLE} WHERE session_id = :sid")
 
 
 def catchup_keys_query(has_lo: bool, table: str = SESSIONS_TABLE) -> TextClause:
-    """The keys of the sessions without ``source_ip`` after ``:lo`` (one sequential scan
-    and a sort of what it finds), at most ``:limit``: the catch-up's list."""
+    """The keys of the sessions without ``source_ip`` after ``:lo``, at most ``:limit``,
+    in the server's order: the catch-up's list. One scan of the table: sequential with
+    a sort, or the primary key in order when the statistics (an ANALYZE during the walk)
+    still expect many such sessions (docs/performance.md, "Why the defaults")."""
     after = "AND session_id > :lo " if has_lo else ""
     return text(
         f"SELECT session_id FROM {in_text(table)} WHERE source_ip IS NULL {after}"
