@@ -22,6 +22,7 @@ the same commands both ways and compares what they print and how they exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -99,8 +100,11 @@ class Forked:
         return status
 
     def send_signal(self, sig: int) -> None:
+        """As ``Popen.send_signal``: a child that ended (and was reaped by the server)
+        after :meth:`poll` looked is not an error; its status follows by :meth:`wait`."""
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
