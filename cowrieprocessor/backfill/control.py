@@ -494,6 +494,8 @@ def wait_for_ack(
         if now is None or now.job != sent.job:
             if command == STOP:
                 return "stopped; rerun the same command to resume"
+            if command == "resume":  # it took the resume and finished before we looked
+                return "the job is no longer running (it ended after the resume was sent)"
             return "the job is no longer running (it ended)"
         if command == PAUSE and now.run_state == PAUSED:
             return "paused: no batch starts until `cowrie-db control resume`"
