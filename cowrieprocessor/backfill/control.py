@@ -494,9 +494,9 @@ def wait_for_ack(
         if now is None or now.job != sent.job:
             if command == STOP:
                 return "stopped; rerun the same command to resume"
-            if command == "resume":  # it took the resume and finished before we looked
-                return "the job is no longer running (it ended after the resume was sent)"
-            return "the job is no longer running (it ended)"
+            # it was running when the command was written: it may have taken it and
+            # finished (a short walk after a resume) before this looked again
+            return f"the job is no longer running (it ended after the {command} was sent)"
         if command == PAUSE and now.run_state == PAUSED:
             return "paused: no batch starts until `cowrie-db control resume`"
         if command == "resume" and now.run_state != PAUSED:

@@ -65,22 +65,12 @@ class Databases:
         built without ICU). Migrate it with ``alembic`` itself: a copy of a migrated
         template would bring the template's collation."""
         assert self.admin is not None, "PostgreSQL only"
-        name = _name()
         with self.admin.connect() as conn:
             if (conn.dialect.server_version_info or (0,)) < (15,) or not conn.execute(
                 sa.text("SELECT 1 FROM pg_collation WHERE collprovider = 'i' LIMIT 1")
             ).first():
                 return None
-            quoted = conn.dialect.identifier_preparer.quote(name)
-            conn.execute(
-                sa.text(
-                    f"CREATE DATABASE {quoted} TEMPLATE template0 "
-                    "LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
-                )
-            )
-        url = self.admin.url.set(database=name).render_as_string(hide_password=False)
-        self.created.append(url)
-        return url
+        return self._create(_name(), "template0", icu=True)
 
     def clone(self, url: str) -> str:
         """A copy of ``url`` (whose engines must all be disposed on PostgreSQL)."""
@@ -96,12 +86,12 @@ class Databases:
             return target
         return self._create(name, sa.make_url(url).database)
 
-    def _create(self, name: str, template: str | None) -> str:
+    def _create(self, name: str, template: str | None, *, icu: bool = False) -> str:
         if self.admin is None:
             url = f"sqlite:///{self.folder / (name + '.sqlite')}"
         else:
             with self.admin.connect() as conn:
-                create_database(conn, name, template)
+                create_database(conn, name, template, icu=icu)
             url = self.admin.url.set(database=name).render_as_string(hide_password=False)
         self.created.append(url)
         return url
@@ -120,7 +110,9 @@ def _name() -> str:
     return f"t_{uuid.uuid4().hex[:16]}"
 
 
-def create_database(conn: sa.Connection, name: str, template: str | None = None) -> None:
+def create_database(
+    conn: sa.Connection, name: str, template: str | None = None, *, icu: bool = False
+) -> None:
     """``CREATE DATABASE name [TEMPLATE template]``, the names quoted by the dialect.
 
     On PostgreSQL 15+ with ``STRATEGY FILE_COPY``: the template's files are copied
@@ -132,6 +124,8 @@ def create_database(conn: sa.Connection, name: str, template: str | None = None)
     statement = f"CREATE DATABASE {quote(name)}"
     if template is not None:
         statement += f" TEMPLATE {quote(template)}"
+    if icu:  # ICU's en-US as the default collation (PostgreSQL 15+, from template0)
+        statement += " LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
     if (conn.dialect.server_version_info or (0,)) >= (15,):
         statement += " STRATEGY FILE_COPY"
     conn.execute(sa.text(statement))
