@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
+from typing import NoReturn
 
 from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util import CommandError
@@ -239,6 +240,26 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def interrupt_under(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``exc`` was raised while handling, if any: one that
+    lands inside a library's own cleanup (SQLAlchemy's commit, seen in CI) can make that
+    cleanup fail with an error of its own, which is then the interruption's, not a bug."""
+    seen: set[int] = set()
+    cause = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
+
+
+def _stopped_by(exc: KeyboardInterrupt, run: Run) -> NoReturn:
+    stopped = interrupted(exc, run)
+    sys.stderr.write(f"{stopped.line}\n")
+    raise SystemExit(stopped.status) from None
+
+
 def one_line_failures(
     migrate: Callable[[], None],
     run: Run,
@@ -254,10 +275,11 @@ def one_line_failures(
     except KeyboardInterrupt as exc:
         if raiseerr:
             raise
-        stopped = interrupted(exc, run)
-        sys.stderr.write(f"{stopped.line}\n")
-        raise SystemExit(stopped.status) from None
+        _stopped_by(exc, run)
     except Exception as exc:
+        stop = interrupt_under(exc)
+        if stop is not None and not raiseerr:
+            _stopped_by(stop, run)
         failure = describe(exc, run)
         if failure is None or raiseerr:
             raise

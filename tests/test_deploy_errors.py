@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import BACKFILL_JOB
 from cowrieprocessor.db.engine import create_engine_from_url
-from cowrieprocessor.deploy_errors import Run, describe
+from cowrieprocessor.deploy_errors import Run, Terminated, describe, one_line_failures
 from cowrieprocessor.testing.databases import Databases, sqlite_path
 from cowrieprocessor.testing.runners import (
     ALEMBIC,
@@ -162,6 +162,33 @@ def test_a_bug_is_not_turned_into_one_line() -> None:
     """An exception that is not an operator's problem keeps its traceback."""
     assert describe(ZeroDivisionError("division by zero"), Run()) is None
     assert describe(AttributeError("x"), Run()) is None
+
+
+@pytest.mark.parametrize("stop", [Terminated, KeyboardInterrupt])
+def test_an_interrupt_inside_a_librarys_cleanup_is_still_the_interrupt(
+    stop: type[KeyboardInterrupt], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM that lands inside SQLAlchemy's commit can make its cleanup fail with an
+    AssertionError of its own (seen in CI): the operator still reads the interruption's
+    line and exit status, not that error's traceback. A plain bug keeps its traceback."""
+
+    def cleanup_fails_under_the_interrupt() -> None:
+        try:
+            raise stop
+        except KeyboardInterrupt:
+            raise AssertionError  # noqa: B904 - as SQLAlchemy's safe_reraise did
+
+    with pytest.raises(SystemExit) as exited:
+        one_line_failures(cleanup_fails_under_the_interrupt, Run())
+    what = "Terminated (SIGTERM)" if stop is Terminated else "Interrupted (Ctrl-C)"
+    assert exited.value.code == (143 if stop is Terminated else 130)
+    assert capsys.readouterr().err.startswith(f"{what}: the running revision was rolled back")
+
+    def bug() -> None:
+        raise AssertionError
+
+    with pytest.raises(AssertionError):
+        one_line_failures(bug, Run())
 
 
 # --- the URL: unusable, and nothing created anywhere ------------------------------------
