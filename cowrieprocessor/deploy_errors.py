@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util import CommandError
@@ -46,6 +46,7 @@ from cowrieprocessor.settings import SettingsError, mask_secrets
 EXIT_FAILED, EXIT_USAGE = 1, 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as the shell reports Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+E = TypeVar("E", bound=BaseException)
 
 # Problems with what the operator gave (a knob, the URL, the database it names): exit 2,
 # as ``cowrie-db`` gives for them.
@@ -138,14 +139,20 @@ def the_cause(exc: BaseException) -> BaseException:
     after one of ours. A run that failed on SQLite's lock fails again when Alembic begins
     its transaction anew on the way out (the lock is still held): that second error
     names only the lock, the first one the range, the attempts and what was committed."""
+    return _in_context(exc, CowrieError) or exc
+
+
+def _in_context(exc: BaseException, kind: type[E]) -> E | None:
+    """The first of ``exc`` and the exceptions it was raised while handling that is a
+    ``kind``, or None."""
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:
-        if isinstance(found, CowrieError):
+        if isinstance(found, kind):
             return found
         seen.add(id(found))
         found = found.__context__
-    return exc
+    return None
 
 
 def describe(exc: BaseException, run: Run) -> Failure | None:
@@ -244,14 +251,7 @@ def interrupt_under(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM that ``exc`` was raised while handling, if any: one that
     lands inside a library's own cleanup (SQLAlchemy's commit, seen in CI) can make that
     cleanup fail with an error of its own, which is then the interruption's, not a bug."""
-    seen: set[int] = set()
-    cause = exc.__context__
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__context__
-    return None
+    return _in_context(exc, KeyboardInterrupt)
 
 
 def _stopped_by(exc: KeyboardInterrupt, run: Run) -> NoReturn:
