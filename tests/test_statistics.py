@@ -83,6 +83,29 @@ def test_a_table_never_analyzed_is_analyzed_before_the_first_batch(
     engine.dispose()
 
 
+def test_statistics_kept_when_the_activity_counters_were_lost_are_not_analyzed_again(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash, ``pg_stat_reset()`` or a copy by ``CREATE DATABASE ... TEMPLATE`` loses
+    ``last_analyze`` but keeps the planner's statistics: they are used, not redone."""
+    engine = at_0002(pg_url)
+    want = seeded(engine)
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE session_summaries"))
+        conn.execute(sa.text("ANALYZE ip_inventory"))
+        conn.execute(sa.text("SELECT pg_stat_reset()"))
+        conn.commit()
+    assert not analyzed(engine).get("session_summaries")  # the counters say never
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        run_backfill(engine, KNOBS)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "never analyzed" in m], messages
+    assert not analyzed(engine).get("session_summaries")
+    assert not analyzed(engine).get("ip_inventory")
+    assert read(pg_url, current_snapshots) == want
+    engine.dispose()
+
+
 def test_a_dry_run_says_what_it_would_analyze_and_analyzes_nothing(
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
