@@ -112,6 +112,25 @@ def tuned_pg_settings() -> dict[str, str]:
     }
 
 
+def source_commit() -> str:
+    """The commit measured (``git rev-parse``), with ``+dirty`` when tracked files have
+    changes not committed; ``unknown`` outside a git checkout (an unpacked wheel)."""
+    git = ["git", "-C", str(PROJECT_ROOT)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}+dirty" if changed else head
+
+
 def machine(pg_url: str | None) -> dict[str, Any]:
     cpu = platform.processor()
     try:
@@ -292,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "started_at": stamp,
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
+        "commit": source_commit(),
         "knobs": BackfillKnobs().as_dict(),
         "sizes": [],
     }
