@@ -93,17 +93,25 @@ bench-scale-out: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
 		--shapes current --approaches product,product-key --label join-back
 
-# Parallel workers (#22): 1, 2 and 4 workers against the limit, alternated, two rounds at
-# 1.68M on our schema, the field's and 8 hash partitions (auto:N there); about 45 minutes.
+# Parallel workers (#22): 1, 2 and 4 workers against the limit, alternated, at 1.68M: three
+# rounds on our schema (with two workers beside an application writer), two on the
+# field's and on 8 hash partitions (auto:N there); about 50 minutes.
 bench-workers: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
-		--shapes current,field,partitioned --approaches product,product-2w,limit,product-4w \
-		--repeat 2 --upstream never --label workers
+		--shapes current --approaches product,product-2w,limit,product-4w,product-2w-writer \
+		--repeat 3 --upstream never --label workers-current
+	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
+		--shapes field,partitioned --approaches product,product-2w,limit,product-4w \
+		--repeat 2 --upstream never --label workers-field-partitioned
 
+# At 5M, two rounds: 1, 2 and 4 workers on our schema; 2 workers on the field's (about 75
+# minutes).
 bench-workers-5m: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes current \
 		--approaches product,product-2w,limit,product-4w --repeat 2 --upstream never \
 		--label workers-5m
+	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes field \
+		--approaches product-2w,limit --repeat 2 --upstream never --label workers-5m-field
 
 # What the rollback record costs the walk (walk with and without it, ABBA).
 bench-record: $(STAMP)
