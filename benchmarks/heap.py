@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks.datasets import PostgresData, alembic, build, clean_env
+from benchmarks import measure
+from benchmarks.datasets import PostgresData, alembic, build
 from benchmarks.run import tuned_pg_settings
 from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres
 
@@ -43,12 +42,12 @@ def table_state(url: str) -> dict[str, int]:
 
 
 def timed(command: list[str]) -> float:
-    """Run ``command``; its wall time. A failure stops the measurement with its stderr."""
-    started = time.monotonic()
-    done = subprocess.run(command, env=clean_env(), capture_output=True, text=True, check=False)
+    """Run ``command`` (:func:`measure.run_measured`); its wall time. A failure stops the
+    measurement with its stderr."""
+    done = measure.run_measured(command)
     if done.returncode != 0:
         raise SystemExit(f"{command[:4]} failed:\n{done.stderr[-2000:]}")
-    return round(time.monotonic() - started, 1)
+    return round(done.seconds, 1)
 
 
 def report(**fields: Any) -> None:

@@ -16,7 +16,6 @@ And the same linear plan when the planner expects next to no candidates in the r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,15 +23,10 @@ import sqlalchemy as sa
 
 from cowrieprocessor.backfill import json_storage, sql
 from cowrieprocessor.testing import field_schema
+from cowrieprocessor.testing.plans import nodes, scans
 from cowrieprocessor.testing.seed import at_0002, seed_random
 
 SESSIONS = 2_000
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
 
 
 # The PostgreSQL batch statements, each over a range with both bounds.
@@ -57,15 +51,6 @@ def batch_plan(
     explain = "EXPLAIN (ANALYZE, FORMAT JSON) " if analyze else "EXPLAIN (FORMAT JSON) "
     plan = conn.execute(sa.text(explain + stmt.text), params).scalar_one()
     return list(nodes(plan[0]["Plan"]))
-
-
-def scans(plan: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Relation -> the scans of it in the plan (a bitmap scan counted once)."""
-    found: dict[str, list[str]] = {}
-    for node in plan:
-        if "Relation Name" in node and node["Node Type"] != "ModifyTable":
-            found.setdefault(node["Relation Name"], []).append(node["Node Type"])
-    return found
 
 
 def _unused_ip(n: int) -> dict[str, Any]:

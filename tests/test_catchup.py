@@ -18,6 +18,7 @@ from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
+from cowrieprocessor.testing.plans import nodes, scans
 from cowrieprocessor.testing.runners import alembic_config
 from cowrieprocessor.testing.seed import add_ip, add_session, at_0002, read, seed_random
 
@@ -99,11 +100,6 @@ def test_the_catch_up_resumes_from_its_position(db_url: str) -> None:
     assert read(db_url, current_snapshots) == read(db_url, expected_snapshots)
 
 
-def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """A plan of ``EXPLAIN (FORMAT JSON)`` and every node under it."""
-    return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]
-
-
 def test_the_catch_up_list_is_one_sequential_scan_whatever_the_statistics_expect(
     pg_url: str,
 ) -> None:
@@ -143,9 +139,8 @@ def test_the_catch_up_list_is_one_sequential_scan_whatever_the_statistics_expect
     engine.dispose()
     assert expected_null > 0.9, expected_null  # what the planner believes
     assert 0 < len(listed) < 300 and listed == by_column  # what is true, in the same order
-    nodes = plan_nodes(plan[0]["Plan"])
-    scans = [n["Node Type"] for n in nodes if n.get("Relation Name") == "session_summaries"]
-    assert scans == ["Seq Scan"], [n["Node Type"] for n in nodes]
+    found = list(nodes(plan[0]["Plan"]))
+    assert scans(found).get("session_summaries") == ["Seq Scan"], [n["Node Type"] for n in found]
 
 
 # Session ids in the order of ICU's en-US collation (PostgreSQL's, on such a database),

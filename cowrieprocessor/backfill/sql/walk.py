@@ -83,10 +83,9 @@ def catchup_keys_query(has_lo: bool, table: str = SESSIONS_TABLE) -> TextClause:
     Sorted by ``session_id || ''``: the same order (the column's collation carries over
     to the expression), but one the primary key cannot give. Ordered by the column, the
     planner reads the whole table through the primary key whenever the statistics still
-    expect many sessions without ``source_ip`` (autovacuum's ANALYZE during the walk saw
-    61% where 1.3% remain), 2.5 times as long at 1.68M (docs/performance.md, "Why the
-    defaults"). A top-level ``ORDER BY ... LIMIT``, as before: Citus runs it on every
-    shard and merges."""
+    expect many sessions without ``source_ip`` (an ANALYZE during the walk, autovacuum's),
+    which takes longer (docs/performance.md, "Why the defaults", has the figures). A
+    top-level ``ORDER BY ... LIMIT``, as before: Citus runs it on every shard and merges."""
     after = "AND session_id > :lo " if has_lo else ""
     return text(
         f"SELECT session_id FROM {in_text(table)} WHERE source_ip IS NULL {after}"
