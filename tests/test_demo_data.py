@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,22 @@ def test_chunk_size_changes_no_value(fresh_url: Callable[[], str]) -> None:
     finally:
         small.dispose()
         large.dispose()
+
+
+def test_sessions_are_written_in_arrival_order_with_ids_in_no_order(sqlite_url: str) -> None:
+    """As the field's tables: neighbouring rows arrived at neighbouring times and their
+    random ids follow no order, so a range of ids is spread over many pages."""
+    engine, _ = build(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT session_id, created_at FROM session_summaries ORDER BY rowid")
+            ).all()
+    finally:
+        engine.dispose()
+    assert [r.created_at for r in rows] == sorted(r.created_at for r in rows)
+    ascending = sum(a.session_id < b.session_id for a, b in pairwise(rows))
+    assert 0.4 < ascending / (len(rows) - 1) < 0.6  # sorted by id: every pair ascends
 
 
 def test_another_process_with_another_hash_seed_writes_the_same_bytes(tmp_path: Path) -> None:

@@ -53,8 +53,9 @@ Everything comes from ``random.Random`` instances seeded with strings derived fr
 ``PYTHONHASHSEED``) and every timestamp, ``created_at`` / ``updated_at`` /
 ``ingest_at`` included, is an offset from 2025-01-01T00:00:00Z. The same spec on an
 empty database therefore gives byte-identical rows (``raw_events.id`` included, as
-long as the id sequence starts fresh); ``chunk_size`` changes no value, only the
-physical order of ``session_summaries`` rows (each chunk is written sorted by id).
+long as the id sequence starts fresh); ``chunk_size`` changes no value. Each chunk's
+sessions are written in arrival order (``created_at``, the loader's next run, then the
+id), as the field's tables hold them: neighbouring times, random ids.
 Session ids are 12 lower-case hex digits: a counter passed through a 48-bit
 bijective mixer keyed from the seeded RNG, so they look random but can never repeat
 within a run; IPs come from a keyed 32-bit (IPv4) or 64-bit (IPv6 interface id)
