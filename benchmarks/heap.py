@@ -2,8 +2,8 @@
 the time goes"): on our schema at ``--sessions``, alternated, the limit (its ``UPDATE``
 and its index steps), one worker and two workers (``alembic upgrade 0003`` with
 ``-x workers=N``, then ``alembic upgrade head`` as a command of its own). After each
-step: ``session_summaries``'s heap and total size, live and dead tuples, and the
-sessions still without ``source_ip``. One JSON line per step.
+step: ``session_summaries``'s heap and total size, live and dead tuples, its updates
+(and how many were HOT), the sessions still without ``source_ip``. One JSON line a step.
 
 Run: ``python -m benchmarks.heap [--sessions N] [--ips N] [--rounds N]`` (a server of
 its own, tuned like the benchmarks'; about 10 minutes at 1.68M on 2 cores).
@@ -25,11 +25,19 @@ from cowrieprocessor.testing.ephemeral_pg import EphemeralPostgres
 
 TABLE_STATE = sa.text(
     "SELECT pg_relation_size('session_summaries'), pg_total_relation_size('session_summaries'), "
-    "n_live_tup, n_dead_tup, "
+    "n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, "
     "(SELECT count(*) FROM session_summaries WHERE source_ip IS NULL) "
     "FROM pg_stat_user_tables WHERE relname = 'session_summaries'"
 )
-STATE_KEYS = ("heap_bytes", "total_bytes", "live_tuples", "dead_tuples", "without_source_ip")
+STATE_KEYS = (
+    "heap_bytes",
+    "total_bytes",
+    "live_tuples",
+    "dead_tuples",
+    "updates",
+    "hot_updates",  # updated in place: no index entry written, no page added
+    "without_source_ip",
+)
 
 
 def table_state(url: str) -> dict[str, int]:
