@@ -25,6 +25,7 @@ from cowrieprocessor.demo import DemoDataError, DemoResult, DemoSpec, generate, 
 from cowrieprocessor.settings import PROJECT_ROOT
 from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.runners import alembic_config
+from cowrieprocessor.testing.seed import read
 
 SPEC = DemoSpec(sessions=2_000, ips=400, seed=7)
 TABLE_KEYS = {
@@ -137,14 +138,13 @@ def test_chunk_size_changes_no_value(fresh_url: Callable[[], str]) -> None:
 def test_sessions_are_written_in_arrival_order_with_ids_in_no_order(sqlite_url: str) -> None:
     """As the field's tables: neighbouring rows arrived at neighbouring times and their
     random ids follow no order, so a range of ids is spread over many pages."""
-    engine, _ = build(sqlite_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT session_id, created_at FROM session_summaries ORDER BY rowid")
-            ).all()
-    finally:
-        engine.dispose()
+    build(sqlite_url)[0].dispose()
+    rows = read(
+        sqlite_url,
+        lambda conn: conn.execute(
+            sa.text("SELECT session_id, created_at FROM session_summaries ORDER BY rowid")
+        ).all(),
+    )
     assert [r.created_at for r in rows] == sorted(r.created_at for r in rows)
     ascending = sum(a.session_id < b.session_id for a, b in pairwise(rows))
     assert 0.4 < ascending / (len(rows) - 1) < 0.6  # sorted by id: every pair ascends
