@@ -43,6 +43,7 @@ BATCH_LINE = re.compile(
     r"snapshot_backfill(?:/\d+)? (?P<phase>walk|catchup): .*; batch (?P<batch>\d+): "
     r"(?:(?P<rows>\d+) rows|the last range) in (?P<seconds>[\d.]+) s"
 )
+REBUILT_LINE = re.compile(r"defer_indexes: rebuilt .* in (?P<seconds>[\d.]+) s")
 TO_0003 = "Running upgrade 0002_snapshot_columns -> 0003_backfill_session_snapshots"
 TO_0004 = "Running upgrade 0003_backfill_session_snapshots -> 0004_snapshot_indexes"
 
@@ -121,11 +122,21 @@ def _fail(what: str, m: Measured) -> RuntimeError:
 
 
 def product(
-    url: str, sessions: int, join_back: str = "auto", workers: str = "1", writer: bool = False
+    url: str,
+    sessions: int,
+    join_back: str = "auto",
+    workers: str = "1",
+    writer: bool = False,
+    defer_indexes: str = "off",
 ) -> dict[str, Any]:
     """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside;
     ``writer``: with :class:`WriterProbe` writing beside it (PostgreSQL)."""
-    knobs = {"log_interval": "0", "join_back": join_back, "workers": workers}
+    knobs = {
+        "log_interval": "0",
+        "join_back": join_back,
+        "workers": workers,
+        "defer_indexes": defer_indexes,
+    }
     probe = WriterProbe(url) if writer else None
     with WaitSampler(url) as waits:
         if probe is not None:
@@ -138,6 +149,7 @@ def product(
     if m.returncode != 0:
         raise _fail("alembic upgrade head", m)
     batches: list[dict[str, Any]] = []
+    rebuilt = 0.0  # defer_indexes: seconds the deferred indexes took to build again
     t_0003 = t_0004 = None
     walk_end = catchup_end = None
     for arrived, line in m.lines:
@@ -145,6 +157,9 @@ def product(
             t_0003 = arrived
         elif TO_0004 in line:
             t_0004 = arrived
+        built = REBUILT_LINE.search(line)
+        if built:
+            rebuilt += float(built["seconds"])
         match = BATCH_LINE.search(line)
         if match:
             rows = match["rows"]
@@ -176,6 +191,7 @@ def product(
             "walk": round((walk_end or t_0004) - t_0003, 3),
             "catchup": round((catchup_end or walk_end or t_0004) - (walk_end or t_0003), 3),
             "indexes_vacuum_validate": round(m.seconds - t_0004, 3),
+            "deferred_indexes_rebuilt": round(rebuilt, 3),
         },
         "batches": len(batches),
         "wait_events": waits.shares(),
@@ -276,6 +292,17 @@ def _cpu_times() -> list[int]:
 def product_2w(url: str, sessions: int) -> dict[str, Any]:
     """:func:`product` with two workers (``-x workers=2``; on partitions, ``auto:2``)."""
     return product(url, sessions, workers=_workers(url, 2))
+
+
+def product_defer(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product` with ``-x defer_indexes=on``: the indexes on the snapshot columns
+    dropped for the walk and built again after it."""
+    return product(url, sessions, defer_indexes="on")
+
+
+def product_2w_defer(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product_defer` with two workers."""
+    return product(url, sessions, workers=_workers(url, 2), defer_indexes="on")
 
 
 def product_2w_writer(url: str, sessions: int) -> dict[str, Any]:

@@ -69,7 +69,16 @@ GIB = 1 << 30
 
 Approach = Callable[[str, int], dict[str, Any]]
 # the approaches run in turn within each repeat, in this order
-PAIRED = ("product", "product-2w", "limit", "product-4w", "product-key", "product-2w-writer")
+PAIRED = (
+    "product",
+    "product-2w",
+    "limit",
+    "product-4w",
+    "product-key",
+    "product-2w-writer",
+    "product-defer",
+    "product-2w-defer",
+)
 APPROACHES: dict[str, Approach] = {
     "product": measure.product,
     "limit": measure.limit,
@@ -77,6 +86,8 @@ APPROACHES: dict[str, Approach] = {
     "product-2w": measure.product_2w,
     "product-2w-writer": measure.product_2w_writer,
     "product-4w": measure.product_4w,
+    "product-defer": measure.product_defer,
+    "product-2w-defer": measure.product_2w_defer,
     "upstream": measure.upstream,
     "walk": measure.walk,
     "walk-norecord": measure.walk_norecord,

@@ -11,7 +11,8 @@ from typing import Any
 
 RECORD_COST = ("walk", "walk-norecord")
 PRODUCTS = ("product", "product-key", "product-2w", "product-4w")
-WORKERS = ("product-2w", "product-4w")  # the product with 2 and 4 workers
+# the product with 2 and 4 workers, and with defer_indexes=on (1 and 2 workers)
+WORKERS = ("product-2w", "product-4w", "product-defer", "product-2w-defer")
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

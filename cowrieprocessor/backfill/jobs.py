@@ -15,13 +15,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from cowrieprocessor.backfill import control, json_storage, progress, rollback_record, workers
+from cowrieprocessor.backfill import (
+    control,
+    deferred_indexes,
+    json_storage,
+    progress,
+    rollback_record,
+    workers,
+)
 from cowrieprocessor.backfill.governor import describe_waits, discard_commands
 from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
@@ -210,6 +218,10 @@ def run_backfill(
     )
     started = time.monotonic()
     with walker:
+        walker.tx.retrying(
+            "checking defer_indexes",
+            _reading(lambda c: deferred_indexes.check(knobs.defer_indexes, c)),
+        )
         json = walker.tx.retrying("reading the JSON columns' types", _reading(json_storage.detect))
         resumed = _prepare(walker, with_record=keep_record and not dry_run)
         total, inventory = walker.tx.retrying("counting sessions", table_counts)
@@ -233,12 +245,17 @@ def run_backfill(
         run_range = backfill_range(
             walker.dialect, dry_run, json, BACKFILL_JOB if keep_record else None, mode
         )
-        for phase in phases:
-            if walker.run.state.phase != phase:
-                continue
-            if phase == WALK and _in_parallel(walker, engine, run_range, on_batch):
-                continue  # walked by the workers, and moved on to the catch-up
-            walker.walk(phase, run_range)
+        if knobs.defer_indexes and not dry_run and walker.run.state.phase == WALK:
+            deferred_indexes.defer(engine)
+        with _saying_what_stays_deferred(engine, dry_run):
+            for phase in phases:
+                if walker.run.state.phase != phase:
+                    continue
+                if phase == WALK and _in_parallel(walker, engine, run_range, on_batch):
+                    continue  # walked by the workers, and moved on to the catch-up
+                walker.walk(phase, run_range)
+        if not dry_run:
+            deferred_indexes.restore(engine)
     s = walker.run.state
     result = BackfillResult(
         job=BACKFILL_JOB,
@@ -264,6 +281,29 @@ def run_backfill(
         result.wal_bytes, result.wal_seconds = wal[0], round(wal[1], 3)
     log_summary(result)
     return result
+
+
+@contextmanager
+def _saying_what_stays_deferred(engine: Engine, dry_run: bool) -> Iterator[None]:
+    """A walk that ends early (stopped, failed) leaves the deferred indexes dropped
+    until a run finishes: say which, and how to get them back."""
+    try:
+        yield
+    except BaseException:
+        if not dry_run and engine.dialect.name == "postgresql":
+            try:
+                with engine.connect() as conn:
+                    left = deferred_indexes.pending(conn)
+            except Exception:  # the database is gone: the error being raised says so
+                left = []
+            if left:
+                log.warning(
+                    "defer_indexes: %s stay dropped until the backfill finishes; rerun it "
+                    "(`alembic upgrade head`, or `cowrie-db backfill`) to finish and rebuild "
+                    "them",
+                    ", ".join(i.describe(engine.dialect) for i in left),
+                )
+        raise
 
 
 def _in_parallel(
@@ -377,6 +417,7 @@ def clear_snapshots(
         walker.tx.retrying("emptying the rollback record", _forget_record)
         if drop_progress_table:
             walker.tx.retrying("dropping the progress table", _drop_progress)
+        deferred_indexes.restore(engine)
     return _log_cleared(walker, started)
 
 
@@ -417,6 +458,7 @@ def undo_backfill(
         )
         walker.undo_recorded()
         walker.tx.retrying("dropping the progress and record tables", _drop_progress)
+        deferred_indexes.restore(engine)
     return _log_cleared(walker, started)
 
 

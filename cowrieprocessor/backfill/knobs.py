@@ -203,7 +203,12 @@ INT_KNOBS: tuple[IntKnob, ...] = (
 # table's row versions only), or by ``session_id`` (Citus; :mod:`cowrieprocessor.backfill.sql`).
 # ``auto``: by key when the citus extension is installed, else by ctid.
 JOIN_BACK_CHOICES = ("auto", "ctid", "key")
-KNOB_NAMES = frozenset({k.name for k in INT_KNOBS} | {"status_file", "join_back", "workers"})
+KNOB_NAMES = frozenset(
+    {k.name for k in INT_KNOBS} | {"status_file", "join_back", "workers", "defer_indexes"}
+)
+# defer_indexes (PostgreSQL, :mod:`.deferred_indexes`): drop the indexes on the snapshot
+# columns for the walk (its updates can then be HOT) and build them again after it.
+ON_OFF = ("off", "on")
 # Workers (PostgreSQL, :mod:`.workers`): N connections walking disjoint stripes at once;
 # ``auto``: one per partition of a partitioned table (one on a plain table), at most
 # AUTO_WORKERS, or at most N with ``auto:N``.
@@ -227,6 +232,7 @@ class BackfillKnobs:
     join_back: str = "auto"
     workers: int = 1  # at most this many at once
     workers_per_leaf: bool = False  # workers=auto: one per partition
+    defer_indexes: bool = False
 
     @property
     def adaptive(self) -> bool:
@@ -284,6 +290,9 @@ class BackfillKnobs:
         found = raw("workers")
         if found is not None:
             values["workers"], values["workers_per_leaf"] = _workers(*found)
+        found = raw("defer_indexes")
+        if found is not None:
+            values["defer_indexes"] = _choice("defer_indexes", ON_OFF, *found) == "on"
         return cls(**values)  # type: ignore[arg-type]
 
     def show_workers(self) -> str:
@@ -317,10 +326,11 @@ class BackfillKnobs:
         return replace(self, **values)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, str]:
-        """The number knobs and ``workers`` as an operator writes them (``status``, the
-        logs)."""
+        """The number knobs, ``workers`` and ``defer_indexes`` as an operator writes them
+        (``status``, the logs)."""
         shown = {k.name: k.show(getattr(self, k.name)) for k in INT_KNOBS}
-        return {**shown, "workers": self.show_workers()}
+        defer = ON_OFF[self.defer_indexes]
+        return {**shown, "workers": self.show_workers(), "defer_indexes": defer}
 
     def changes(self, new: BackfillKnobs) -> list[str]:
         """``name old -> new`` for each number knob that differs in ``new``."""

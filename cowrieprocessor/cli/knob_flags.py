@@ -54,6 +54,14 @@ def add_knob_flags(parser: argparse.ArgumentParser) -> None:
         f"(1..{MAX_WORKERS}); auto: one per partition, at most {AUTO_WORKERS} (auto:N: at "
         "most N); default 1",
     )
+    parser.add_argument(
+        "--defer-indexes",
+        dest="defer_indexes",
+        default=None,
+        metavar="on|off",
+        help="PostgreSQL: drop the indexes on the snapshot columns for the walk (its "
+        "updates can then be HOT) and build them again CONCURRENTLY after it; default off",
+    )
 
 
 def knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
@@ -91,6 +99,7 @@ def _knob_values(args: argparse.Namespace) -> dict[str, str | int | None]:
     flags: dict[str, str | None] = {k.name: getattr(args, k.name) for k in INT_KNOBS}
     flags["join_back"] = getattr(args, "join_back", None)
     flags["workers"] = getattr(args, "workers", None)
+    flags["defer_indexes"] = getattr(args, "defer_indexes", None)
     for name, value in flags.items():
         if value is None:
             continue

@@ -94,6 +94,18 @@ def forget(conn: Connection, revision: str) -> None:
         conn.execute(ledger_table.delete().where(ledger_table.c.revision == revision))
 
 
+def forget_entry(conn: Connection, revision: str, kind: str, name: str) -> None:
+    """Delete one entry (what it recorded is undone: a deferred index built again)."""
+    if ledger_exists(conn):
+        conn.execute(
+            ledger_table.delete().where(
+                (ledger_table.c.revision == revision)
+                & (ledger_table.c.kind == kind)
+                & (ledger_table.c.name == name)
+            )
+        )
+
+
 def drop_ledger_if_empty(conn: Connection) -> None:
     if (
         ledger_exists(conn)

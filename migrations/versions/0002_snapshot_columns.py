@@ -41,6 +41,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from cowrieprocessor.backfill import deferred_indexes
+from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
 from cowrieprocessor.db import adoption, ledger, partitioned_ddl, partitions
 from cowrieprocessor.db.ddl import Statement, run_pg_ddl
 from cowrieprocessor.db.ledger import ADOPTED, CREATED
@@ -184,6 +186,8 @@ def _add_sqlite(
 def downgrade() -> None:
     """Drop what the upgrade created (columns, constraints); keep what it adopted."""
     bind = None if op.get_context().as_sql else op.get_bind()
+    if bind is not None and bind.dialect.name == "postgresql":
+        restore_deferred_indexes()
     # adopted before the ledger existed: the columns were there, constraints under our
     # names can only be ours
     columns = ledger.created(
@@ -209,6 +213,14 @@ def downgrade() -> None:
     elif columns or CK_NAME in constraints:
         _drop_sqlite(columns, drop_check=CK_NAME in constraints)
     ledger.finish_downgrade(bind, revision)
+
+
+def restore_deferred_indexes() -> None:
+    """An upgrade of 0003 cut short with ``defer_indexes=on`` left indexes dropped (the
+    ledger lists them, :mod:`cowrieprocessor.backfill.deferred_indexes`): they are built
+    again first, so that the way down leaves the table's indexes as the way up found them."""
+    with batch_engine(migration_knobs()) as engine:
+        deferred_indexes.restore(engine)
 
 
 def _drop_sqlite(columns: list[str], *, drop_check: bool) -> None:
