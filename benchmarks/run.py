@@ -393,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                         runs[approach].append(
                             measure_one(target, approach, i, sessions, not args.no_verify)
                         )
+                        # every run on disk as soon as measured: a summary that fails
+                        # (or a killed benchmark) loses no measurement
+                        entry["dialects"][dialect] = {"dataset": built[dialect], "runs": runs}
+                        out_file.write_text(json.dumps(results, indent=1))
                     summary = summarize(runs)
                     entry["dialects"][dialect] = {
                         "dataset": built[dialect],

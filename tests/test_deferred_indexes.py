@@ -32,6 +32,10 @@ KEPT = {
     "kept_partial": "CREATE INDEX kept_partial ON session_summaries (source_ip) "
     "WHERE source_ip IS NOT NULL",
     "kept_desc": "CREATE INDEX kept_desc ON session_summaries (enrichment_at DESC)",
+    "kept_ops": "CREATE INDEX kept_ops ON session_summaries (source_ip varchar_pattern_ops)",
+    "kept_c": 'CREATE INDEX kept_c ON session_summaries (snapshot_country COLLATE "C")',
+    "kept_unique": "CREATE UNIQUE INDEX kept_unique ON session_summaries "
+    "(session_id, snapshot_asn)",
 }
 
 
@@ -87,6 +91,14 @@ def test_they_are_dropped_for_the_walk_and_rebuilt_exactly(field: sa.Engine, pg_
             conn.execute(sa.text(statement))
     before = indexes(field)
     _now, expected = field_snapshots(field)
+    check = cowrie_db("--db", pg_url, "check")
+    assert check.returncode == 0, check.stderr
+    listed = next(
+        line for line in check.stdout.splitlines() if line.startswith("Snapshot indexes:")
+    )
+    assert "idx_session_source_ip (source_ip)" in listed
+    assert "kept_partial (source_ip) [stays: partial]" in listed
+    assert "defer_indexes=on drops the others for the walk" in listed
     on_snapshot_columns = {n for n, d in before.items() if "snapshot_" in d or "source_ip" in d}
     deferred = on_snapshot_columns - set(KEPT)
     assert set(UPSTREAM) <= deferred and len(deferred) == 7  # both families
@@ -103,6 +115,10 @@ def test_they_are_dropped_for_the_walk_and_rebuilt_exactly(field: sa.Engine, pg_
     assert not any(name in dropped for name in KEPT)
     assert "index kept_partial (source_ip) stays (partial)" in up.stderr
     assert "index kept_desc (enrichment_at) stays (DESC or NULLS FIRST)" in up.stderr
+    own = "stays (an operator class or collation of its own)"
+    assert f"index kept_ops (source_ip) {own}" in up.stderr
+    assert f"index kept_c (snapshot_country) {own}" in up.stderr
+    assert "index kept_unique (session_id, snapshot_asn) stays (unique)" in up.stderr
     assert up.stderr.count("defer_indexes: rebuilt") == len(deferred)
 
     assert indexes(field) == before  # the same names and definitions, all valid
@@ -123,6 +139,10 @@ def test_a_kill_leaves_them_in_the_ledger_and_the_rerun_builds_them(
     assert set(UPSTREAM) <= set(listed)
     assert listed["idx_session_snapshot_asn"] == "snapshot_asn"
     assert not set(listed) & set(indexes(field))  # dropped while the walk ran
+    check = cowrie_db("--db", url, "check")
+    assert check.returncode == 0, check.stderr
+    line = next(line for line in check.stdout.splitlines() if line.startswith("Deferred now:"))
+    assert all(name in line for name in listed)
 
     # a build cut short leaves an INVALID index under the name: it is built again
     with field.connect() as conn:
@@ -137,6 +157,7 @@ def test_a_kill_leaves_them_in_the_ledger_and_the_rerun_builds_them(
 
     again = run_alembic(url, "upgrade", "head")  # without the knob: what is listed is built
     assert again.returncode == 0, again.stderr
+    assert "dropped by an earlier run that did not finish; built again" in again.stderr
     assert "defer_indexes: rebuilt idx_session_snapshot_asn (snapshot_asn)" in again.stderr
     after = indexes(field)
     assert {n: after[n] for n in before} == before
@@ -189,6 +210,11 @@ def test_sqlite_partitions_and_bad_values_are_refused_before_any_write(
     out = run_alembic(url, "upgrade", "head", x={"defer_indexes": "on"})
     assert out.returncode == 2, out.stderr
     assert "defer_indexes=on: SQLite" in out.stderr and "Traceback" not in out.stderr
+    offline = run_alembic(
+        url, "upgrade", "0002_snapshot_columns:head", "--sql", x={"defer_indexes": "on"}
+    )
+    assert offline.returncode == 2, offline.stderr
+    assert "defer_indexes=on: the offline script (--sql)" in offline.stderr
     bad = cowrie_db("backfill", "--db", url, "--defer-indexes", "maybe")
     assert bad.returncode == 2, bad.stderr
     assert "defer_indexes='maybe' (from -x defer_indexes) is not one of: off, on" in bad.stderr

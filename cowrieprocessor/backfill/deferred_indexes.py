@@ -194,7 +194,7 @@ def defer(engine: Engine) -> list[Index]:
             why,
         )
     if not can:
-        log.info("defer_indexes: no index to defer on the snapshot columns")
+        log.info("defer_indexes: no (more) index to drop on the snapshot columns")
         return []
     log.info(
         "defer_indexes: dropping %s until the walk is done; queries that use them run "
@@ -211,13 +211,26 @@ def defer(engine: Engine) -> list[Index]:
     return can
 
 
-def restore(engine: Engine) -> list[Index]:
-    """Build again each index the ledger lists as deferred, then forget it."""
+def announce(earlier: list[Index], dialect: sa.Dialect) -> None:
+    """Say which indexes an earlier run that did not finish left dropped (this run
+    builds them again when it is done: :func:`restore`)."""
+    if earlier:
+        log.info(
+            "defer_indexes: %s dropped by an earlier run that did not finish; built "
+            "again when this one is done",
+            ", ".join(i.describe(dialect) for i in earlier),
+        )
+
+
+def restore(engine: Engine, todo: list[Index] | None = None) -> list[Index]:
+    """Build again each index the ledger lists as deferred (``todo``, when the caller
+    has read them: :func:`pending`), then forget it."""
     if engine.dialect.name != "postgresql":
         return []
-    with engine.connect() as conn:
-        todo = pending(conn)
-        conn.rollback()
+    if todo is None:
+        with engine.connect() as conn:
+            todo = pending(conn)
+            conn.rollback()
     if not todo:
         return []
     with _ddl_connection(engine) as conn:

@@ -245,6 +245,8 @@ def run_backfill(
         run_range = backfill_range(
             walker.dialect, dry_run, json, BACKFILL_JOB if keep_record else None, mode
         )
+        if not dry_run:
+            deferred_indexes.announce(_deferred(walker), engine.dialect)
         if knobs.defer_indexes and not dry_run and walker.run.state.phase == WALK:
             deferred_indexes.defer(engine)
         with _saying_what_stays_deferred(engine, dry_run):
@@ -255,7 +257,7 @@ def run_backfill(
                     continue  # walked by the workers, and moved on to the catch-up
                 walker.walk(phase, run_range)
         if not dry_run:
-            deferred_indexes.restore(engine)
+            deferred_indexes.restore(engine, _deferred(walker))
     s = walker.run.state
     result = BackfillResult(
         job=BACKFILL_JOB,
@@ -281,6 +283,15 @@ def run_backfill(
         result.wal_bytes, result.wal_seconds = wal[0], round(wal[1], 3)
     log_summary(result)
     return result
+
+
+def _deferred(walker: RangeWalker) -> list[deferred_indexes.Index]:
+    """The indexes the ledger lists as deferred, read on the job's own connection."""
+    if walker.dialect != "postgresql":
+        return []
+    read = _reading(deferred_indexes.pending)
+    found: list[deferred_indexes.Index] = walker.tx.retrying("reading the deferred indexes", read)
+    return found
 
 
 @contextmanager
@@ -417,7 +428,7 @@ def clear_snapshots(
         walker.tx.retrying("emptying the rollback record", _forget_record)
         if drop_progress_table:
             walker.tx.retrying("dropping the progress table", _drop_progress)
-        deferred_indexes.restore(engine)
+        deferred_indexes.restore(engine, _deferred(walker))
     return _log_cleared(walker, started)
 
 
@@ -458,7 +469,7 @@ def undo_backfill(
         )
         walker.undo_recorded()
         walker.tx.retrying("dropping the progress and record tables", _drop_progress)
-        deferred_indexes.restore(engine)
+        deferred_indexes.restore(engine, _deferred(walker))
     return _log_cleared(walker, started)
 
 

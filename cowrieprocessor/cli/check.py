@@ -10,7 +10,7 @@ from typing import TextIO
 import sqlalchemy as sa
 
 from cowrieprocessor import report
-from cowrieprocessor.backfill import BackfillKnobs
+from cowrieprocessor.backfill import BackfillKnobs, deferred_indexes
 from cowrieprocessor.backfill.ranges import KEY, join_back_mode
 from cowrieprocessor.cli.common import (
     EXIT_OK,
@@ -113,6 +113,25 @@ def _write_coverage(conn: sa.Connection, args: argparse.Namespace, out: TextIO) 
             )
     if conn.dialect.name == "postgresql":
         out.write(f"Join-back:  {_describe_join_back(conn, knobs)}\n")
+        _write_snapshot_indexes(conn, out, partitioned=bool(leaves))
+
+
+def _write_snapshot_indexes(conn: sa.Connection, out: TextIO, *, partitioned: bool) -> None:
+    """The indexes on the snapshot columns, which make the walk's updates non-HOT, and
+    any that a backfill deferred and has not built again yet (docs/runbook.md)."""
+    can, kept = deferred_indexes.found(conn)
+    pending = deferred_indexes.pending(conn)
+    shown = [i.describe(conn.dialect) for i in can]
+    shown += [f"{i.describe(conn.dialect)} [stays: {why}]" for i, why in kept]
+    hint = "" if partitioned or not can else "; defer_indexes=on drops the others for the walk"
+    if shown:
+        out.write(f"Snapshot indexes: {', '.join(shown)} (the walk maintains them{hint})\n")
+    if pending:
+        out.write(
+            "Deferred now:     "
+            + ", ".join(i.describe(conn.dialect) for i in pending)
+            + " (dropped by a backfill that has not finished; the next one builds them)\n"
+        )
 
 
 def _describe_join_back(conn: sa.Connection, knobs: BackfillKnobs) -> str:

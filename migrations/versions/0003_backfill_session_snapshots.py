@@ -39,6 +39,7 @@ from sqlalchemy import TextClause
 from cowrieprocessor.backfill import BACKFILL_JOB, run_backfill, undo_backfill
 from cowrieprocessor.backfill import sql as backfill_sql
 from cowrieprocessor.backfill.alembic_ops import batch_engine, migration_knobs
+from cowrieprocessor.backfill.knobs import KnobError
 
 revision: str = "0003_backfill_session_snapshots"
 down_revision: str | Sequence[str] | None = "0002_snapshot_columns"
@@ -50,6 +51,11 @@ def upgrade() -> None:
     """Fill the NULL snapshot columns of every matched session, batch by batch."""
     knobs = migration_knobs()  # a bad knob fails here, before any write
     if op.get_context().as_sql:
+        if knobs.defer_indexes:
+            raise KnobError(
+                "defer_indexes=on: the offline script (--sql) neither drops nor builds "
+                "indexes; run the upgrade online, or the script without the knob"
+            )
         dialect = op.get_context().dialect.name
         _emit(
             backfill_sql.offline_backfill(
