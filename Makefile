@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench bench-scale-out bench-workers bench-workers-5m bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
+.PHONY: install test test-all lint format demo bench bench-scale-out bench-workers bench-workers-5m bench-defer bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
 
 install: $(STAMP)
 
@@ -111,6 +111,16 @@ bench-workers-5m: $(STAMP)
 		--approaches product-2w,limit --repeat 2 --upstream never --label workers-5m-field
 	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes current \
 		--approaches product-2w,limit --repeat 2 --upstream never --label workers-5m-2w
+
+# defer_indexes=on on the field's shape: at 1.68M, 1 and 2 workers with and without it
+# against the limit, two rounds; at 5M, 2 workers with it against the limit, two rounds
+# (about 50 minutes).
+bench-defer: $(STAMP)
+	$(BIN)/python -m benchmarks.run --sizes 1680000 --ips 300000 --dialects postgresql \
+		--shapes field --approaches product,product-2w,limit,product-defer,product-2w-defer \
+		--repeat 2 --upstream never --label defer-field
+	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes field \
+		--approaches product-2w-defer,limit --repeat 2 --upstream never --label defer-5m-field
 
 # What the rollback record costs the walk (walk with and without it, ABBA).
 bench-record: $(STAMP)

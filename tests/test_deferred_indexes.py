@@ -127,13 +127,14 @@ def test_they_are_dropped_for_the_walk_and_rebuilt_exactly(field: sa.Engine, pg_
     assert now == expected
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_kill_leaves_them_in_the_ledger_and_the_rerun_builds_them(
-    field: sa.Engine, pg_url: str
+    field: sa.Engine, pg_url: str, workers: str
 ) -> None:
     url = pg_url
     before = indexes(field)
     _now, expected = field_snapshots(field)
-    run = Alembic(url, "upgrade", "head", x=KILL_KNOBS)
+    run = Alembic(url, "upgrade", "head", x={**KILL_KNOBS, "workers": workers})
     assert run.kill_after(field, BACKFILL_JOB, 5), run.output
     listed = deferred_rows(field)
     assert set(UPSTREAM) <= set(listed)
