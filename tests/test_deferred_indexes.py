@@ -99,6 +99,10 @@ def test_they_are_dropped_for_the_walk_and_rebuilt_exactly(field: sa.Engine, pg_
     assert "idx_session_source_ip (source_ip)" in listed
     assert "kept_partial (source_ip) [stays: partial]" in listed
     assert "defer_indexes=on drops the others for the walk" in listed
+    dry = cowrie_db("--db", pg_url, "backfill", "--dry-run", "--defer-indexes", "on")
+    assert dry.returncode == 0, dry.stderr
+    assert "a dry run drops no index (defer_indexes=on)" in dry.stderr
+    assert indexes(field) == before
     on_snapshot_columns = {n for n, d in before.items() if "snapshot_" in d or "source_ip" in d}
     deferred = on_snapshot_columns - set(KEPT)
     assert set(UPSTREAM) <= deferred and len(deferred) == 7  # both families

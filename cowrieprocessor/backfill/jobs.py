@@ -247,9 +247,11 @@ def run_backfill(
         )
         if not dry_run:
             deferred_indexes.announce(_deferred(walker), engine.dialect)
-        if knobs.defer_indexes and not dry_run and walker.run.state.phase == WALK:
-            deferred_indexes.defer(engine)
+        elif knobs.defer_indexes:
+            log.info("a dry run drops no index (defer_indexes=on)")
         with _saying_what_stays_deferred(engine, dry_run):
+            if knobs.defer_indexes and not dry_run and walker.run.state.phase == WALK:
+                deferred_indexes.defer(engine)
             for phase in phases:
                 if walker.run.state.phase != phase:
                     continue
