@@ -83,6 +83,33 @@ def test_constraints_are_added_not_valid_then_validated_by_0004(pg_url: str) -> 
     engine.dispose()
 
 
+@pytest.mark.postgres
+def test_an_invalid_index_left_by_a_failed_build_is_built_again_by_0004(pg_url: str) -> None:
+    migrate(pg_url, "0003_backfill_session_snapshots")
+    engine = create_engine_from_url(pg_url)
+    name = "ix_session_summaries_snapshot_ip_type"
+    with engine.connect() as conn:  # a concurrent build that failed leaves it INVALID
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(sa.text("INSERT INTO session_summaries (session_id) VALUES ('a'), ('b')"))
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.execute(
+                sa.text(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON session_summaries ((1))")
+            )
+    up = run_alembic(pg_url, "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    assert f"index {name} is INVALID (an earlier build failed): rebuilding" in up.stderr
+    with engine.connect() as conn:
+        valid, definition = conn.execute(
+            sa.text(
+                "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = :name"
+            ),
+            {"name": name},
+        ).one()
+    assert valid and definition.endswith("USING btree (snapshot_ip_type)")
+    engine.dispose()
+
+
 # --- the reviewed script sets what the online run sets -----------------------------------
 
 # what bounds a lock wait or a statement, and the statements that wait for a lock

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from cowrieprocessor.backfill.knobs import KnobError
-from cowrieprocessor.db import ledger, partitions
+from cowrieprocessor.db import adoption, ledger, partitions
 from cowrieprocessor.db.ddl import Statement, show_name
 
 log = logging.getLogger("cowrieprocessor.backfill")
@@ -95,14 +95,6 @@ _INDEXES = sa.text(
                      WHERE a.attname = ANY (:snapshot))
        ORDER BY c.relname"""
 )
-_TABLE_COLUMNS = sa.text(
-    "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(quote_ident(:table)) "
-    "AND a.attnum > 0 AND NOT a.attisdropped"
-)
-_IS_VALID = sa.text(
-    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-    "WHERE c.relname = :name AND i.indrelid = to_regclass(quote_ident(:table))"
-)
 
 
 @dataclass(frozen=True)
@@ -131,7 +123,7 @@ def pending(conn: Connection) -> list[Index]:
     rows = [e for e in ledger.entries(conn, REVISION) if e.action == DEFERRED and e.kind == "index"]
     if not rows:
         return []
-    columns = set(conn.execute(_TABLE_COLUMNS, {"table": TABLE}).scalars())
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(TABLE)}
     out: list[Index] = []
     for entry in rows:
         cols = tuple(c.strip() for c in (entry.detail or "").split(","))
@@ -236,8 +228,7 @@ def restore(engine: Engine, todo: list[Index] | None = None) -> list[Index]:
     with _ddl_connection(engine) as conn:
         for index in todo:
             started = time.monotonic()
-            valid = conn.execute(_IS_VALID, {"name": index.name, "table": TABLE}).scalar()
-            if valid is False:  # a build cut short: IF NOT EXISTS would keep it INVALID
+            if adoption.index_is_invalid(conn, index.name, TABLE):  # a build cut short
                 conn.execute(Statement("DROP INDEX CONCURRENTLY IF EXISTS {}", index.name))
             conn.execute(
                 Statement(

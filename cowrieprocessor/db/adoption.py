@@ -354,6 +354,20 @@ def find_source_ip_fk(conn: Connection) -> Found | None:
     return None
 
 
+def index_is_invalid(conn: Connection, name: str, table: str = "session_summaries") -> bool:
+    """PostgreSQL: an index ``name`` of ``table`` exists and is INVALID (a concurrent
+    build cut short: ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` would keep it so)."""
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = :name AND i.indrelid = to_regclass(quote_ident(:table))"
+            ),
+            {"name": name, "table": table},
+        ).scalar()
+    )
+
+
 def find_index(
     conn: Connection,
     columns: Sequence[str],

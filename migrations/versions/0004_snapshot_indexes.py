@@ -148,7 +148,7 @@ def build_indexes(*, concurrently: bool) -> None:
                 ledger.record(bind, revision, "index", name, CREATED, ", ".join(columns))
                 partitioned_ddl.build_index(bind, name, columns, table=TABLE)
                 continue
-            if concurrently and _index_is_invalid(name):
+            if concurrently and adoption.index_is_invalid(bind, name, TABLE):
                 log.warning("index %s is INVALID (an earlier build failed): rebuilding", name)
                 with no_lock_timeout():
                     op.drop_index(
@@ -164,21 +164,6 @@ def build_indexes(*, concurrently: bool) -> None:
                 postgresql_concurrently=concurrently,
                 if_not_exists=True,
             )
-
-
-def _index_is_invalid(name: str) -> bool:
-    row = (
-        op.get_bind()
-        .execute(
-            sa.text(
-                "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname = :name AND pg_table_is_visible(c.oid)"
-            ),
-            {"name": name},
-        )
-        .scalar()
-    )
-    return bool(row)
 
 
 def validate_or_report(kind: str) -> None:
