@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -142,7 +143,19 @@ def source_commit() -> str:
     return f"{head}+dirty" if changed else head
 
 
-def machine(pg_url: str | None) -> dict[str, Any]:
+def pg_overrides(given: list[str]) -> dict[str, str]:
+    """``--pg-setting NAME=VALUE`` options as a dict; a name that is not a setting's name
+    is refused (it goes to the server's command line)."""
+    found: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_.]*", name) or not value:
+            raise SystemExit(f"--pg-setting {item!r}: expected NAME=VALUE, e.g. max_wal_size=16GB")
+        found[name] = value
+    return found
+
+
+def machine(pg_url: str | None, overrides: dict[str, str] | None = None) -> dict[str, Any]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -165,9 +178,10 @@ def machine(pg_url: str | None) -> dict[str, Any]:
         try:
             with engine.connect() as conn:
                 info["postgresql"] = conn.execute(sa.text("SHOW server_version")).scalar()
-                names = (*tuned_pg_settings(), "fsync", "synchronous_commit", "jit")
+                names = (*tuned_pg_settings(), *(overrides or {}), "fsync", "synchronous_commit")
                 info["postgresql_settings"] = {
-                    name: conn.execute(sa.text(f"SHOW {name}")).scalar() for name in names
+                    name: conn.execute(sa.text("SELECT current_setting(:n)"), {"n": name}).scalar()
+                    for name in dict.fromkeys((*names, "jit"))
                 }
         finally:
             engine.dispose()
@@ -278,6 +292,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-verify", action="store_true", help="skip the result digests")
     parser.add_argument("--pg-url", help="an existing server (user may CREATE DATABASE)")
     parser.add_argument("--pg-stock", action="store_true", help="stock PostgreSQL settings")
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting over the tuned (or stock) ones, e.g. max_wal_size=16GB; repeatable",
+    )
     parser.add_argument("--workdir", help="where SQLite files go (default: a temp folder)")
     parser.add_argument("--label", default="", help="added to the result file name")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -304,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"the field and partitioned shapes need a dialect among {', '.join(FIELD_DIALECTS)}"
         )
+    overrides = pg_overrides(args.pg_setting)
     ratio = args.ips / args.sessions
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -329,10 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "postgresql" in dialects and not pg_url:
             settings = {} if args.pg_stock else tuned_pg_settings()
+            settings |= overrides
             server = EphemeralPostgres(durable=True, extra_settings=settings)
             pg_url = server.start()
-            log(f"PostgreSQL started ({'stock' if args.pg_stock else 'tuned'} settings)")
-        results["machine"] = machine(pg_url if "postgresql" in dialects else None)
+            log(
+                f"PostgreSQL started ({'stock' if args.pg_stock else 'tuned'} settings"
+                + "".join(f", {k}={v}" for k, v in overrides.items())
+                + ")"
+            )
+        results["machine"] = machine(pg_url if "postgresql" in dialects else None, overrides)
         log(f"machine: {json.dumps(results['machine'])}")
         for sessions in sizes:
             ips = args.ips if sessions == args.sessions else max(10, round(sessions * ratio))

@@ -111,6 +111,25 @@ def pg_server_url() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+def small_wal_server() -> Iterator[str]:
+    """A server of its own that writes whole pages after each checkpoint
+    (``full_page_writes``, off on the test servers) and checkpoints after every 16 MB of
+    WAL (the smallest ``max_wal_size``): a small backfill then forces checkpoint after
+    checkpoint, as 5M sessions do with 4GB (tests/test_checkpoints.py)."""
+    server = EphemeralPostgres(
+        extra_settings={"full_page_writes": "on", "min_wal_size": "32MB", "max_wal_size": "32MB"}
+    )
+    try:
+        url = server.start()
+    except PostgresUnavailable as exc:
+        cannot_run("the small-WAL server", exc)
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def standby() -> Iterator[StreamingStandby]:
     """A primary of its own and its streaming standby (tests of throttling on replica lag)."""

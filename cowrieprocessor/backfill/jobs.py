@@ -23,6 +23,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 
 from cowrieprocessor.backfill import (
+    checkpoints,
     control,
     deferred_indexes,
     json_storage,
@@ -85,6 +86,8 @@ class BackfillResult:
     wal_seconds: float | None = None
     # with workers: each stripe's row and the batches it took (this run's and earlier)
     stripes: dict[str, int] = field(default_factory=dict)
+    # checkpoints the server was asked for while the run wrote (PostgreSQL)
+    checkpoints_requested: checkpoints.Checkpoints | None = None
 
     @property
     def rate(self) -> float:
@@ -249,6 +252,7 @@ def run_backfill(
             deferred_indexes.announce(_deferred(walker), engine.dialect)
         elif knobs.defer_indexes:
             log.info("a dry run drops no index (defer_indexes=on)")
+        counted_from = _checkpoints_now(walker)
         with _saying_what_stays_deferred(engine, dry_run):
             if knobs.defer_indexes and not dry_run and walker.run.state.phase == WALK:
                 deferred_indexes.defer(engine)
@@ -260,6 +264,7 @@ def run_backfill(
                 walker.walk(phase, run_range)
         if not dry_run:
             deferred_indexes.restore(engine, _deferred(walker))
+        counted_to = _checkpoints_now(walker)
     s = walker.run.state
     result = BackfillResult(
         job=BACKFILL_JOB,
@@ -283,8 +288,20 @@ def run_backfill(
     wal = walker.governor.wal_written()
     if wal is not None:
         result.wal_bytes, result.wal_seconds = wal[0], round(wal[1], 3)
+    if counted_from is not None and counted_to is not None:
+        result.checkpoints_requested = checkpoints.Checkpoints.between(
+            counted_from[1], counted_to[1], counted_to[0] - counted_from[0]
+        )
     log_summary(result)
     return result
+
+
+def _checkpoints_now(walker: RangeWalker) -> tuple[float, checkpoints.Reading] | None:
+    """When, and the server's checkpoint count and settings (None on SQLite)."""
+    if walker.dialect != "postgresql":
+        return None
+    found = walker.tx.retrying("counting checkpoints", _reading(checkpoints.read))
+    return None if found is None else (time.monotonic(), found)
 
 
 def _deferred(walker: RangeWalker) -> list[deferred_indexes.Index]:
@@ -386,6 +403,10 @@ def log_summary(r: BackfillResult) -> None:
             r.wal_seconds,
             show_bytes(r.wal_bytes / r.wal_seconds),
         )
+    if r.checkpoints_requested is not None:
+        log.info("Checkpoints requested while it ran: %s", r.checkpoints_requested.describe())
+        if r.checkpoints_requested.too_frequent:
+            log.warning(r.checkpoints_requested.warning())
     log.info("=" * 60)
 
 
