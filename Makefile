@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench bench-scale-out bench-workers bench-workers-5m bench-defer bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
+.PHONY: install test test-all lint format demo bench bench-scale-out bench-workers bench-workers-5m bench-workers-5m-wal bench-defer bench-record bench-small bench-scaling bench-plot upgrade downgrade clean
 
 install: $(STAMP)
 
@@ -111,6 +111,16 @@ bench-workers-5m: $(STAMP)
 		--approaches product-2w,limit --repeat 2 --upstream never --label workers-5m-field
 	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes current \
 		--approaches product-2w,limit --repeat 2 --upstream never --label workers-5m-2w
+
+# The same at 5M with max_wal_size=16GB instead of the tuned 4GB, as the runbook's Tuning
+# advises for a large backfill ("Checkpoints at 5M" in docs/performance.md; about an hour).
+bench-workers-5m-wal: $(STAMP)
+	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes current \
+		--approaches product-2w,limit --repeat 2 --upstream never --pg-setting max_wal_size=16GB \
+		--label workers-5m-2w-wal16g
+	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes field \
+		--approaches product-2w,limit --repeat 2 --upstream never --pg-setting max_wal_size=16GB \
+		--label workers-5m-field-wal16g
 
 # defer_indexes=on on the field's shape: at 1.68M, 1 and 2 workers with and without it
 # against the limit, two rounds; at 5M, 2 workers with it against the limit, two rounds

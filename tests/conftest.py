@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
@@ -100,11 +101,17 @@ def pg_server_url() -> Iterator[str]:
     if external:
         yield external
         return
-    server = EphemeralPostgres()
+    with _started(EphemeralPostgres(), "PostgreSQL tests") as url:
+        yield url
+
+
+@contextmanager
+def _started(server: EphemeralPostgres, what: str) -> Iterator[str]:
+    """The server started (or ``what`` cannot run), stopped afterwards."""
     try:
         url = server.start()
     except PostgresUnavailable as exc:
-        cannot_run("PostgreSQL tests", exc)
+        cannot_run(what, exc)
     try:
         yield url
     finally:
@@ -112,22 +119,20 @@ def pg_server_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def small_wal_server() -> Iterator[str]:
-    """A server of its own that writes whole pages after each checkpoint
-    (``full_page_writes``, off on the test servers) and checkpoints after every 16 MB of
-    WAL (the smallest ``max_wal_size``): a small backfill then forces checkpoint after
-    checkpoint, as 5M sessions do with 4GB (tests/test_checkpoints.py)."""
+def small_wal_databases(tmp_path: Path) -> Iterator[Databases]:
+    """Throwaway databases on a server of their own that writes whole pages after each
+    checkpoint (``full_page_writes``, off on the test servers) and checkpoints after
+    every 16 MB of WAL (the smallest ``max_wal_size``): a small backfill then forces
+    checkpoint after checkpoint, as 5M sessions do with 4GB (tests/test_checkpoints.py)."""
     server = EphemeralPostgres(
         extra_settings={"full_page_writes": "on", "min_wal_size": "32MB", "max_wal_size": "32MB"}
     )
-    try:
-        url = server.start()
-    except PostgresUnavailable as exc:
-        cannot_run("the small-WAL server", exc)
-    try:
-        yield url
-    finally:
-        server.stop()
+    with _started(server, "the small-WAL server") as url:
+        dbs = Databases("postgresql", tmp_path, url)
+        try:
+            yield dbs
+        finally:
+            dbs.close()
 
 
 @pytest.fixture(scope="session")

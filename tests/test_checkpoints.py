@@ -2,14 +2,12 @@
 the setting to raise (:mod:`cowrieprocessor.backfill.checkpoints`).
 
 On a server whose WAL a small backfill fills again and again, as 5M sessions fill 4GB
-(``small_wal_server`` in tests/conftest.py); then on the test server, where it does not.
+(``small_wal_databases`` in tests/conftest.py); then on the test server, where it does not.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,28 +16,16 @@ from cowrieprocessor.backfill.jobs import BackfillResult
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
-from cowrieprocessor.testing.seed import at_0002, read, seed_random
+from cowrieprocessor.testing.seed import random_at_0002, read
 
 pytestmark = pytest.mark.postgres
 
 SESSIONS, IPS = 60_000, 7_500
 
 
-@pytest.fixture
-def small_wal_databases(small_wal_server: str, tmp_path: Path) -> Iterator[Databases]:
-    dbs = Databases("postgresql", tmp_path, small_wal_server)
-    try:
-        yield dbs
-    finally:
-        dbs.close()
-
-
 def seeded(dbs: Databases) -> str:
     url = dbs.new()
-    engine = at_0002(url)
-    with engine.begin() as conn:
-        seed_random(conn, SESSIONS, IPS, seed=5)
-    engine.dispose()
+    random_at_0002(url, SESSIONS, IPS, seed=5)
     return url
 
 
@@ -79,10 +65,7 @@ def test_checkpoints_forced_by_the_backfill_are_named_with_the_setting_to_raise(
 def test_a_backfill_that_forces_no_checkpoint_is_not_warned(
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = at_0002(pg_url)
-    with engine.begin() as conn:
-        seed_random(conn, 2_000, 300, seed=5)
-    engine.dispose()
+    random_at_0002(pg_url, 2_000, 300, seed=5)
     result, lines, warnings = backfill(pg_url, caplog)
     counted = result.checkpoints_requested
     assert counted is not None and not counted.too_frequent, counted

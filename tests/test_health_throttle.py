@@ -29,7 +29,7 @@ from cowrieprocessor.testing.databases import Databases
 from cowrieprocessor.testing.oracle import current_snapshots, expected_snapshots
 from cowrieprocessor.testing.reliability.figures import record
 from cowrieprocessor.testing.runners import wait_for_heartbeats, wait_until
-from cowrieprocessor.testing.seed import at_0002, read, seed_random
+from cowrieprocessor.testing.seed import random_at_0002, read
 from cowrieprocessor.testing.standby import StreamingStandby, replica_lag_bytes
 
 MB = 1024 * 1024
@@ -50,10 +50,7 @@ def primary_databases(standby: StreamingStandby, tmp_path: Path) -> Iterator[Dat
 
 def seeded(dbs: Databases) -> str:
     url = dbs.new()
-    engine = at_0002(url)
-    with engine.begin() as conn:
-        seed_random(conn, SESSIONS, IPS, seed=11)
-    engine.dispose()
+    random_at_0002(url, SESSIONS, IPS, seed=11)
     return url
 
 

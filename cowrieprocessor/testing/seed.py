@@ -63,6 +63,16 @@ def at_0002(url: str) -> sa.Engine:
     return create_engine_from_url(url)
 
 
+def random_at_0002(url: str, sessions: int, ips: int, seed: int) -> None:
+    """Migrate ``url`` to 0002 and fill it with :func:`seed_random`'s data."""
+    engine = at_0002(url)
+    try:
+        with engine.begin() as conn:
+            seed_random(conn, sessions, ips, seed=seed)
+    finally:
+        engine.dispose()
+
+
 def partitioned_at_0002(url: str, kind: str) -> sa.Engine:
     """:func:`at_0002` on a database whose session_summaries (hash or monthly range) and
     raw_events (hash) were partitioned before the deploy, at 0001."""
