@@ -178,10 +178,16 @@ def machine(pg_url: str | None, overrides: dict[str, str] | None = None) -> dict
         try:
             with engine.connect() as conn:
                 info["postgresql"] = conn.execute(sa.text("SHOW server_version")).scalar()
-                names = (*tuned_pg_settings(), *(overrides or {}), "fsync", "synchronous_commit")
-                info["postgresql_settings"] = {
+                names = (
+                    *tuned_pg_settings(),
+                    *(overrides or {}),
+                    "fsync",
+                    "synchronous_commit",
+                    "jit",
+                )
+                info["postgresql_settings"] = {  # an override of a tuned setting: once
                     name: conn.execute(sa.text("SELECT current_setting(:n)"), {"n": name}).scalar()
-                    for name in dict.fromkeys((*names, "jit"))
+                    for name in dict.fromkeys(names)
                 }
         finally:
             engine.dispose()

@@ -62,7 +62,6 @@ def read(conn: Connection) -> Reading | None:
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise  # the caller's retry handles a lost connection
-        conn.rollback()
         log.debug("checkpoints not counted: %s", exc)
         return None
     return Reading(requested=int(row[2]), max_wal_size=str(row[0]), warning_s=int(row[1]))

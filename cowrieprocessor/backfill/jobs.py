@@ -298,16 +298,12 @@ def run_backfill(
 
 def _checkpoints_now(walker: RangeWalker) -> tuple[float, checkpoints.Reading] | None:
     """When, and the server's checkpoint count and settings (None on SQLite)."""
-    if walker.dialect != "postgresql":
-        return None
     found = walker.tx.retrying("counting checkpoints", _reading(checkpoints.read))
     return None if found is None else (time.monotonic(), found)
 
 
 def _deferred(walker: RangeWalker) -> list[deferred_indexes.Index]:
     """The indexes the ledger lists as deferred, read on the job's own connection."""
-    if walker.dialect != "postgresql":
-        return []
     read = _reading(deferred_indexes.pending)
     found: list[deferred_indexes.Index] = walker.tx.retrying("reading the deferred indexes", read)
     return found
