@@ -128,6 +128,7 @@ def product(
     workers: str = "1",
     writer: bool = False,
     defer_indexes: str = "off",
+    walk_order: str = "key",
 ) -> dict[str, Any]:
     """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside;
     ``writer``: with :class:`WriterProbe` writing beside it (PostgreSQL)."""
@@ -136,6 +137,7 @@ def product(
         "join_back": join_back,
         "workers": workers,
         "defer_indexes": defer_indexes,
+        "walk_order": walk_order,
     }
     probe = WriterProbe(url) if writer else None
     with WaitSampler(url) as waits:
@@ -303,6 +305,16 @@ def product_defer(url: str, sessions: int) -> dict[str, Any]:
 def product_2w_defer(url: str, sessions: int) -> dict[str, Any]:
     """:func:`product_defer` with two workers."""
     return product(url, sessions, workers=_workers(url, 2), defer_indexes="on")
+
+
+def product_blocks(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product` with ``-x walk_order=blocks`` (:mod:`cowrieprocessor.backfill.blocks`)."""
+    return product(url, sessions, walk_order="blocks")
+
+
+def product_2w_blocks(url: str, sessions: int) -> dict[str, Any]:
+    """:func:`product_blocks` with two workers."""
+    return product(url, sessions, workers=_workers(url, 2), walk_order="blocks")
 
 
 def product_2w_writer(url: str, sessions: int) -> dict[str, Any]:

@@ -79,6 +79,8 @@ PAIRED = (
     "product-2w-writer",
     "product-defer",
     "product-2w-defer",
+    "product-blocks",
+    "product-2w-blocks",
 )
 APPROACHES: dict[str, Approach] = {
     "product": measure.product,
@@ -89,6 +91,8 @@ APPROACHES: dict[str, Approach] = {
     "product-4w": measure.product_4w,
     "product-defer": measure.product_defer,
     "product-2w-defer": measure.product_2w_defer,
+    "product-blocks": measure.product_blocks,
+    "product-2w-blocks": measure.product_2w_blocks,
     "upstream": measure.upstream,
     "walk": measure.walk,
     "walk-norecord": measure.walk_norecord,

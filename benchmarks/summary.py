@@ -11,7 +11,14 @@ from typing import Any
 
 RECORD_COST = ("walk", "walk-norecord")
 # the product with 2 and 4 workers, and with defer_indexes=on (1 and 2 workers)
-WORKERS = ("product-2w", "product-4w", "product-defer", "product-2w-defer")
+WORKERS = (
+    "product-2w",
+    "product-4w",
+    "product-defer",
+    "product-2w-defer",
+    "product-blocks",
+    "product-2w-blocks",
+)
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

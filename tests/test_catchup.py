@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from cowrieprocessor.backfill import BackfillKnobs, BatchReport, run_backfill, sql
-from cowrieprocessor.backfill.keys import KeyListOrder, catchup_keys
+from cowrieprocessor.backfill.keys import SESSION_ID_ORDER, KeyListOrder, catchup_keys
 from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from cowrieprocessor.db.engine import create_engine_from_url
 from cowrieprocessor.testing.databases import Databases
@@ -121,7 +121,7 @@ def test_the_catch_up_list_is_one_sequential_scan_whatever_the_statistics_expect
                 "AND attname = 'source_ip'"
             )
         ).scalar_one()
-        listed = catchup_keys(conn, None, 200_001)
+        listed = catchup_keys(conn, None, 200_001, SESSION_ID_ORDER)
         by_column = (
             conn.execute(
                 sa.text(

@@ -323,7 +323,7 @@ def test_check_counts_each_partition(pg_databases: Databases) -> None:
 BATCH_TABLES = ("session_summaries", "raw_events")
 # the next bound and the catch-up's list (sorted by ``session_id || ''``): a top-level
 # ORDER BY ... LIMIT, which Citus runs on each shard and merges
-TOP_LEVEL_LIMIT = re.compile(r"ORDER BY session_id( \|\| '')? LIMIT \S+( OFFSET \S+)?$")
+TOP_LEVEL_LIMIT = re.compile(r"ORDER BY (s\.)?session_id( \|\| '')? LIMIT \S+( OFFSET \S+)?$")
 
 
 def statements_of_a_run(url: str, join_back: str) -> list[str]:

@@ -23,6 +23,7 @@ LAYERS = {
     "statistics": {"walk"},
     "stripes": {"walk"},
     "walk": {"rules"},
+    "blocks": {"rules", "record"},
     "resolve_pg": {"rules", "walk", "record"},
     "resolve_pg_key": {"rules", "walk", "record", "resolve_pg"},
     "resolve_sqlite": {"rules", "walk"},

@@ -23,6 +23,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 
 from cowrieprocessor.backfill import (
+    blocks,
     checkpoints,
     control,
     deferred_indexes,
@@ -32,7 +33,7 @@ from cowrieprocessor.backfill import (
     workers,
 )
 from cowrieprocessor.backfill.governor import describe_waits, discard_commands
-from cowrieprocessor.backfill.knobs import BackfillKnobs, show_bytes
+from cowrieprocessor.backfill.knobs import BackfillKnobs, KnobError, show_bytes
 from cowrieprocessor.backfill.progress import CATCHUP, DONE, WALK, JobState, percentile
 from cowrieprocessor.backfill.ranges import (
     CTID,
@@ -225,6 +226,10 @@ def run_backfill(
             "checking defer_indexes",
             _reading(lambda c: deferred_indexes.check(knobs.defer_indexes, c)),
         )
+        if knobs.walk_order == "blocks" and not dry_run:
+            walker.tx.retrying(
+                "checking walk_order", _reading(lambda c: _check_blocks(c, knobs, keep_record))
+            )
         json = walker.tx.retrying("reading the JSON columns' types", _reading(json_storage.detect))
         resumed = _prepare(walker, with_record=keep_record and not dry_run)
         total, inventory = walker.tx.retrying("counting sessions", table_counts)
@@ -294,6 +299,14 @@ def run_backfill(
         )
     log_summary(result)
     return result
+
+
+def _check_blocks(conn: Connection, knobs: BackfillKnobs, keep_record: bool) -> None:
+    """Refuse ``walk_order=blocks`` where it cannot walk, by name, before any write."""
+    is_citus = join_back_mode(conn, knobs) == KEY
+    why = blocks.refusal(conn, partitions.is_partitioned(conn), is_citus, keep_record)
+    if why:
+        raise KnobError(f"walk_order=blocks: {why}; run with walk_order=key (the default)")
 
 
 def _checkpoints_now(walker: RangeWalker) -> tuple[float, checkpoints.Reading] | None:

@@ -45,6 +45,8 @@ class KeyOrder:
     def __init__(self, table: str = sql.SESSIONS_TABLE, upper: str | None = None) -> None:
         self.table = table
         self.upper = upper
+        # a catch-up after a walk by blocks: the xid the walk began at (:mod:`.blocks`)
+        self.moved_since: int | None = None
 
     def in_table(self, table: str) -> KeyOrder:
         """This order over another table (a leaf)."""
@@ -81,12 +83,23 @@ class KeyOrder:
 
     def params(self, lo: str | None, hi: str | None) -> dict[str, Any]:
         hi = hi if hi is not None else self.upper
-        params = {}
+        params: dict[str, Any] = {}
         if lo is not None:
             params["lo"] = self.param(lo)
         if hi is not None:
             params["hi"] = self.param(hi)
+        if self.moved_since is not None:
+            params["since"] = str(self.moved_since)
         return params
+
+    def range_sql(self, has_lo: bool, has_hi: bool) -> str:
+        """The range's predicate, as a PostgreSQL batch statement takes it."""
+        return sql.range_predicate(has_lo, has_hi, self.column)
+
+    def catchup_needs(self) -> str:
+        """Which sessions the catch-up looks at (:mod:`.sql.rules`; after a walk by
+        blocks also those written since it began, :mod:`.blocks`)."""
+        return sql.CATCHUP_NEEDS if self.moved_since is None else sql.MOVED_CATCHUP_NEEDS
 
     def has_hi(self, hi: str | None) -> bool:
         """Whether a range ending at ``hi`` has an upper bound (its own or the walk's)."""
@@ -163,15 +176,15 @@ class KeyListOrder(KeyOrder):
         return keys * self.sessions_per_key
 
 
-def catchup_keys(
-    conn: Connection, lo: str | None, limit: int, table: str = sql.SESSIONS_TABLE
-) -> list[str]:
-    """The sorted keys after ``lo`` of the sessions without ``source_ip`` in ``table``,
-    at most ``limit`` of them (one scan of the table)."""
+def catchup_keys(conn: Connection, lo: str | None, limit: int, order: KeyOrder) -> list[str]:
+    """The sorted keys after ``lo`` of the sessions the catch-up looks at in ``order``'s
+    table (:meth:`KeyOrder.catchup_needs`), at most ``limit`` of them (one scan)."""
     params: dict[str, Any] = {"limit": limit}
     if lo is not None:
         params["lo"] = lo
-    stmt = sql.catchup_keys_query(lo is not None, table)
+    if order.moved_since is not None:
+        params["since"] = str(order.moved_since)
+    stmt = sql.catchup_keys_query(lo is not None, order.table, order.catchup_needs())
     return [str(k) for k in conn.execute(stmt, params).scalars()]
 
 
@@ -246,6 +259,11 @@ class Range:
 
     @property
     def needs(self) -> str:
-        """The catch-up looks only at sessions without source_ip (module docstring)."""
-        base = sql.CATCHUP_NEEDS if self.phase == CATCHUP else sql.NEEDS_SNAPSHOT
+        """The catch-up looks only at sessions without source_ip (module docstring), and
+        after a walk by blocks at those written since it began."""
+        base = self.order.catchup_needs() if self.phase == CATCHUP else sql.NEEDS_SNAPSHOT
         return base + self.order.extra_predicate
+
+    @property
+    def predicate(self) -> str:
+        return self.order.range_sql(self.has_lo, self.has_hi)

@@ -204,11 +204,15 @@ INT_KNOBS: tuple[IntKnob, ...] = (
 # ``auto``: by key when the citus extension is installed, else by ctid.
 JOIN_BACK_CHOICES = ("auto", "ctid", "key")
 KNOB_NAMES = frozenset(
-    {k.name for k in INT_KNOBS} | {"status_file", "join_back", "workers", "defer_indexes"}
+    {k.name for k in INT_KNOBS}
+    | {"status_file", "join_back", "workers", "defer_indexes", "walk_order"}
 )
 # defer_indexes (PostgreSQL, :mod:`.deferred_indexes`): drop the indexes on the snapshot
 # columns for the walk (its updates can then be HOT) and build them again after it.
 ON_OFF = ("off", "on")
+# walk_order (PostgreSQL 14+, :mod:`.blocks`): the walk's ranges are of session_id, or of
+# the table's blocks, each range walked in rounds (far less WAL after a checkpoint).
+WALK_ORDERS = ("key", "blocks")
 # Workers (PostgreSQL, :mod:`.workers`): N connections walking disjoint stripes at once;
 # ``auto``: one per partition of a partitioned table (one on a plain table), at most
 # AUTO_WORKERS, or at most N with ``auto:N``.
@@ -233,6 +237,7 @@ class BackfillKnobs:
     workers: int = 1  # at most this many at once
     workers_per_leaf: bool = False  # workers=auto: one per partition
     defer_indexes: bool = False
+    walk_order: str = "key"
 
     @property
     def adaptive(self) -> bool:
@@ -293,6 +298,9 @@ class BackfillKnobs:
         found = raw("defer_indexes")
         if found is not None:
             values["defer_indexes"] = _choice("defer_indexes", ON_OFF, *found) == "on"
+        found = raw("walk_order")
+        if found is not None:
+            values["walk_order"] = _choice("walk_order", WALK_ORDERS, *found)
         return cls(**values)  # type: ignore[arg-type]
 
     def show_workers(self) -> str:
@@ -326,11 +334,16 @@ class BackfillKnobs:
         return replace(self, **values)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, str]:
-        """The number knobs, ``workers`` and ``defer_indexes`` as an operator writes them
-        (``status``, the logs)."""
+        """The number knobs, ``workers``, ``defer_indexes`` and ``walk_order`` as an
+        operator writes them (``status``, the logs)."""
         shown = {k.name: k.show(getattr(self, k.name)) for k in INT_KNOBS}
         defer = ON_OFF[self.defer_indexes]
-        return {**shown, "workers": self.show_workers(), "defer_indexes": defer}
+        return {
+            **shown,
+            "workers": self.show_workers(),
+            "defer_indexes": defer,
+            "walk_order": self.walk_order,
+        }
 
     def changes(self, new: BackfillKnobs) -> list[str]:
         """``name old -> new`` for each number knob that differs in ``new``."""

@@ -60,6 +60,9 @@ progress_table = sa.Table(
     # (None: from the start, to the end), in its own row "<job>/<n>".
     sa.Column("stripe_lo", sa.String(64)),
     sa.Column("stripe_hi", sa.String(64)),
+    # A walk by blocks (:mod:`.blocks`): its plan (the table's file, the oldest
+    # transaction running when it began, rounds, blocks), which its positions refer to.
+    sa.Column("walk_plan", sa.String(128)),
 )
 # Columns added after the first release: ensure_table adds them to an older table.
 RUN_COLUMNS = (
@@ -71,7 +74,7 @@ RUN_COLUMNS = (
     "control_seq",
     "control_at",
 )
-LATER_COLUMNS = (*RUN_COLUMNS, "leaf", "stripe_lo", "stripe_hi")
+LATER_COLUMNS = (*RUN_COLUMNS, "leaf", "stripe_lo", "stripe_hi", "walk_plan")
 
 # Phases of a job, in order. "done" is final; a later run starts a fresh walk.
 WALK, CATCHUP, DONE = "walk", "catchup", "done"
@@ -103,6 +106,7 @@ class JobState:
     leaf: str | None = None
     stripe_lo: str | None = None
     stripe_hi: str | None = None
+    walk_plan: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -372,6 +376,9 @@ def worker_view(state: JobState, run_state: str = "") -> dict[str, Any]:
     how many, rows updated, batches, and its state (``running``, ``finished``, ...)."""
     if state.leaf is not None and state.stripe_lo is None and state.stripe_hi is None:
         where = f"partition {state.leaf}"
+    elif state.walk_plan is not None and state.stripe_lo is not None:
+        where = f"blocks walk cells ({state.stripe_lo[len('#blocks:') :]}, "
+        where += f"{(state.stripe_hi or '')[len('#blocks:') :]}]"
     else:
         lo = "(start" if state.stripe_lo is None else f"({state.stripe_lo!r}"
         hi = "end)" if state.stripe_hi is None else f"{state.stripe_hi!r}]"

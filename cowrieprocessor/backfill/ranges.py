@@ -46,12 +46,18 @@ def backfill_range(
     def run_pg(conn: Connection, r: Range) -> BatchCounts:
         table = r.order.table
         if dry_run:
-            stmt = sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs, table)
+            stmt = sql.pg_dry_run(json, r.has_lo, r.has_hi, r.needs, table, r.predicate)
             row = conn.execute(stmt, r.params).one()
             by_source = resolved_by_source(row)
         else:
             stmt = sql.pg_backfill(
-                json, r.has_lo, r.has_hi, r.needs, keep_record=keep_record, table=table
+                json,
+                r.has_lo,
+                r.has_hi,
+                r.needs,
+                keep_record=keep_record,
+                table=table,
+                range_sql=r.predicate,
             )
             row = conn.execute(stmt, {**r.params, **job} if keep_record else r.params).one()
             by_source = ()

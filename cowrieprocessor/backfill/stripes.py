@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from cowrieprocessor.backfill import progress, sql
+from cowrieprocessor.backfill import blocks, progress, sql
+from cowrieprocessor.backfill.blocks import BlockPlan
 from cowrieprocessor.backfill.progress import JobState
 
 log = logging.getLogger("cowrieprocessor.backfill")
@@ -59,6 +60,31 @@ def plan(conn: Connection, state: JobState, leaves: list[str] | None, n: int) ->
             "" if len(stripes) == n else f" (fewer than {n}: too few distinct keys)",
         )
     conn.rollback()
+    return stripes
+
+
+def plan_blocks(state: JobState, plan: BlockPlan, n: int) -> list[JobState]:
+    """The stripes of a walk by blocks (:mod:`.blocks`): ``n`` ranges of whole segments of
+    ``plan`` after the job's position (a walk by blocks it walked alone so far, or none)."""
+    key = state.last_key
+    start = blocks.cell_of(key) if key is not None and blocks.owns(key) else 0
+    parts = [(max(lo, start), hi) for lo, hi in plan.stripes(n) if hi > start]
+    stripes = [
+        JobState(
+            job=worker_job(state.job, i + 1),
+            last_key=blocks.position(lo),
+            stripe_lo=blocks.position(lo),
+            stripe_hi=blocks.position(hi),
+            walk_plan=plan.encode(),
+        )
+        for i, (lo, hi) in enumerate(parts)
+    ]
+    log.info(
+        "%d stripe(s) of whole segments of the walk by blocks (%d segment(s) of %d blocks)",
+        len(stripes),
+        plan.segments,
+        plan.segment,
+    )
     return stripes
 
 

@@ -30,7 +30,8 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
-from cowrieprocessor.backfill import control, progress, rollback_record, sql
+from cowrieprocessor.backfill import blocks, control, progress, rollback_record, sql
+from cowrieprocessor.backfill.blocks import BlockOrder, BlockPlan
 from cowrieprocessor.backfill.errors import BackfillInterrupted, BatchFailed
 from cowrieprocessor.backfill.governor import Governor
 from cowrieprocessor.backfill.health import HealthMonitor, Reading
@@ -295,14 +296,34 @@ class RangeWalker:
         """Walk the ranges of one table (``leaf``, or session_summaries when None) from
         the saved position to its end."""
         lo = self.run.state.last_key
+        if blocks.owns(lo) and self.gate is None:
+            plan = BlockPlan.decode(self.run.state.walk_plan)
+            if plan is None or not self._same_file(plan):
+                log.warning(
+                    "%s %s: session_summaries was rewritten since the walk by blocks began "
+                    "(VACUUM FULL, CLUSTER?): walking it again with a new plan",
+                    self.job,
+                    phase,
+                )
+                self.run.move_to(None)
+                self.run.restart_phase()
+                lo = None
         if lo is None:
             order = self.fresh_order
+            if phase == WALK and leaf is None and self.by_blocks:
+                order = self._plan_blocks()
+        elif blocks.owns(lo):
+            order = self._block_order()  # a worker's stripe, or the job's own plan
         elif ROWID_ORDER.owns(lo) and self.dialect == "sqlite":
             order = ROWID_ORDER  # resume in the order the phase was started in
         else:
             order = self.key_order
         self.order = order if leaf is None else order.in_table(leaf)
         if phase == CATCHUP and self.dialect == "postgresql" and not self.dry_run:
+            moved = BlockPlan.decode(self.run.state.walk_plan)
+            if moved is not None:
+                self.order = KeyOrder(self.order.table)
+                self.order.moved_since = moved.since
             self.order = self._catchup_list(lo) or self.order
         while True:
             self._before_batch()
@@ -318,6 +339,22 @@ class RangeWalker:
             try:
                 self._process(phase, lo, hi, size if hi is not None else last_size, run_range)
             except PositionLost:
+                if isinstance(self.order, BlockOrder):
+                    if self.gate is not None:  # a worker: its job plans the walk again
+                        raise BatchFailed(
+                            f"{self.job}: session_summaries was rewritten during the walk by "
+                            "blocks (VACUUM FULL, CLUSTER?); rerun to walk it with a new plan"
+                        ) from None
+                    log.warning(
+                        "%s %s: session_summaries was rewritten during the walk by blocks "
+                        "(VACUUM FULL, CLUSTER?): walking it again with a new plan",
+                        self.job,
+                        phase,
+                    )
+                    self.order = self._plan_blocks()
+                    self.run.restart_phase()
+                    lo = None
+                    continue
                 log.warning(
                     "%s %s: the rowid position %s no longer holds its session (the file "
                     "was vacuumed?): restarting the %s in session_id order",
@@ -338,8 +375,10 @@ class RangeWalker:
         """The catch-up's keys, read in one scan (:class:`KeyListOrder`); None when there
         are more than :data:`CATCHUP_LIST_MAX` (then it walks every range)."""
 
+        order = self.order
+
         def read(conn: Connection) -> list[str]:
-            found = catchup_keys(conn, lo, CATCHUP_LIST_MAX + 1, self.order.table)
+            found = catchup_keys(conn, lo, CATCHUP_LIST_MAX + 1, order)
             conn.commit()
             return found
 
@@ -364,9 +403,66 @@ class RangeWalker:
             len(keys),
             where,
         )
-        return KeyListOrder(
-            keys, remaining / len(keys) if keys else 0.0, self.order.table, start=lo
+        listed = KeyListOrder(keys, remaining / len(keys) if keys else 0.0, order.table, start=lo)
+        listed.moved_since = order.moved_since
+        return listed
+
+    # -- the walk by blocks (:mod:`.blocks`) ----------------------------------------------
+
+    @property
+    def by_blocks(self) -> bool:
+        """Whether a walk that starts now goes by blocks (checked by the job at start:
+        :func:`.blocks.refusal`; a dry run walks by key)."""
+        return (
+            self.knobs.walk_order == "blocks" and self.dialect == "postgresql" and not self.dry_run
         )
+
+    def _plan_blocks(self) -> BlockOrder:
+        """A new plan for the job's walk, kept in its state (saved with the first batch)."""
+        plan, per_block = self.tx.retrying("planning the walk by blocks", self.read_block_plan(1))
+        self.run.state.walk_plan = plan.encode()
+        log.info(
+            "%s: walking %d blocks by blocks: %d segment(s) of %d blocks, %d rounds each",
+            self.job,
+            plan.blocks,
+            plan.segments,
+            plan.segment,
+            plan.rounds,
+        )
+        return BlockOrder(plan, per_block)
+
+    def read_block_plan(self, parts: int) -> Callable[[Connection], tuple[BlockPlan, float]]:
+        """A read of a new plan with at least ``parts`` segments (for ``tx.retrying``)."""
+        rows = self.knobs.batch_size
+
+        def read(conn: Connection) -> tuple[BlockPlan, float]:
+            found = blocks.read_plan(conn, sql.SESSIONS_TABLE, rows, parts)
+            conn.rollback()
+            return found
+
+        return read
+
+    def _block_order(self) -> KeyOrder:
+        """The order of a resumed walk by blocks: the worker's stripe, or the job's plan."""
+        if isinstance(self.key_order, BlockOrder):
+            return self.key_order
+        plan = BlockPlan.decode(self.run.state.walk_plan)
+        assert plan is not None  # checked by _walk_table
+
+        def read(conn: Connection) -> float:
+            found = blocks.read_rows_per_block(conn, sql.SESSIONS_TABLE)
+            conn.rollback()
+            return found
+
+        return BlockOrder(plan, self.tx.retrying("reading the table's size", read))
+
+    def _same_file(self, plan: BlockPlan) -> bool:
+        def read(conn: Connection) -> bool:
+            found = conn.execute(sql.BLOCK_FILENODE, {"table": sql.SESSIONS_TABLE}).scalar()
+            conn.rollback()
+            return found == plan.filenode
+
+        return self.tx.retrying("reading the table's file", read)  # type: ignore[no-any-return]
 
     def undo_recorded(self) -> None:
         """Undo the rollback record in batches sized like the walk's (:class:`BatchSizer`)."""
@@ -452,9 +548,9 @@ class RangeWalker:
 
         def attempt(conn: Connection) -> BatchCounts:
             with self.tx.begin(conn):
+                self._set_timeouts(conn)
                 if not order.still_valid(conn, lo):
                     raise PositionLost(what)
-                self._set_timeouts(conn)
                 counts = run_range(conn, batch)
                 if not self.dry_run:
                     run.advance(phase, hi, sessions, counts)

@@ -47,12 +47,13 @@ from dataclasses import replace
 
 from sqlalchemy import Connection, Engine
 
-from cowrieprocessor.backfill import progress, sql
+from cowrieprocessor.backfill import blocks, progress, sql
+from cowrieprocessor.backfill.blocks import BlockOrder, BlockPlan
 from cowrieprocessor.backfill.errors import BackfillInterrupted
 from cowrieprocessor.backfill.keys import KeyOrder
 from cowrieprocessor.backfill.knobs import BackfillKnobs, KnobError
 from cowrieprocessor.backfill.progress import DONE, WALK, JobState, worker_view
-from cowrieprocessor.backfill.stripes import plan, worker_job
+from cowrieprocessor.backfill.stripes import plan, plan_blocks, worker_job
 from cowrieprocessor.backfill.walker import BatchReport, RangeWalker, RunRange
 
 log = logging.getLogger("cowrieprocessor.backfill")
@@ -97,6 +98,7 @@ class Stripes:
         self.batch_seconds: list[float] = []
         self.walk_candidates = 0
         self.base = coordinator.run.checkpoint()
+        self.per_block = 0.0  # a walk by blocks: the table's rows per block
 
     def walk(self, leaves: list[str] | None) -> bool:
         """Walk every stripe (planned now, or found saved) to its end, then merge them
@@ -121,13 +123,22 @@ class Stripes:
                 sum(s.phase == DONE for s in saved),
             )
         else:
-            saved = c.tx.retrying(
-                "planning the workers' stripes", lambda conn: plan(conn, c.run.state, leaves, n)
-            )
+            state = c.run.state
+            if (c.by_blocks and leaves is None and state.last_key is None) or (
+                blocks.owns(state.last_key)
+            ):
+                saved = self._plan_blocks(n)
+            else:
+                saved = c.tx.retrying(
+                    "planning the workers' stripes", lambda conn: plan(conn, state, leaves, n)
+                )
             for stripe in saved:
                 left = c.run.state.sessions_total - c.run.state.sessions_walked
                 stripe.sessions_total = _share(max(left, 0), len(saved))
             c.tx.retrying("saving the workers' stripes", _save_stripes(saved, c))
+        if any(s.walk_plan for s in saved):
+            self.per_block = c.tx.retrying("reading the table's size", _rows_per_block)
+        self.base = c.run.checkpoint()  # with the plan of a walk by blocks
         c.start_phase(WALK)
         self.states = {s.job: s for s in saved}
         self.queue.extend(s for s in saved if s.phase != DONE)
@@ -156,6 +167,18 @@ class Stripes:
         c.tx.retrying("merging the workers' stripes", self._merge)
         return True
 
+    def _plan_blocks(self, n: int) -> list[JobState]:
+        """Stripes of a walk by blocks: of the job's plan when it walked by blocks alone
+        so far, else of a new one, kept in the job's row (saved with the stripes)."""
+        c = self.coordinator
+        state = c.run.state
+        plan = BlockPlan.decode(state.walk_plan) if blocks.owns(state.last_key) else None
+        if plan is None:
+            plan, _ = c.tx.retrying("planning the walk by blocks", c.read_block_plan(n))
+            state.walk_plan = plan.encode()
+            state.last_key = None
+        return plan_blocks(state, plan, n)
+
     def _recheck(
         self, saved: list[JobState], leaves: list[str] | None
     ) -> Callable[[Connection], list[JobState]]:
@@ -166,6 +189,23 @@ class Stripes:
         job = self.coordinator.run.job
 
         def recheck(conn: Connection) -> list[JobState]:
+            plans = {BlockPlan.decode(s.walk_plan) for s in saved} - {None}
+            if plans:
+                filenode = conn.execute(sql.BLOCK_FILENODE, {"table": sql.SESSIONS_TABLE}).scalar()
+                if any(p is None or p.filenode != filenode for p in plans):
+                    with conn.begin():
+                        log.warning(
+                            "%s: session_summaries was rewritten since the walk by blocks "
+                            "began (VACUUM FULL, CLUSTER?): planning the walk again",
+                            job,
+                        )
+                        progress.delete_workers(conn, job)
+                        state = self.coordinator.run.state
+                        state.last_key = state.walk_plan = None
+                        state.sessions_walked = 0
+                        progress.save(conn, state)
+                    return []
+                conn.rollback()
             by_leaf = [s for s in saved if s.leaf is not None]
             if not by_leaf:
                 return saved
@@ -278,7 +318,12 @@ class Stripes:
     def _walk_stripe(self, stripe: JobState) -> None:
         c = self.coordinator
         knobs = replace(c.run.knobs, status_file=None)  # the job's file says it all
-        order = KeyOrder(stripe.leaf or sql.SESSIONS_TABLE, upper=stripe.stripe_hi)
+        plan = BlockPlan.decode(stripe.walk_plan)
+        order: KeyOrder
+        if plan is not None:
+            order = BlockOrder(plan, self.per_block, upper=stripe.stripe_hi)
+        else:
+            order = KeyOrder(stripe.leaf or sql.SESSIONS_TABLE, upper=stripe.stripe_hi)
         walker = RangeWalker(
             self.engine,
             knobs,
@@ -378,9 +423,18 @@ def saved_stripes(job: str) -> Callable[[Connection], list[JobState]]:
     return load
 
 
+def _rows_per_block(conn: Connection) -> float:
+    found = blocks.read_rows_per_block(conn, sql.SESSIONS_TABLE)
+    conn.rollback()
+    return found
+
+
 def _save_stripes(stripes: list[JobState], c: RangeWalker) -> Callable[[Connection], None]:
+    """Save the stripes, and the job's row with them (its plan of a walk by blocks)."""
+
     def save(conn: Connection) -> None:
         with c.tx.begin(conn):
+            progress.save(conn, c.run.state)
             for stripe in stripes:
                 progress.save(conn, stripe)
 

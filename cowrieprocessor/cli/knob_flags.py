@@ -8,7 +8,13 @@ import argparse
 from pathlib import Path
 
 from cowrieprocessor.backfill import BackfillKnobs, KnobError
-from cowrieprocessor.backfill.knobs import AUTO_WORKERS, INT_KNOBS, JOIN_BACK_CHOICES, MAX_WORKERS
+from cowrieprocessor.backfill.knobs import (
+    AUTO_WORKERS,
+    INT_KNOBS,
+    JOIN_BACK_CHOICES,
+    MAX_WORKERS,
+    WALK_ORDERS,
+)
 from cowrieprocessor.cli.common import STATUS_FILE_NAME, CliError
 
 
@@ -62,6 +68,14 @@ def add_knob_flags(parser: argparse.ArgumentParser) -> None:
         help="PostgreSQL: drop the indexes on the snapshot columns for the walk (its "
         "updates can then be HOT) and build them again CONCURRENTLY after it; default off",
     )
+    parser.add_argument(
+        "--walk-order",
+        dest="walk_order",
+        default=None,
+        metavar="|".join(WALK_ORDERS),
+        help="PostgreSQL 14+: walk ranges of session_id, or of the table's blocks in rounds "
+        "(a quarter of the WAL where checkpoints come often); default key",
+    )
 
 
 def knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
@@ -100,6 +114,7 @@ def _knob_values(args: argparse.Namespace) -> dict[str, str | int | None]:
     flags["join_back"] = getattr(args, "join_back", None)
     flags["workers"] = getattr(args, "workers", None)
     flags["defer_indexes"] = getattr(args, "defer_indexes", None)
+    flags["walk_order"] = getattr(args, "walk_order", None)
     for name, value in flags.items():
         if value is None:
             continue

@@ -56,6 +56,11 @@ def upgrade() -> None:
                 "defer_indexes=on: the offline script (--sql) neither drops nor builds "
                 "indexes; run the upgrade online, or the script without the knob"
             )
+        if knobs.walk_order != "key":
+            raise KnobError(
+                f"walk_order={knobs.walk_order}: the offline script (--sql) walks ranges of "
+                "session_id; run the upgrade online, or the script without the knob"
+            )
         dialect = op.get_context().dialect.name
         _emit(
             backfill_sql.offline_backfill(

@@ -20,6 +20,7 @@ Where each statement lives:
 * :mod:`.reports`: what ``cowrie-db check``, ``status`` and ``verify`` read;
 * :mod:`.statistics`: whether the planner has statistics of the tables a batch reads;
   the offline script's ``ANALYZE``;
+* :mod:`.blocks`: the walk by table blocks (its plan, range, and catch-up);
 * :mod:`.stripes`: the quantiles of ``session_id`` that the workers' stripes start at.
 
 Every statement is fixed SQL text with bound parameters (``:lo``, ``:hi``,
@@ -37,6 +38,14 @@ on walk, the ``resolve_*`` modules on them, then clear, offline and reports.
 
 from __future__ import annotations
 
+from cowrieprocessor.backfill.sql.blocks import (
+    BLOCK_FILENODE,
+    BLOCK_PLAN,
+    BLOCK_RANGE,
+    MOVED_CATCHUP_NEEDS,
+    WRITTEN_BEFORE,
+    lock_row_exclusive,
+)
 from cowrieprocessor.backfill.sql.clear import null_snapshots_in_range
 from cowrieprocessor.backfill.sql.offline import (
     offline_backfill,
@@ -146,6 +155,9 @@ from cowrieprocessor.backfill.sql.walk import (
 __all__ = [
     "ANALYZE_LOCK_TIMEOUT",
     "ASN_DIVERGENT",
+    "BLOCK_FILENODE",
+    "BLOCK_PLAN",
+    "BLOCK_RANGE",
     "CATCHUP_NEEDS",
     "COUNTRY_DIVERGENT",
     "COUNT_INVENTORY",
@@ -165,6 +177,7 @@ __all__ = [
     "JOIN_BACK",
     "LEAF_COUNTS",
     "LEAF_ESTIMATES",
+    "MOVED_CATCHUP_NEEDS",
     "NEEDS_SNAPSHOT",
     "OFFLINE_ANALYZE",
     "OLDEST_RECORD",
@@ -209,11 +222,13 @@ __all__ = [
     "WOULD_CHANGE",
     "WOULD_CHANGE_READ",
     "WRITTEN",
+    "WRITTEN_BEFORE",
     "analyze",
     "catchup_keys_query",
     "count_range",
     "drop_record",
     "in_text",
+    "lock_row_exclusive",
     "next_bound",
     "next_rowid_bound",
     "null_snapshots_in_range",

@@ -156,14 +156,17 @@ def pg_backfill(
     needs: str = NEEDS_SNAPSHOT,
     keep_record: bool = True,
     table: str = SESSIONS_TABLE,
+    range_sql: str | None = None,
 ) -> TextClause:
     """One range: resolve, update what would change, record it, and count: one round trip.
 
     With ``record``, what the UPDATE wrote goes into the rollback record (one row per
     batch, see :mod:`cowrieprocessor.backfill.rollback_record`) in the same statement, so in the
     same transaction: the record can never miss a committed write. Bind ``:job``.
+    ``range_sql``: the range's predicate when it is not of keys (a walk by blocks).
     """
-    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs, table)
+    range_sql = range_sql or range_predicate(has_lo, has_hi)
+    resolve = pg_resolve(json, range_sql, needs, table)
     returning = WRITTEN if keep_record else "1"
     rec = f",\n{PG_RECORD_CTE}" if keep_record else ""
     return text(
@@ -185,10 +188,12 @@ def pg_dry_run(
     has_hi: bool,
     needs: str = NEEDS_SNAPSHOT,
     table: str = SESSIONS_TABLE,
+    range_sql: str | None = None,
 ) -> TextClause:
     """The same resolution as :func:`pg_backfill`, counting what it would update and
     how many sessions each IP source resolves."""
-    resolve = pg_resolve(json, range_predicate(has_lo, has_hi), needs, table)
+    range_sql = range_sql or range_predicate(has_lo, has_hi)
+    resolve = pg_resolve(json, range_sql, needs, table)
     return text(
         f"""{resolve}
 SELECT {PG_COUNTS},{PG_SOURCE_COUNTS},

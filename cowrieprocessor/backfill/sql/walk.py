@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import TextClause, text
 
-from cowrieprocessor.backfill.sql.rules import NEEDS_SNAPSHOT
+from cowrieprocessor.backfill.sql.rules import CATCHUP_NEEDS, NEEDS_SNAPSHOT
 
 SESSIONS_TABLE = "session_summaries"
 INVENTORY_TABLE = "ip_inventory"
@@ -76,7 +76,9 @@ def next_rowid_bound(has_lo: bool) -> TextClause:
 ROWID_OF = text(f"SELECT rowid FROM {SESSIONS_TABLE} WHERE session_id = :sid")
 
 
-def catchup_keys_query(has_lo: bool, table: str = SESSIONS_TABLE) -> TextClause:
+def catchup_keys_query(
+    has_lo: bool, table: str = SESSIONS_TABLE, needs: str = CATCHUP_NEEDS
+) -> TextClause:
     """The keys of the sessions without ``source_ip`` after ``:lo``, at most ``:limit``,
     in the server's order: the catch-up's list, in one sequential scan and a sort.
 
@@ -86,10 +88,10 @@ def catchup_keys_query(has_lo: bool, table: str = SESSIONS_TABLE) -> TextClause:
     expect many sessions without ``source_ip`` (an ANALYZE during the walk, autovacuum's),
     which takes longer (docs/performance.md, "Why the defaults", has the figures). A
     top-level ``ORDER BY ... LIMIT``, as before: Citus runs it on every shard and merges."""
-    after = "AND session_id > :lo " if has_lo else ""
+    after = "AND s.session_id > :lo " if has_lo else ""
     return text(
-        f"SELECT session_id FROM {in_text(table)} WHERE source_ip IS NULL {after}"
-        "ORDER BY session_id || '' LIMIT :limit"
+        f"SELECT s.session_id FROM {in_text(table)} s WHERE {needs} {after}"
+        "ORDER BY s.session_id || '' LIMIT :limit"
     )
 
 

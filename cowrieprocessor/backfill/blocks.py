@@ -1,0 +1,248 @@
+"""The walk by table blocks (PostgreSQL 14+, ``walk_order=blocks``).
+
+Why: session ids are random, so a walk by key changes rows on every page of the table
+over and over: at 5M sessions nearly every change of a page is the first since a
+checkpoint, and writes the whole page to the WAL (37-40 GB for a 1.7 GB table,
+docs/performance.md, "Checkpoints at 5M"). This order walks the table's blocks
+instead: the table is cut into *segments* of ``segment`` blocks, and each segment is
+walked in ``rounds`` rounds, every round taking only the sessions whose
+``hashtext(session_id) & (rounds - 1)`` is that round. A batch thus holds about as many
+rows as one by key, a page is changed ``rounds`` times within seconds, and the old row
+versions of one round leave room for the next one's HOT updates. A segment holds about
+two batches per round, so a page is changed again only after a batch on its other
+half, when the other workers' transactions of the time have ended and its dead
+versions can be pruned.
+
+**Positions.** The plan (:class:`BlockPlan`: the table's file, the oldest transaction
+running when the walk began, rounds, segment, blocks) is saved in the progress row's
+``walk_plan``; a position is ``#blocks:<cell>``, the cells walked: cell ``c`` is block
+``c % segment`` of round ``c // segment % rounds`` of segment ``c // (segment *
+rounds)``. A batch never crosses the end of a round. A rewrite of the table (VACUUM
+FULL, CLUSTER, pg_repack) gives it a new file and moves every row: each batch first
+takes the lock its UPDATE takes anyway and checks the file (:meth:`BlockOrder.still_valid`),
+and a walk whose file changed starts again with a new plan.
+
+**What moves.** Another writer's UPDATE may move a row the walk has not reached to a
+block it has passed, and a row inserted during the walk may land in such a block. Every
+version written since the walk began carries an ``xmin`` at least as new as the plan's
+``since``; the catch-up pass therefore also looks at the sessions still lacking a
+snapshot column that were written since then and not by a batch of the backfill (whose
+rows of the rollback record carry the same xids): :data:`~.sql.MOVED_CATCHUP_NEEDS`.
+So the walk by blocks needs the rollback record.
+
+**Where.** A TID Range Scan needs PostgreSQL 14 (before, a range of ``ctid`` reads the
+whole table); ``ctid`` means nothing across Citus's shards; a partitioned table is
+walked by key (its leaves are the workers' stripes). :func:`refusal` names what is
+missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from cowrieprocessor.backfill import sql
+from cowrieprocessor.backfill.keys import KeyOrder, PositionLost
+
+PREFIX = "#blocks:"
+PLAN_PREFIX = "blocks:"
+ROUNDS = 16
+# a segment holds about this many batches of each round, of this many rows at most
+BATCHES_PER_ROUND = 2
+MIN_SERVER = 140000  # server_version_num: TID Range Scans
+ROWS_PER_BLOCK_GUESS = 50.0  # a table the planner has never counted
+
+
+def owns(key: str | None) -> bool:
+    """Whether a saved position is of a walk by blocks."""
+    return key is not None and key.startswith(PREFIX)
+
+
+def position(cell: int) -> str:
+    return f"{PREFIX}{cell}"
+
+
+def cell_of(key: str) -> int:
+    number = key[len(PREFIX) :]
+    if not owns(key) or not number.isdigit():
+        raise ValueError(f"not a position of a walk by blocks: {key!r}")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """A walk by blocks as planned when it began (module docstring)."""
+
+    filenode: int
+    since: int  # the oldest xid running when the walk began (32 bits)
+    rounds: int
+    segment: int  # blocks per segment
+    blocks: int  # the table's blocks when the walk began
+
+    def encode(self) -> str:
+        return (
+            f"{PLAN_PREFIX}{self.filenode}:{self.since}:{self.rounds}:{self.segment}:{self.blocks}"
+        )
+
+    @classmethod
+    def decode(cls, saved: str | None) -> BlockPlan | None:
+        if saved is None or not saved.startswith(PLAN_PREFIX):
+            return None
+        parts = saved[len(PLAN_PREFIX) :].split(":")
+        if len(parts) != 5 or not all(p.isdigit() for p in parts):
+            return None
+        filenode, since, rounds, segment, blocks = map(int, parts)
+        if rounds < 1 or rounds & (rounds - 1) or segment < 1:
+            return None
+        return cls(filenode, since, rounds, segment, blocks)
+
+    @property
+    def segments(self) -> int:
+        return max(1, math.ceil(self.blocks / self.segment))
+
+    @property
+    def cells(self) -> int:
+        """Every cell of the walk: its end."""
+        return self.segments * self.rounds * self.segment
+
+    def stripes(self, n: int) -> list[tuple[int, int]]:
+        """``n`` (or fewer, one per segment at most) ranges of cells of whole segments."""
+        n = max(1, min(n, self.segments))
+        per = self.rounds * self.segment
+        bounds = [round(self.segments * i / n) * per for i in range(n + 1)]
+        return [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+
+
+def read_plan(conn: Connection, table: str, batch_rows: int, parts: int) -> tuple[BlockPlan, float]:
+    """A new plan for ``table`` (and its rows per block, for sizing): segments that hold
+    :data:`BATCHES_PER_ROUND` batches of ``batch_rows`` rows per round, or less, so that
+    there are at least ``parts`` of them (the workers' stripes)."""
+    row = conn.execute(sql.BLOCK_PLAN, {"table": table}).one()
+    blocks = int(row.blocks)
+    per_block = rows_per_block(row.tuples, row.pages)
+    wanted = math.ceil(BATCHES_PER_ROUND * batch_rows * ROUNDS / per_block)
+    segment = max(1, min(wanted, math.ceil(max(blocks, 1) / max(parts, 1))))
+    return BlockPlan(int(row.filenode), int(row.since), ROUNDS, segment, blocks), per_block
+
+
+def rows_per_block(tuples: float | None, pages: int | None) -> float:
+    if tuples is not None and pages and tuples > 0:
+        return max(float(tuples) / int(pages), 1.0)
+    return ROWS_PER_BLOCK_GUESS
+
+
+def read_rows_per_block(conn: Connection, table: str) -> float:
+    row = conn.execute(sql.BLOCK_PLAN, {"table": table}).one()
+    return rows_per_block(row.tuples, row.pages)
+
+
+def refusal(conn: Connection, partitioned: bool, join_back_by_key: bool, record: bool) -> str:
+    """Why this database cannot be walked by blocks ("" when it can)."""
+    if conn.dialect.name != "postgresql":
+        return "SQLite walks its rowid order already (the table's own order)"
+    version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
+    if version < MIN_SERVER:
+        return (
+            "PostgreSQL 14 or later is needed (a range of ctid is a TID Range Scan from 14; "
+            f"this server is {version // 10000})"
+        )
+    if partitioned:
+        return "session_summaries is partitioned: its leaves are walked by key"
+    if join_back_by_key:
+        return "the join-back is by key (Citus): ctid ranges mean nothing across shards"
+    if not record:
+        return "it tells its own writes by the rollback record, which this run does not keep"
+    return ""
+
+
+class BlockOrder(KeyOrder):
+    """Ranges of cells of a :class:`BlockPlan` (module docstring). Sizes are in sessions,
+    as for the other orders: a batch of ``n`` sessions spans ``n * rounds / rows per
+    block`` cells."""
+
+    name = "blocks"
+
+    def __init__(
+        self,
+        plan: BlockPlan,
+        per_block: float,
+        table: str = sql.SESSIONS_TABLE,
+        upper: str | None = None,
+    ) -> None:
+        super().__init__(table, upper)
+        self.plan = plan
+        self.per_block = per_block
+        self.extra_predicate = sql.WRITTEN_BEFORE
+
+    def in_table(self, table: str) -> KeyOrder:
+        raise ValueError("a walk by blocks walks one table, not partitions")
+
+    def owns(self, key: str) -> bool:
+        return owns(key)
+
+    def _end(self) -> int:
+        return cell_of(self.upper) if self.upper is not None else self.plan.cells
+
+    def _cell(self, key: str | None) -> int:
+        return 0 if key is None else cell_of(key)
+
+    def bound_after(self, conn: Connection, lo: str | None, offset: int) -> str | None:
+        start = self._cell(lo)
+        cells = max(1, math.ceil((offset + 1) * self.plan.rounds / self.per_block))
+        round_end = (start // self.plan.segment + 1) * self.plan.segment
+        hi = min(start + cells, round_end)
+        return None if hi >= self._end() else position(hi)
+
+    def param(self, key: str) -> Any:
+        return cell_of(key)
+
+    def show(self, key: str) -> str:
+        return str(cell_of(key))
+
+    def still_valid(self, conn: Connection, lo: str | None) -> bool:
+        quoted = conn.dialect.identifier_preparer.quote(self.table)
+        conn.execute(text(sql.lock_row_exclusive(quoted)))
+        found = conn.execute(sql.BLOCK_FILENODE, {"table": self.table}).scalar()
+        return found == self.plan.filenode
+
+    def where(self, lo: str | None, hi: str | None) -> tuple[int, int, int]:
+        """The range's round and blocks ``[first, end)``."""
+        start = self._cell(lo)
+        stop = self._cell(hi) if hi is not None else self._end()
+        per = self.plan.rounds * self.plan.segment
+        segment, within = divmod(start, per)
+        round_, first = divmod(within, self.plan.segment)
+        first += segment * self.plan.segment
+        return round_, first, first + max(stop - start, 0)
+
+    def describe(self, lo: str | None, hi: str | None) -> str:
+        round_, first, end = self.where(lo, hi)
+        return f"blocks [{first}, {end}) round {round_ + 1}/{self.plan.rounds}"
+
+    def params(self, lo: str | None, hi: str | None) -> dict[str, Any]:
+        round_, first, end = self.where(lo, hi)
+        return {
+            "blo": f"({first},0)",
+            "bhi": f"({end},0)",
+            "mask": self.plan.rounds - 1,
+            "round": round_,
+            "since": str(self.plan.since),
+        }
+
+    def has_hi(self, hi: str | None) -> bool:
+        return True
+
+    def range_sql(self, has_lo: bool, has_hi: bool) -> str:
+        return sql.BLOCK_RANGE
+
+    def count(self, conn: Connection, lo: str | None, hi: str | None) -> int:
+        """About how many sessions the range holds (to split one that timed out)."""
+        _, first, end = self.where(lo, hi)
+        return math.ceil((end - first) * self.per_block / self.plan.rounds)
+
+
+__all__ = ["BlockOrder", "BlockPlan", "PositionLost", "owns", "read_plan", "refusal"]

@@ -1,0 +1,238 @@
+"""The walk by table blocks (``walk_order=blocks``, PostgreSQL 14+): it writes what the
+walk by key writes, with one worker and with several; rows another writer moves out of
+its reach are caught by the catch-up; a stopped walk resumes, and one whose table was
+rewritten walks again with a new plan; where it cannot walk it is refused by name.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from cowrieprocessor.backfill import BACKFILL_JOB, BackfillKnobs, KnobError, run_backfill
+from cowrieprocessor.backfill.blocks import BlockPlan, owns
+from cowrieprocessor.backfill.errors import BackfillInterrupted
+from cowrieprocessor.backfill.progress import load, load_workers
+from cowrieprocessor.backfill.walker import BatchReport
+from cowrieprocessor.testing.databases import Databases
+from cowrieprocessor.testing.partitioned import HASH
+from cowrieprocessor.testing.runners import run_alembic
+from cowrieprocessor.testing.seed import at_0002, partitioned_at_0002, seed_random, snapshots
+
+pytestmark = pytest.mark.postgres
+SESSIONS, IPS = 3000, 300
+
+
+def seeded(dbs: Databases) -> sa.Engine:
+    engine = at_0002(dbs.new())
+    with engine.begin() as conn:
+        seed_random(conn, SESSIONS, IPS, spread_days=400)
+    return engine
+
+
+def knobs(**given: str) -> BackfillKnobs:
+    return BackfillKnobs.from_sources({"batch_size": "150", **given}, {})
+
+
+def counts(result: object) -> tuple[int, ...]:
+    names = ("rows_updated", "matched", "unmatched_no_ip", "unmatched_not_in_inventory")
+    return tuple(getattr(result, n) for n in names)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_walk_by_blocks_writes_what_the_walk_by_key_writes(
+    pg_databases: Databases, workers: str
+) -> None:
+    by_key, by_blocks = seeded(pg_databases), seeded(pg_databases)
+    key_reports: list[BatchReport] = []
+    block_reports: list[BatchReport] = []
+    expected = run_backfill(by_key, knobs(), on_batch=key_reports.append)
+    result = run_backfill(
+        by_blocks, knobs(walk_order="blocks", workers=workers), on_batch=block_reports.append
+    )
+
+    assert snapshots(by_blocks) == snapshots(by_key)
+    assert counts(result) == counts(expected) and result.rows_updated > 0
+    # its batches were of blocks, each within one round of a segment
+    walked = [r for r in block_reports if r.phase == "walk"]
+    assert len(walked) > 16 and all(owns(r.hi) for r in walked if r.hi is not None)
+    # the catch-up looked at the same sessions: none of the rows its own batches wrote
+    # (the rollback record tells them), although they are newer than the walk's start
+    # and ~40% of them still lack a column the inventory does not have
+
+    def looked_again(reports: list[BatchReport]) -> int:
+        return sum(r.counts.candidates for r in reports if r.phase == "catchup")
+
+    assert looked_again(block_reports) == looked_again(key_reports) > 0
+    with by_blocks.connect() as conn:
+        state = load(conn, BACKFILL_JOB)
+    assert state is not None and state.phase == "done"
+    plan = BlockPlan.decode(state.walk_plan)
+    assert plan is not None and plan.rounds == 16 and plan.segments >= int(workers)
+    by_key.dispose()
+    by_blocks.dispose()
+
+
+MOVED = 25
+WIDE = "x" * 1500  # no longer fits its page: the new version goes to the table's end
+
+
+def move_out_of_reach(conn: sa.Connection) -> list[str]:
+    """Another writer: give sessions the walk has not reached a source_ip (the loader's)
+    and a wider row, which moves them past the last block the walk was planned over;
+    their other four columns stay NULL. Returns their ids."""
+    ip = conn.execute(
+        sa.text(
+            "SELECT ip_address FROM ip_inventory WHERE current_asn IS NOT NULL "
+            "ORDER BY ip_address LIMIT 1"
+        )
+    ).scalar_one()
+    moved = list(
+        conn.execute(
+            sa.text(
+                "SELECT session_id FROM session_summaries WHERE source_ip IS NULL "
+                "AND (ctid::text::point)[0] < (SELECT max((ctid::text::point)[0]) - 1 "
+                "FROM session_summaries) ORDER BY session_id LIMIT :n"
+            ),
+            {"n": MOVED},
+        ).scalars()
+    )
+    conn.execute(
+        sa.text(
+            "UPDATE session_summaries SET source_ip = :ip, matcher = 'moved', "
+            "source_files = to_json(CAST(:wide AS text)) WHERE session_id = ANY(:ids)"
+        ),
+        {"ip": ip, "wide": WIDE, "ids": moved},
+    )
+    return moved
+
+
+def test_rows_moved_out_of_its_reach_are_caught_by_the_catch_up(pg_databases: Databases) -> None:
+    by_key, by_blocks = seeded(pg_databases), seeded(pg_databases)
+    with by_key.begin() as conn:  # the oracle: the same write, before a walk by key
+        move_out_of_reach(conn)
+    run_backfill(by_key, knobs())
+    moved: list[str] = []
+    last_block: list[int] = []
+
+    def write_during_the_walk(report: BatchReport) -> None:
+        if report.phase == "walk" and not moved:
+            with by_blocks.begin() as conn:
+                moved.extend(move_out_of_reach(conn))
+                last_block.append(
+                    conn.execute(
+                        sa.text(
+                            "SELECT min((ctid::text::point)[0]) FROM session_summaries "
+                            "WHERE session_id = ANY(:ids)"
+                        ),
+                        {"ids": moved},
+                    ).scalar_one()
+                )
+
+    run_backfill(by_blocks, knobs(walk_order="blocks"), on_batch=write_during_the_walk)
+
+    with by_blocks.connect() as conn:
+        state = load(conn, BACKFILL_JOB)
+    assert state is not None
+    plan = BlockPlan.decode(state.walk_plan)
+    assert plan is not None
+    # the scenario: every moved row now lies past every block the walk was planned over
+    assert len(moved) == MOVED and last_block[0] >= plan.segments * plan.segment
+    got, expected = snapshots(by_blocks), snapshots(by_key)
+    assert all(got[s][1] is not None for s in moved)  # their asn came from the inventory
+    assert got == expected
+    by_key.dispose()
+    by_blocks.dispose()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_stopped_walk_by_blocks_resumes_where_it_stopped(
+    pg_databases: Databases, workers: str
+) -> None:
+    reference, engine = seeded(pg_databases), seeded(pg_databases)
+    run_backfill(reference, knobs())
+    stop = threading.Event()
+    seen: list[BatchReport] = []
+
+    def stop_after_some(report: BatchReport) -> None:
+        seen.append(report)
+        if len(seen) == 7:
+            stop.set()
+
+    given = knobs(walk_order="blocks", workers=workers)
+    with pytest.raises(BackfillInterrupted, match="rerun to resume"):
+        run_backfill(engine, given, stop=stop, on_batch=stop_after_some)
+    with engine.connect() as conn:
+        rows = [load(conn, BACKFILL_JOB), *load_workers(conn, BACKFILL_JOB)]
+    saved = [r for r in rows if r is not None and r.batches > 0]
+    assert saved and all(owns(r.last_key) and r.walk_plan for r in saved)
+
+    resumed = run_backfill(engine, knobs(workers=workers))  # the order it began in
+    assert resumed.resumed
+    assert snapshots(engine) == snapshots(reference)
+    reference.dispose()
+    engine.dispose()
+
+
+def test_a_table_rewritten_between_runs_is_walked_again_with_a_new_plan(
+    pg_databases: Databases, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference, engine = seeded(pg_databases), seeded(pg_databases)
+    run_backfill(reference, knobs())
+    stop = threading.Event()
+
+    def stop_soon(report: BatchReport) -> None:
+        if report.batch == 3:
+            stop.set()
+
+    given = knobs(walk_order="blocks")
+    with pytest.raises(BackfillInterrupted):
+        run_backfill(engine, given, stop=stop, on_batch=stop_soon)
+    with engine.connect() as conn:
+        before = load(conn, BACKFILL_JOB)
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+            sa.text("VACUUM FULL session_summaries")
+        )
+    run_backfill(engine, given)
+
+    assert "was rewritten since the walk by blocks began" in caplog.text
+    with engine.connect() as conn:
+        after = load(conn, BACKFILL_JOB)
+    assert before is not None and after is not None
+    old, new = BlockPlan.decode(before.walk_plan), BlockPlan.decode(after.walk_plan)
+    assert old is not None and new is not None and old.filenode != new.filenode
+    assert snapshots(engine) == snapshots(reference)
+    reference.dispose()
+    engine.dispose()
+
+
+def test_where_it_cannot_walk_it_is_refused_by_name_before_any_write(
+    pg_databases: Databases, sqlite_databases: Databases
+) -> None:
+    sqlite = at_0002(sqlite_databases.new())
+    with pytest.raises(KnobError, match="walk_order=blocks: SQLite walks its rowid order"):
+        run_backfill(sqlite, knobs(walk_order="blocks"))
+    hashed = partitioned_at_0002(pg_databases.new(), HASH)
+    with pytest.raises(KnobError, match="walk_order=blocks: session_summaries is partitioned"):
+        run_backfill(hashed, knobs(walk_order="blocks"))
+    plain = seeded(pg_databases)
+    with pytest.raises(KnobError, match="rollback record"):
+        run_backfill(plain, knobs(walk_order="blocks"), keep_record=False)
+    for engine in (sqlite, hashed, plain):
+        with engine.connect() as conn:
+            assert not sa.inspect(conn).has_table("cowrie_backfill_progress")
+        engine.dispose()
+    with pytest.raises(KnobError, match=r"walk_order='wobble'.*not one of: key, blocks"):
+        knobs(walk_order="wobble")
+
+
+def test_the_offline_script_refuses_a_walk_by_blocks() -> None:
+    span = "0002_snapshot_columns:head"
+    done = run_alembic(
+        "postgresql://u:pw@h/db", "upgrade", span, "--sql", x={"walk_order": "blocks"}
+    )
+    assert done.returncode != 0
+    assert "walk_order=blocks: the offline script (--sql) walks ranges of session_id" in done.stderr
