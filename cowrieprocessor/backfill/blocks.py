@@ -50,9 +50,12 @@ from cowrieprocessor.backfill.keys import KeyOrder, PositionLost
 
 PREFIX = "#blocks:"
 PLAN_PREFIX = "blocks:"
-ROUNDS = 16
-# a segment holds about this many batches of each round, of this many rows at most
-BATCHES_PER_ROUND = 2
+# Measured at 1.68M sessions on our schema, two workers (docs/performance.md, "The walk
+# by blocks"): 8 rounds of segments whose round holds about 6,000 rows took 25.1 s,
+# 16 rounds 28.8 s, 4 rounds 27.2 s (and 1.4 times the WAL); rounds of 40,000 rows
+# 38.4 s, with batches of up to 0.9 s. A round is at most one batch.
+ROUNDS = 8
+ROUND_ROWS = 6_000
 MIN_SERVER = 140000  # server_version_num: TID Range Scans
 ROWS_PER_BLOCK_GUESS = 50.0  # a table the planner has never counted
 
@@ -118,13 +121,13 @@ class BlockPlan:
 
 
 def read_plan(conn: Connection, table: str, batch_rows: int, parts: int) -> tuple[BlockPlan, float]:
-    """A new plan for ``table`` (and its rows per block, for sizing): segments that hold
-    :data:`BATCHES_PER_ROUND` batches of ``batch_rows`` rows per round, or less, so that
-    there are at least ``parts`` of them (the workers' stripes)."""
+    """A new plan for ``table`` (and its rows per block, for sizing): segments whose
+    round holds :data:`ROUND_ROWS` rows (``batch_rows``, the largest batch, when fewer),
+    or fewer, so that there are at least ``parts`` of them (the workers' stripes)."""
     row = conn.execute(sql.BLOCK_PLAN, {"table": table}).one()
     blocks = int(row.blocks)
     per_block = rows_per_block(row.tuples, row.pages)
-    wanted = math.ceil(BATCHES_PER_ROUND * batch_rows * ROUNDS / per_block)
+    wanted = math.ceil(min(ROUND_ROWS, batch_rows) * ROUNDS / per_block)
     segment = max(1, min(wanted, math.ceil(max(blocks, 1) / max(parts, 1))))
     return BlockPlan(int(row.filenode), int(row.since), ROUNDS, segment, blocks), per_block
 
