@@ -122,13 +122,17 @@ bench-workers-5m-wal: $(STAMP)
 		--approaches product-2w,limit --repeat 2 --upstream never --pg-setting max_wal_size=16GB \
 		--label workers-5m-field-wal16g
 
-# The walk by blocks (walk_order=blocks), two workers, against the limit: our schema at
-# 5M, the field's shape at 1.68M (docs/performance.md, "The walk by blocks").
+# The walk by blocks (walk_order=blocks) against the limit: two workers on our schema at
+# 5M; one and two on the field's shape at 1.68M; two on the field's at 5M
+# (docs/performance.md, "The walk by blocks"; about 50 minutes).
 bench-blocks: $(STAMP)
 	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes current \
 		--approaches product-2w-blocks,limit --repeat 2 --upstream never --label blocks-5m-2w
 	$(BIN)/python -m benchmarks.run --sizes 1680000 --dialects postgresql --shapes field \
-		--approaches product-2w-blocks,limit --repeat 2 --upstream never --label blocks-field
+		--approaches product-blocks,product-2w-blocks,limit --repeat 2 --upstream never \
+		--label blocks-field
+	$(BIN)/python -m benchmarks.run --sizes 5000000 --dialects postgresql --shapes field \
+		--approaches product-2w-blocks,limit --repeat 2 --upstream never --label blocks-5m-field
 
 # defer_indexes=on on the field's shape: at 1.68M, 1 and 2 workers with and without it
 # against the limit, two rounds; at 5M, 2 workers with it against the limit, two rounds

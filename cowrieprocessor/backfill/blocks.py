@@ -58,6 +58,7 @@ ROUNDS = 8
 ROUND_ROWS = 6_000
 MIN_SERVER = 140000  # server_version_num: TID Range Scans
 ROWS_PER_BLOCK_GUESS = 50.0  # a table the planner has never counted
+FIRST_NORMAL_XID = 3
 
 
 def owns(key: str | None) -> bool:
@@ -129,7 +130,9 @@ def read_plan(conn: Connection, table: str, batch_rows: int, parts: int) -> tupl
     per_block = rows_per_block(row.tuples, row.pages)
     wanted = math.ceil(min(ROUND_ROWS, batch_rows) * ROUNDS / per_block)
     segment = max(1, min(wanted, math.ceil(max(blocks, 1) / max(parts, 1))))
-    return BlockPlan(int(row.filenode), int(row.since), ROUNDS, segment, blocks), per_block
+    # xids 0-2 are special (a since that wrapped onto one would count every row as new)
+    since = max(int(row.since), FIRST_NORMAL_XID)
+    return BlockPlan(int(row.filenode), since, ROUNDS, segment, blocks), per_block
 
 
 def rows_per_block(tuples: float | None, pages: int | None) -> float:
