@@ -17,6 +17,35 @@ from cowrieprocessor.backfill.knobs import (
 )
 from cowrieprocessor.cli.common import STATUS_FILE_NAME, CliError
 
+# The knobs whose values are words, as flags: (name, metavar, help).
+WORDED_KNOBS = (
+    (
+        "join_back",
+        "|".join(JOIN_BACK_CHOICES),
+        "PostgreSQL: how a batch finds its rows again, by ctid or by session_id "
+        "(Citus); default auto: by session_id when the citus extension is installed",
+    ),
+    (
+        "workers",
+        "N|auto|auto:N",
+        "PostgreSQL: connections walking disjoint stripes of the table at once "
+        f"(1..{MAX_WORKERS}); auto: one per partition, at most {AUTO_WORKERS} (auto:N: at "
+        "most N); default 1",
+    ),
+    (
+        "defer_indexes",
+        "on|off",
+        "PostgreSQL: drop the indexes on the snapshot columns for the walk (its "
+        "updates can then be HOT) and build them again CONCURRENTLY after it; default off",
+    ),
+    (
+        "walk_order",
+        "|".join(WALK_ORDERS),
+        "PostgreSQL 14+: walk ranges of session_id, or of the table's blocks in rounds "
+        "(far less WAL where checkpoints come often); default key",
+    ),
+)
+
 
 def add_knob_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per knob, generated from the knob table (name, range, help, default),
@@ -43,39 +72,10 @@ def add_knob_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status-dir", metavar="DIR", help=f"write {STATUS_FILE_NAME} there after each batch"
     )
-    parser.add_argument(
-        "--join-back",
-        dest="join_back",
-        default=None,
-        metavar="|".join(JOIN_BACK_CHOICES),
-        help="PostgreSQL: how a batch finds its rows again, by ctid or by session_id "
-        "(Citus); default auto: by session_id when the citus extension is installed",
-    )
-    parser.add_argument(
-        "--workers",
-        dest="workers",
-        default=None,
-        metavar="N|auto|auto:N",
-        help="PostgreSQL: connections walking disjoint stripes of the table at once "
-        f"(1..{MAX_WORKERS}); auto: one per partition, at most {AUTO_WORKERS} (auto:N: at "
-        "most N); default 1",
-    )
-    parser.add_argument(
-        "--defer-indexes",
-        dest="defer_indexes",
-        default=None,
-        metavar="on|off",
-        help="PostgreSQL: drop the indexes on the snapshot columns for the walk (its "
-        "updates can then be HOT) and build them again CONCURRENTLY after it; default off",
-    )
-    parser.add_argument(
-        "--walk-order",
-        dest="walk_order",
-        default=None,
-        metavar="|".join(WALK_ORDERS),
-        help="PostgreSQL 14+: walk ranges of session_id, or of the table's blocks in rounds "
-        "(a quarter of the WAL where checkpoints come often); default key",
-    )
+    for name, metavar, text in WORDED_KNOBS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, metavar=metavar, help=text
+        )
 
 
 def knobs_from_args(args: argparse.Namespace) -> BackfillKnobs:
@@ -111,10 +111,8 @@ def _knob_values(args: argparse.Namespace) -> dict[str, str | int | None]:
     ``-x`` that name the same knob with different values are refused)."""
     explicit: dict[str, str | int | None] = dict(_x_items(args))
     flags: dict[str, str | None] = {k.name: getattr(args, k.name) for k in INT_KNOBS}
-    flags["join_back"] = getattr(args, "join_back", None)
-    flags["workers"] = getattr(args, "workers", None)
-    flags["defer_indexes"] = getattr(args, "defer_indexes", None)
-    flags["walk_order"] = getattr(args, "walk_order", None)
+    for name, _, _ in WORDED_KNOBS:
+        flags[name] = getattr(args, name, None)
     for name, value in flags.items():
         if value is None:
             continue
