@@ -6,6 +6,8 @@ rewritten walks again with a new plan; where it cannot walk it is refused by nam
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 
 import pytest
@@ -150,7 +152,7 @@ def test_rows_moved_out_of_its_reach_are_caught_by_the_catch_up(pg_databases: Da
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_stopped_walk_by_blocks_resumes_where_it_stopped(
-    pg_databases: Databases, workers: str
+    pg_databases: Databases, workers: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     reference, engine = seeded(pg_databases), seeded(pg_databases)
     run_backfill(reference, knobs())
@@ -170,8 +172,11 @@ def test_a_stopped_walk_by_blocks_resumes_where_it_stopped(
     saved = [r for r in rows if r is not None and r.batches > 0]
     assert saved and all(owns(r.last_key) and r.walk_plan for r in saved)
 
+    caplog.set_level(logging.INFO, logger="cowrieprocessor.backfill")
     resumed = run_backfill(engine, knobs(workers=workers))  # the order it began in
     assert resumed.resumed
+    if workers == "1":  # where, as an operator reads it (workers: each stripe's row)
+        assert re.search(r"resuming the walk by blocks at block \d+, round \d/8", caplog.text)
     assert snapshots(engine) == snapshots(reference)
     reference.dispose()
     engine.dispose()

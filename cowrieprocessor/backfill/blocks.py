@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from cowrieprocessor.backfill import sql
-from cowrieprocessor.backfill.keys import KeyOrder, PositionLost
+from cowrieprocessor.backfill.keys import KeyOrder
 
 PREFIX = "#blocks:"
 PLAN_PREFIX = "blocks:"
@@ -112,6 +112,12 @@ class BlockPlan:
     def cells(self) -> int:
         """Every cell of the walk: its end."""
         return self.segments * self.rounds * self.segment
+
+    def at(self, cell: int) -> str:
+        """Where cell ``cell`` is, as an operator reads it."""
+        segment, within = divmod(cell, self.rounds * self.segment)
+        round_, block = divmod(within, self.segment)
+        return f"block {segment * self.segment + block}, round {round_ + 1}/{self.rounds}"
 
     def stripes(self, n: int) -> list[tuple[int, int]]:
         """``n`` (or fewer, one per segment at most) ranges of cells of whole segments."""
@@ -251,4 +257,4 @@ class BlockOrder(KeyOrder):
         return math.ceil((end - first) * self.per_block / self.plan.rounds)
 
 
-__all__ = ["BlockOrder", "BlockPlan", "PositionLost", "owns", "read_plan", "refusal"]
+__all__ = ["BlockOrder", "BlockPlan", "owns", "read_plan", "refusal"]

@@ -99,6 +99,9 @@ def _resuming(walker: RangeWalker) -> str:
     s = walker.run.state
     if s.phase == WALK and s.last_key is None and s.batches == 0:
         return "; resuming the walk's stripes"  # the workers' (:mod:`.workers`)
+    plan = blocks.BlockPlan.decode(s.walk_plan)
+    if plan is not None and s.last_key is not None and blocks.owns(s.last_key):
+        return f"; resuming the walk by blocks at {plan.at(blocks.cell_of(s.last_key))}"
     return f"; resuming {s.phase}{_in_leaf(walker)} after {s.last_key!r}"
 
 

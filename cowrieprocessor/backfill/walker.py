@@ -448,13 +448,18 @@ class RangeWalker:
             return self.key_order
         plan = BlockPlan.decode(self.run.state.walk_plan)
         assert plan is not None  # checked by _walk_table
+        return BlockOrder(plan, self.rows_per_block())
+
+    def rows_per_block(self) -> float:
+        """The table's rows per block as the planner counts them (to size a walk by
+        blocks that resumes)."""
 
         def read(conn: Connection) -> float:
             found = blocks.read_rows_per_block(conn, sql.SESSIONS_TABLE)
             conn.rollback()
             return found
 
-        return BlockOrder(plan, self.tx.retrying("reading the table's size", read))
+        return self.tx.retrying("reading the table's size", read)  # type: ignore[no-any-return]
 
     def _same_file(self, plan: BlockPlan) -> bool:
         def read(conn: Connection) -> bool:

@@ -137,7 +137,7 @@ class Stripes:
                 stripe.sessions_total = _share(max(left, 0), len(saved))
             c.tx.retrying("saving the workers' stripes", _save_stripes(saved, c))
         if any(s.walk_plan for s in saved):
-            self.per_block = c.tx.retrying("reading the table's size", _rows_per_block)
+            self.per_block = c.rows_per_block()
         self.base = c.run.checkpoint()  # with the plan of a walk by blocks
         c.start_phase(WALK)
         self.states = {s.job: s for s in saved}
@@ -421,12 +421,6 @@ def saved_stripes(job: str) -> Callable[[Connection], list[JobState]]:
         return found
 
     return load
-
-
-def _rows_per_block(conn: Connection) -> float:
-    found = blocks.read_rows_per_block(conn, sql.SESSIONS_TABLE)
-    conn.rollback()
-    return found
 
 
 def _save_stripes(stripes: list[JobState], c: RangeWalker) -> Callable[[Connection], None]:
