@@ -26,6 +26,15 @@ def test_kill_9_on_partitioned_tables_and_by_key_matches_plain_tables(
     kill_trials(scaled_out, trials=3, max_kills=1, test="kill-9 (partitions, join_back=key)")
 
 
+def test_kill_9_walking_by_blocks_matches_an_uninterrupted_run(mixed: Dataset) -> None:
+    """The same trials walking by blocks (1, 2 and 4 workers): a kill lands in a round of
+    a segment, and the rerun goes on by blocks from the saved cell."""
+    if mixed.dialect != "postgresql":
+        pytest.skip("SQLite refuses walk_order=blocks (tests/test_blocks.py)")
+    blocks = {"walk_order": "blocks"}
+    kill_trials(mixed, trials=3, max_kills=1, test="kill-9 (walk_order=blocks)", knobs=blocks)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_kill_9_trials_at_scale(large: Dataset) -> None:

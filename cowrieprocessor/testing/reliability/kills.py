@@ -134,17 +134,20 @@ def kill_trial(
 LANE_WORKERS = ("1", "2", "4")
 
 
-def kill_trials(ds: Dataset, trials: int, max_kills: int, test: str) -> None:
+def kill_trials(
+    ds: Dataset, trials: int, max_kills: int, test: str, knobs: Mapping[str, str] | None = None
+) -> None:
     """``trials`` kill trials in three lanes side by side (three databases): most of a
     trial is spent starting Python. Each lane has its own seeded random generator and,
     on PostgreSQL, its own number of workers (:data:`LANE_WORKERS`; on a partitioned
-    table a stripe is a partition)."""
+    table a stripe is a partition). ``knobs``: the upgrade's, over the dataset's."""
+    more = dict(knobs or {})
     lanes = [ds.rerun, ds.clone(), ds.clone()]
 
     def lane(n: int) -> list[str]:
         rng = random.Random(f"{SEED}-{ds.dialect}-{test}-{n}")
         workers = LANE_WORKERS[n] if ds.dialect == "postgresql" else "1"
-        knobs = {**ds.knobs, "workers": workers}
+        knobs = {**ds.knobs, **more, "workers": workers}
         landed: list[str] = []
         for trial in range(n, trials, len(lanes)):
             name = f"seed {SEED} trial {trial} (workers={workers})"
@@ -160,7 +163,7 @@ def kill_trials(ds: Dataset, trials: int, max_kills: int, test: str) -> None:
         partition=ds.partition,
         seed=SEED,
         sessions=ds.sessions,
-        knobs=ds.knobs,
+        knobs={**ds.knobs, **more},
         workers=list(LANE_WORKERS) if ds.dialect == "postgresql" else ["1"],
         trials=trials,
         kills=len(landed),
