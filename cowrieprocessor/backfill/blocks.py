@@ -6,12 +6,10 @@ checkpoint, and writes the whole page to the WAL (37-40 GB for a 1.7 GB table,
 docs/performance.md, "Checkpoints at 5M"). This order walks the table's blocks
 instead: the table is cut into *segments* of ``segment`` blocks, and each segment is
 walked in ``rounds`` rounds, every round taking only the sessions whose
-``hashtext(session_id) & (rounds - 1)`` is that round. A batch thus holds about as many
-rows as one by key, a page is changed ``rounds`` times within seconds, and the old row
-versions of one round leave room for the next one's HOT updates. A segment holds about
-two batches per round, so a page is changed again only after a batch on its other
-half, when the other workers' transactions of the time have ended and its dead
-versions can be pruned.
+``hashtext(session_id) & (rounds - 1)`` is that round. A round holds about as many rows
+as a batch by key (:data:`ROUND_ROWS`) and is at most one batch, a page is changed
+``rounds`` times within a second or two, and the old row versions of one round leave
+room for the next one's HOT updates.
 
 **Positions.** The plan (:class:`BlockPlan`: the table's file, the oldest transaction
 running when the walk began, rounds, segment, blocks) is saved in the progress row's
@@ -59,6 +57,8 @@ ROUND_ROWS = 6_000
 MIN_SERVER = 140000  # server_version_num: TID Range Scans
 ROWS_PER_BLOCK_GUESS = 50.0  # a table the planner has never counted
 FIRST_NORMAL_XID = 3
+# what the walk, its resume and the workers' coordinator say when the plan's file is gone
+REWRITTEN = "session_summaries was rewritten since the walk by blocks began (VACUUM FULL, CLUSTER?)"
 
 
 def owns(key: str | None) -> bool:
@@ -112,6 +112,10 @@ class BlockPlan:
     def cells(self) -> int:
         """Every cell of the walk: its end."""
         return self.segments * self.rounds * self.segment
+
+    def same_file(self, conn: Connection, table: str = sql.SESSIONS_TABLE) -> bool:
+        """Whether ``table`` still has the file this plan's blocks refer to."""
+        return conn.execute(sql.BLOCK_FILENODE, {"table": table}).scalar() == self.filenode
 
     def at(self, cell: int) -> str:
         """Where cell ``cell`` is, as an operator reads it."""
@@ -218,8 +222,7 @@ class BlockOrder(KeyOrder):
     def still_valid(self, conn: Connection, lo: str | None) -> bool:
         quoted = conn.dialect.identifier_preparer.quote(self.table)
         conn.execute(text(sql.lock_row_exclusive(quoted)))
-        found = conn.execute(sql.BLOCK_FILENODE, {"table": self.table}).scalar()
-        return found == self.plan.filenode
+        return self.plan.same_file(conn, self.table)
 
     def where(self, lo: str | None, hi: str | None) -> tuple[int, int, int]:
         """The range's round and blocks ``[first, end)``."""

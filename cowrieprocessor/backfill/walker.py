@@ -300,10 +300,7 @@ class RangeWalker:
             plan = BlockPlan.decode(self.run.state.walk_plan)
             if plan is None or not self._same_file(plan):
                 log.warning(
-                    "%s %s: session_summaries was rewritten since the walk by blocks began "
-                    "(VACUUM FULL, CLUSTER?): walking it again with a new plan",
-                    self.job,
-                    phase,
+                    "%s %s: %s: walking it again with a new plan", self.job, phase, blocks.REWRITTEN
                 )
                 self.run.move_to(None)
                 self.run.restart_phase()
@@ -342,14 +339,13 @@ class RangeWalker:
                 if isinstance(self.order, BlockOrder):
                     if self.gate is not None:  # a worker: its job plans the walk again
                         raise BatchFailed(
-                            f"{self.job}: session_summaries was rewritten during the walk by "
-                            "blocks (VACUUM FULL, CLUSTER?); rerun to walk it with a new plan"
+                            f"{self.job}: {blocks.REWRITTEN}; rerun to walk it with a new plan"
                         ) from None
                     log.warning(
-                        "%s %s: session_summaries was rewritten during the walk by blocks "
-                        "(VACUUM FULL, CLUSTER?): walking it again with a new plan",
+                        "%s %s: %s: walking it again with a new plan",
                         self.job,
                         phase,
+                        blocks.REWRITTEN,
                     )
                     self.order = self._plan_blocks()
                     self.run.restart_phase()
@@ -461,11 +457,16 @@ class RangeWalker:
 
         return self.tx.retrying("reading the table's size", read)  # type: ignore[no-any-return]
 
+    def _say_rewritten(self, phase: str) -> None:
+        log.warning(
+            "%s %s: %s: walking it again with a new plan", self.job, phase, blocks.REWRITTEN
+        )
+
     def _same_file(self, plan: BlockPlan) -> bool:
         def read(conn: Connection) -> bool:
-            found = conn.execute(sql.BLOCK_FILENODE, {"table": sql.SESSIONS_TABLE}).scalar()
+            same = plan.same_file(conn)
             conn.rollback()
-            return found == plan.filenode
+            return same
 
         return self.tx.retrying("reading the table's file", read)  # type: ignore[no-any-return]
 

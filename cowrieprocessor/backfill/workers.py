@@ -189,16 +189,11 @@ class Stripes:
         job = self.coordinator.run.job
 
         def recheck(conn: Connection) -> list[JobState]:
-            plans = {BlockPlan.decode(s.walk_plan) for s in saved} - {None}
+            plans = [p for p in map(BlockPlan.decode, (s.walk_plan for s in saved)) if p]
             if plans:
-                filenode = conn.execute(sql.BLOCK_FILENODE, {"table": sql.SESSIONS_TABLE}).scalar()
-                if any(p is None or p.filenode != filenode for p in plans):
+                if not all(p.same_file(conn) for p in plans):
                     with conn.begin():
-                        log.warning(
-                            "%s: session_summaries was rewritten since the walk by blocks "
-                            "began (VACUUM FULL, CLUSTER?): planning the walk again",
-                            job,
-                        )
+                        log.warning("%s: %s: planning the walk again", job, blocks.REWRITTEN)
                         progress.delete_workers(conn, job)
                         state = self.coordinator.run.state
                         state.last_key = state.walk_plan = None
