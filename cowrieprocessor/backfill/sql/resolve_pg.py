@@ -47,15 +47,39 @@ def _pg_spur_type(col: JsonColumn) -> str:
            END"""
 
 
+def _pg_scalar_text(kind: str, value: str) -> str:
+    """A JSON value that is a string, as trimmed, lower-cased text, else NULL."""
+    return (
+        f"CASE WHEN {kind}_typeof({value}) = 'string' "
+        f"THEN NULLIF(lower(btrim({value} #>> '{{}}')), '') END"
+    )
+
+
 def pg_candidates(se: JsonColumn, range_sql: str, needs: str, table: str, extra: str = "") -> str:
     """The range's sessions that need a snapshot: key, the five columns as they are, the
-    IPs of the two enrichment sources (``extra``: more columns, fixed SQL)."""
+    IPs of the two enrichment sources (``extra``: more columns, fixed SQL).
+
+    Each source is read only when the ones before it gave no IP, as ``COALESCE`` would:
+    ``session_metadata``'s IP only without ``source_ip``, ``dshield``'s only without
+    either. ``session_metadata``'s is found by one path lookup (``#>``) in a ``LATERAL``
+    subquery that ``OFFSET 0`` keeps from being merged into the select list, so a
+    ``json`` document is parsed once for it, not twice (its type, then its text): on the
+    field's ``json`` columns at 1.68M sessions this took reading both sources from 10.4
+    s to 3.4 s (docs/performance.md).
+    """
+    meta = _pg_scalar_text(se.kind, "m.meta_raw")
     return f"""SELECT s.session_id, {extra}s.source_ip AS old_ip, s.snapshot_asn AS old_asn,
            s.snapshot_country AS old_country, s.snapshot_ip_type AS old_type,
            s.enrichment_at AS old_at,
-           {_pg_text(se, "-> 'session_metadata'", "source_ip")} AS meta_ip,
-           {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} AS dshield_ip
+           {meta} AS meta_ip,
+           CASE WHEN s.source_ip IS NULL AND {meta} IS NULL
+                THEN {_pg_text(se, "-> 'dshield' -> 'ip'", "number")} END AS dshield_ip
     FROM {in_text(table)} s
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN s.source_ip IS NULL
+                    THEN {se.expr} #> '{{session_metadata,source_ip}}' END AS meta_raw
+        OFFSET 0
+    ) m
     WHERE {range_sql} AND {needs}"""
 
 
