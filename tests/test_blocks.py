@@ -50,7 +50,7 @@ def test_a_walk_by_blocks_writes_what_the_walk_by_key_writes(
     by_key, by_blocks = seeded(pg_databases), seeded(pg_databases)
     key_reports: list[BatchReport] = []
     block_reports: list[BatchReport] = []
-    expected = run_backfill(by_key, knobs(), on_batch=key_reports.append)
+    expected = run_backfill(by_key, knobs(walk_order="key"), on_batch=key_reports.append)
     result = run_backfill(
         by_blocks, knobs(walk_order="blocks", workers=workers), on_batch=block_reports.append
     )
@@ -115,7 +115,7 @@ def test_rows_moved_out_of_its_reach_are_caught_by_the_catch_up(pg_databases: Da
     by_key, by_blocks = seeded(pg_databases), seeded(pg_databases)
     with by_key.begin() as conn:  # the oracle: the same write, before a walk by key
         move_out_of_reach(conn)
-    run_backfill(by_key, knobs())
+    run_backfill(by_key, knobs(walk_order="key"))
     moved: list[str] = []
     last_block: list[int] = []
 
@@ -155,7 +155,7 @@ def test_a_stopped_walk_by_blocks_resumes_where_it_stopped(
     pg_databases: Databases, workers: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     reference, engine = seeded(pg_databases), seeded(pg_databases)
-    run_backfill(reference, knobs())
+    run_backfill(reference, knobs(walk_order="key"))
     stop = threading.Event()
     seen: list[BatchReport] = []
 
@@ -176,7 +176,7 @@ def test_a_stopped_walk_by_blocks_resumes_where_it_stopped(
     resumed = run_backfill(engine, knobs(workers=workers))  # the order it began in
     assert resumed.resumed
     if workers == "1":  # where, as an operator reads it (workers: each stripe's row)
-        assert re.search(r"resuming the walk by blocks at block \d+, round \d/8", caplog.text)
+        assert re.search(r"resuming walk by blocks at block \d+, round \d/8", caplog.text)
     assert snapshots(engine) == snapshots(reference)
     reference.dispose()
     engine.dispose()
@@ -186,7 +186,7 @@ def test_a_table_rewritten_between_runs_is_walked_again_with_a_new_plan(
     pg_databases: Databases, caplog: pytest.LogCaptureFixture
 ) -> None:
     reference, engine = seeded(pg_databases), seeded(pg_databases)
-    run_backfill(reference, knobs())
+    run_backfill(reference, knobs(walk_order="key"))
     stop = threading.Event()
 
     def stop_soon(report: BatchReport) -> None:
@@ -231,8 +231,36 @@ def test_where_it_cannot_walk_it_is_refused_by_name_before_any_write(
         with engine.connect() as conn:
             assert not sa.inspect(conn).has_table("cowrie_backfill_progress")
         engine.dispose()
-    with pytest.raises(KnobError, match=r"walk_order='wobble'.*not one of: key, blocks"):
+    with pytest.raises(KnobError, match=r"walk_order='wobble'.*not one of: auto, key, blocks"):
         knobs(walk_order="wobble")
+
+
+def test_auto_walks_by_blocks_where_it_can_and_by_key_saying_why_where_not(
+    pg_databases: Databases, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cowrieprocessor")
+    plain = seeded(pg_databases)
+    reports: list[BatchReport] = []
+    run_backfill(plain, knobs(), on_batch=reports.append)  # walk_order=auto, the default
+    assert all(owns(r.hi) for r in reports if r.phase == "walk" and r.hi is not None)
+    assert "block ranges" in caplog.text
+    assert "walk order: by session_id" not in caplog.text
+
+    unrecorded = seeded(pg_databases)
+    reports.clear()
+    run_backfill(unrecorded, knobs(), keep_record=False, on_batch=reports.append)
+    assert not any(owns(r.hi) for r in reports if r.hi is not None)
+    assert (
+        "walk order: by session_id (walk_order=auto: it tells its own writes by the "
+        "rollback record" in caplog.text
+    )
+    hashed = partitioned_at_0002(pg_databases.new(), HASH)
+    with hashed.begin() as conn:
+        seed_random(conn, 300, 30)
+    run_backfill(hashed, knobs())
+    assert "(walk_order=auto: session_summaries is partitioned" in caplog.text
+    for engine in (plain, unrecorded, hashed):
+        engine.dispose()
 
 
 def test_the_offline_script_refuses_a_walk_by_blocks() -> None:

@@ -127,7 +127,8 @@ def test_set_changes_the_batch_size_from_the_next_batch(
     sizes = [re.findall(r"batch \d+: (\d+) rows", line) for line in lines]
     before = {int(s[0]) for s in sizes[:at] if s}
     after = {int(s[0]) for s in sizes[at:] if s}
-    assert before == {100} and after == {40}, (before, after)
+    # at most: a range of blocks ends with its round (the default order here)
+    assert max(before) == 100 and max(after) == 40, (before, after)
     assert read(url, current_snapshots) == want
 
 

@@ -234,7 +234,8 @@ def test_one_governor_pauses_every_worker_and_status_shows_each(pg_databases: Da
         assert "state: paused (paused by operator since" in status.stdout, status.stdout
         assert "workers (3 stripes):" in status.stdout, status.stdout
         for n in (1, 2, 3):
-            assert f"{BACKFILL_JOB}/0{n}: session_id (" in status.stdout, status.stdout
+            stripe = rf"{BACKFILL_JOB}/0{n}: blocks \[\d+, \d+\) of \d+, walk"
+            assert re.search(stripe, status.stdout), status.stdout
         assert cowrie_db("--db", url, "control", "set", "pause_ms=0").returncode == 0
         assert cowrie_db("--db", url, "control", "resume").returncode == 0
         assert run.wait() == 0, run.output

@@ -131,6 +131,20 @@ class BlockPlan:
         return [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
+def describe_stripe(saved_plan: str | None, lo: str | None, hi: str | None) -> str | None:
+    """A stripe of whole segments (:func:`.stripes.plan_blocks`) as the table's blocks
+    it covers, ``blocks [first, end) of N``; None when ``saved_plan`` is not a plan."""
+    plan = BlockPlan.decode(saved_plan)
+    if plan is None:
+        return None
+    per = plan.rounds * plan.segment
+
+    def block(key: str | None, default: int) -> int:
+        return default if key is None else min(cell_of(key) // per * plan.segment, plan.blocks)
+
+    return f"blocks [{block(lo, 0)}, {block(hi, plan.blocks)}) of {plan.blocks}"
+
+
 def read_plan(conn: Connection, table: str, batch_rows: int, parts: int) -> tuple[BlockPlan, float]:
     """A new plan for ``table`` (and its rows per block, for sizing): segments whose
     round holds :data:`ROUND_ROWS` rows (``batch_rows``, the largest batch, when fewer),
@@ -256,8 +270,16 @@ class BlockOrder(KeyOrder):
 
     def count(self, conn: Connection, lo: str | None, hi: str | None) -> int:
         """About how many sessions the range holds (to split one that timed out)."""
+        return self._about(lo, hi)
+
+    def held(self, lo: str | None, hi: str | None, asked: int) -> int:
+        """A range ends at the end of its round: fewer sessions than asked, then (so a
+        range that timed out is split in halves of what it holds, not of what was asked)."""
+        return min(asked, self._about(lo, hi))
+
+    def _about(self, lo: str | None, hi: str | None) -> int:
         _, first, end = self.where(lo, hi)
-        return math.ceil((end - first) * self.per_block / self.plan.rounds)
+        return max(1, math.ceil((end - first) * self.per_block / self.plan.rounds))
 
 
 __all__ = ["BlockOrder", "BlockPlan", "owns", "read_plan", "refusal"]

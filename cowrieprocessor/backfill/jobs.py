@@ -101,7 +101,7 @@ def _resuming(walker: RangeWalker) -> str:
         return "; resuming the walk's stripes"  # the workers' (:mod:`.workers`)
     plan = blocks.BlockPlan.decode(s.walk_plan)
     if plan is not None and s.last_key is not None and blocks.owns(s.last_key):
-        return f"; resuming the walk by blocks at {plan.at(blocks.cell_of(s.last_key))}"
+        return f"; resuming walk by blocks at {plan.at(blocks.cell_of(s.last_key))}"
     return f"; resuming {s.phase}{_in_leaf(walker)} after {s.last_key!r}"
 
 
@@ -229,9 +229,12 @@ def run_backfill(
             "checking defer_indexes",
             _reading(lambda c: deferred_indexes.check(knobs.defer_indexes, c)),
         )
-        if knobs.walk_order == "blocks" and not dry_run:
-            walker.tx.retrying(
-                "checking walk_order", _reading(lambda c: _check_blocks(c, knobs, keep_record))
+        if knobs.walk_order != "key" and not dry_run:
+            walker.choose_blocks(
+                walker.tx.retrying(
+                    "checking walk_order",
+                    _reading(lambda c: _choose_blocks(c, knobs, keep_record)),
+                )
             )
         json = walker.tx.retrying("reading the JSON columns' types", _reading(json_storage.detect))
         resumed = _prepare(walker, with_record=keep_record and not dry_run)
@@ -243,7 +246,7 @@ def run_backfill(
             "DRY RUN (no changes) - " if dry_run else "",
             total,
             inventory,
-            describe_sizing(knobs, walker.fresh_order),
+            describe_sizing(knobs, "block" if walker.by_blocks else walker.fresh_order.name),
             _resuming(walker) if resumed else "",
         )
         mode = CTID
@@ -304,12 +307,17 @@ def run_backfill(
     return result
 
 
-def _check_blocks(conn: Connection, knobs: BackfillKnobs, keep_record: bool) -> None:
-    """Refuse ``walk_order=blocks`` where it cannot walk, by name, before any write."""
+def _choose_blocks(conn: Connection, knobs: BackfillKnobs, keep_record: bool) -> bool:
+    """Whether a fresh walk goes by blocks: ``walk_order=blocks`` where it can walk,
+    else refused by name before any write; ``auto`` where it can, else by key, saying
+    why (not on SQLite, which walks its own order)."""
     is_citus = join_back_mode(conn, knobs) == KEY
     why = blocks.refusal(conn, partitions.is_partitioned(conn), is_citus, keep_record)
-    if why:
-        raise KnobError(f"walk_order=blocks: {why}; run with walk_order=key (the default)")
+    if why and knobs.walk_order == "blocks":
+        raise KnobError(f"walk_order=blocks: {why}; run with walk_order=key or auto")
+    if why and conn.dialect.name == "postgresql":
+        log.info("walk order: by session_id (walk_order=auto: %s)", why)
+    return not why
 
 
 def _checkpoints_now(walker: RangeWalker) -> tuple[float, checkpoints.Reading] | None:
@@ -455,7 +463,7 @@ def clear_snapshots(
         log.info(
             "clearing all snapshot values: %d sessions; %s%s",
             total,
-            describe_sizing(knobs, walker.fresh_order),
+            describe_sizing(knobs, walker.fresh_order.name),
             f"; resuming after {walker.run.state.last_key!r}" if resumed else "",
         )
         if walker.run.state.phase == WALK:

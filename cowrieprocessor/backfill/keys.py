@@ -117,6 +117,11 @@ class KeyOrder:
         """How many of the phase's sessions ``keys`` keys of this order stand for."""
         return float(keys)
 
+    def held(self, lo: str | None, hi: str | None, asked: int) -> int:
+        """How many keys the range ``(lo, hi]`` that :meth:`bound_after` gave for
+        ``asked`` holds: all of them, unless the order ends a range early."""
+        return asked
+
 
 class KeyListOrder(KeyOrder):
     """PostgreSQL's catch-up: ranges over a list of keys read once, in one scan.

@@ -210,9 +210,10 @@ KNOB_NAMES = frozenset(
 # defer_indexes (PostgreSQL, :mod:`.deferred_indexes`): drop the indexes on the snapshot
 # columns for the walk (its updates can then be HOT) and build them again after it.
 ON_OFF = ("off", "on")
-# walk_order (PostgreSQL 14+, :mod:`.blocks`): the walk's ranges are of session_id, or of
-# the table's blocks, each range walked in rounds (far less WAL after a checkpoint).
-WALK_ORDERS = ("key", "blocks")
+# walk_order (:mod:`.blocks`): the walk's ranges are of session_id, or of the table's
+# blocks, each range walked in rounds (far less WAL after a checkpoint; PostgreSQL 14+);
+# ``auto``: by blocks wherever :func:`.blocks.refusal` finds nothing against it, else by key.
+WALK_ORDERS = ("auto", "key", "blocks")
 # Workers (PostgreSQL, :mod:`.workers`): N connections walking disjoint stripes at once;
 # ``auto``: one per partition of a partitioned table (one on a plain table), at most
 # AUTO_WORKERS, or at most N with ``auto:N``.
@@ -237,7 +238,7 @@ class BackfillKnobs:
     workers: int = 1  # at most this many at once
     workers_per_leaf: bool = False  # workers=auto: one per partition
     defer_indexes: bool = False
-    walk_order: str = "key"
+    walk_order: str = "auto"
 
     @property
     def adaptive(self) -> bool:

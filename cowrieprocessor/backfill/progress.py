@@ -370,15 +370,24 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def _blocks_stripe(state: JobState) -> str | None:
+    """A stripe of a walk by blocks as the table's blocks it covers, else None."""
+    if state.walk_plan is None or state.stripe_lo is None:
+        return None
+    from cowrieprocessor.backfill import blocks  # above this module: blocks -> keys -> progress
+
+    return blocks.describe_stripe(state.walk_plan, state.stripe_lo, state.stripe_hi)
+
+
 def worker_view(state: JobState, run_state: str = "") -> dict[str, Any]:
     """One worker's stripe and where it stands, as ``status`` and the status file show
     it: its row's name, the partition or key range it walks, sessions walked of about
     how many, rows updated, batches, and its state (``running``, ``finished``, ...)."""
+    by_blocks = _blocks_stripe(state)
     if state.leaf is not None and state.stripe_lo is None and state.stripe_hi is None:
         where = f"partition {state.leaf}"
-    elif state.walk_plan is not None and state.stripe_lo is not None:
-        where = f"blocks walk cells ({state.stripe_lo[len('#blocks:') :]}, "
-        where += f"{(state.stripe_hi or '')[len('#blocks:') :]}]"
+    elif by_blocks is not None:
+        where = by_blocks
     else:
         lo = "(start" if state.stripe_lo is None else f"({state.stripe_lo!r}"
         hi = "end)" if state.stripe_hi is None else f"{state.stripe_hi!r}]"

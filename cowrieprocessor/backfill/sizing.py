@@ -10,7 +10,6 @@ docs/performance.md has the figures behind the default.
 
 from __future__ import annotations
 
-from cowrieprocessor.backfill.keys import KeyOrder
 from cowrieprocessor.backfill.knobs import BackfillKnobs
 from cowrieprocessor.backfill.progress import CATCHUP
 
@@ -65,11 +64,12 @@ class BatchSizer:
             self.size = max(1, min(self.size, rows // 2))
 
 
-def describe_sizing(knobs: BackfillKnobs, order: KeyOrder) -> str:
+def describe_sizing(knobs: BackfillKnobs, ranges: str) -> str:
+    """How batches are sized, of ``ranges`` ("session_id", "rowid", "block")."""
     if not knobs.adaptive:
-        return f"batch_size={knobs.batch_size} ({order.name} ranges)"
+        return f"batch_size={knobs.batch_size} ({ranges} ranges)"
     return (
-        f"adaptive batches of {order.name} ranges: {min(knobs.batch_size, ADAPTIVE_FIRST_BATCH)} "
+        f"adaptive batches of {ranges} ranges: {min(knobs.batch_size, ADAPTIVE_FIRST_BATCH)} "
         f"rows first, then sized toward batch_time={knobs.batch_time} ms, at most "
         f"batch_size={knobs.batch_size}"
     )

@@ -122,6 +122,8 @@ class RangeWalker:
             ROWID_ORDER if self.dialect == "sqlite" and knobs.adaptive else self.key_order
         )
         self.order: KeyOrder = self.fresh_order
+        # a fresh walk by blocks: chosen by the job (:meth:`choose_blocks`), never by default
+        self._by_blocks = False
         # the server's health (PostgreSQL); a dry run writes no progress row to steer by;
         # a worker's job reads it for all of its workers
         self.monitor = HealthMonitor() if self.dialect == "postgresql" and not gate else None
@@ -331,6 +333,8 @@ class RangeWalker:
                 )
             size = self.sizer.size
             hi = self.bound_after(lo, size - 1)
+            if hi is not None:
+                size = self.order.held(lo, hi, size)
             # the last range of a leaf that is not the last: its exact size, for progress
             last_size = self.count_range(lo, None) if hi is None and self.run.next_leaf else None
             try:
@@ -407,11 +411,13 @@ class RangeWalker:
 
     @property
     def by_blocks(self) -> bool:
-        """Whether a walk that starts now goes by blocks (checked by the job at start:
-        :func:`.blocks.refusal`; a dry run walks by key)."""
-        return (
-            self.knobs.walk_order == "blocks" and self.dialect == "postgresql" and not self.dry_run
-        )
+        """Whether a walk that starts now goes by blocks (a dry run walks by key)."""
+        return self._by_blocks and self.dialect == "postgresql" and not self.dry_run
+
+    def choose_blocks(self, chosen: bool) -> None:
+        """The job's choice of order for a fresh walk, once :func:`.blocks.refusal` was
+        asked (``walk_order``; a saved position keeps the order it was walked in)."""
+        self._by_blocks = chosen
 
     def _plan_blocks(self) -> BlockOrder:
         """A new plan for the job's walk, kept in its state (saved with the first batch)."""

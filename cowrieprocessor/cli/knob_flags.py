@@ -41,8 +41,9 @@ WORDED_KNOBS = (
     (
         "walk_order",
         "|".join(WALK_ORDERS),
-        "PostgreSQL 14+: walk ranges of session_id, or of the table's blocks in rounds "
-        "(far less WAL where checkpoints come often); default key",
+        "walk ranges of session_id (key), or of the table's blocks in rounds (blocks: "
+        "far less WAL where checkpoints come often; PostgreSQL 14+); default auto: by "
+        "blocks where it can, else by key",
     ),
 )
 

@@ -56,7 +56,7 @@ def upgrade() -> None:
                 "defer_indexes=on: the offline script (--sql) neither drops nor builds "
                 "indexes; run the upgrade online, or the script without the knob"
             )
-        if knobs.walk_order != "key":
+        if knobs.walk_order == "blocks":
             raise KnobError(
                 f"walk_order={knobs.walk_order}: the offline script (--sql) walks ranges of "
                 "session_id; run the upgrade online, or the script without the knob"
