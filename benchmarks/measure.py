@@ -128,7 +128,7 @@ def product(
     workers: str = "1",
     writer: bool = False,
     defer_indexes: str = "off",
-    walk_order: str = "key",
+    walk_order: str = "auto",  # the product's default
 ) -> dict[str, Any]:
     """The real deploy step, ``alembic upgrade head`` from 0002, measured from outside;
     ``writer``: with :class:`WriterProbe` writing beside it (PostgreSQL)."""
