@@ -195,6 +195,7 @@ class BlockOrder(KeyOrder):
     block`` cells."""
 
     name = "blocks"
+    reads_again = False  # rows written since the walk began are its catch-up's
 
     def __init__(
         self,

@@ -117,6 +117,10 @@ class KeyOrder:
         """How many of the phase's sessions ``keys`` keys of this order stand for."""
         return float(keys)
 
+    # a batch whose rows another writer changed while it read them reads its range again
+    # (RangeWalker._read_again); a walk by blocks leaves them to its catch-up
+    reads_again = True
+
     def held(self, lo: str | None, hi: str | None, asked: int) -> int:
         """How many keys the range ``(lo, hi]`` that :meth:`bound_after` gave for
         ``asked`` holds: all of them, unless the order ends a range early."""

@@ -61,8 +61,10 @@ def backfill_range(
             )
             row = conn.execute(stmt, {**r.params, **job} if keep_record else r.params).one()
             by_source = ()
+        updated = int(row.updated)
+        meanwhile = max(0, int(row.would_change) - updated) if not dry_run else 0
         return BatchCounts(
-            int(row.candidates), int(row.no_ip), int(row.matched), int(row.updated), by_source
+            int(row.candidates), int(row.no_ip), int(row.matched), updated, by_source, meanwhile
         )
 
     def run_pg_by_key(conn: Connection, r: Range) -> BatchCounts:

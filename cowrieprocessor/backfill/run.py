@@ -44,6 +44,9 @@ class BatchCounts:
     updated: int = 0
     # sessions whose IP came from each of sql.IP_SOURCES (dry runs only)
     by_source: tuple[int, ...] = ()
+    # rows it would have changed that another writer changed between its read and its
+    # UPDATE, left as they are (PostgreSQL, the join-back by ctid): to read again
+    changed_meanwhile: int = 0
 
     @property
     def not_in_inventory(self) -> int:

@@ -21,6 +21,7 @@ orders, sizing, and each job's statements (:mod:`.ranges`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -55,6 +56,9 @@ log = logging.getLogger("cowrieprocessor.backfill")
 # The catch-up lists the sessions it looks at again when there are at most this many
 # (about 60 bytes each in memory); more, and it walks every range of the table instead.
 CATCHUP_LIST_MAX = 200_000
+# reads again of one batch whose rows another writer keeps changing, before it fails
+# (rolled back whole; a rerun resumes at that range)
+READ_AGAIN_MAX = 5
 
 __all__ = ["BatchCounts", "BatchReport", "RangeWalker", "RunRange"]
 
@@ -563,7 +567,7 @@ class RangeWalker:
                 self._set_timeouts(conn)
                 if not order.still_valid(conn, lo):
                     raise PositionLost(what)
-                counts = run_range(conn, batch)
+                counts = self._read_again(conn, run_range, batch, run_range(conn, batch), what)
                 if not self.dry_run:
                     run.advance(phase, hi, sessions, counts)
                     self._save(conn)
@@ -582,6 +586,36 @@ class RangeWalker:
         if size is not None:
             self.sizer.observe(size, seconds)
         self._report(phase, lo, hi, counts, seconds, size)
+
+    def _read_again(
+        self, conn: Connection, run_range: RunRange, batch: Range, counts: BatchCounts, what: str
+    ) -> BatchCounts:
+        """Rows another writer changed between the batch's read and its UPDATE were left
+        as they are. A range of keys is read again in the same transaction: its next
+        statement sees their new versions (a walk by blocks leaves them to the catch-up,
+        which looks at every row written since the walk began). The counts stay the first
+        read's, with the rows that the reads again updated."""
+        again = 0
+        while counts.changed_meanwhile and batch.order.reads_again:
+            if again == READ_AGAIN_MAX:
+                raise BatchFailed(
+                    f"{what}: another writer changed {counts.changed_meanwhile} of its "
+                    f"sessions while it read them, {again + 1} times running; rerun to finish"
+                )
+            again += 1
+            log.info(
+                "%s: %d session(s) changed by another writer while it read them: reading "
+                "them again",
+                what,
+                counts.changed_meanwhile,
+            )
+            more = run_range(conn, batch)
+            counts = dataclasses.replace(
+                counts,
+                updated=counts.updated + more.updated,
+                changed_meanwhile=more.changed_meanwhile,
+            )
+        return counts
 
     def _save(self, conn: Connection) -> None:
         """Save the position with the engine's state; read the operator's commands."""

@@ -21,6 +21,7 @@ from cowrieprocessor.backfill.sql.rules import (
     NEEDS_SNAPSHOT,
     SET_NULL_ONLY,
     WOULD_CHANGE,
+    WOULD_CHANGE_READ,
     priority_case,
 )
 from cowrieprocessor.backfill.sql.walk import SESSIONS_TABLE, in_text, range_predicate
@@ -184,6 +185,10 @@ def pg_backfill(
 ) -> TextClause:
     """One range: resolve, update what would change, record it, and count: one round trip.
 
+    ``would_change`` counts the rows that the values it read would change: more than
+    ``updated`` when another writer changed some of them between the read and the
+    UPDATE, which then leaves them as they are (``JOIN_BACK``).
+
     With ``record``, what the UPDATE wrote goes into the rollback record (one row per
     batch, see :mod:`cowrieprocessor.backfill.rollback_record`) in the same statement, so in the
     same transaction: the record can never miss a committed write. Bind ``:job``.
@@ -202,7 +207,8 @@ upd AS (
     RETURNING {returning}
 ){rec}
 SELECT {PG_COUNTS},
-    (SELECT count(*) FROM upd) AS updated"""
+    (SELECT count(*) FROM upd) AS updated,
+    (SELECT count(*) FROM matched m WHERE {WOULD_CHANGE_READ}) AS would_change"""
     )
 
 
