@@ -229,11 +229,17 @@ def run_backfill(
             "checking defer_indexes",
             _reading(lambda c: deferred_indexes.check(knobs.defer_indexes, c)),
         )
+        mode = CTID
+        if walker.dialect == "postgresql":
+            mode = walker.tx.retrying(
+                "looking for the citus extension", _reading(lambda c: join_back_mode(c, knobs))
+            )
         if knobs.walk_order != "key" and not dry_run:
+            by_key = mode == KEY
             walker.choose_blocks(
                 walker.tx.retrying(
                     "checking walk_order",
-                    _reading(lambda c: _choose_blocks(c, knobs, keep_record)),
+                    _reading(lambda c: _choose_blocks(c, knobs.walk_order, by_key, keep_record)),
                 )
             )
         json = walker.tx.retrying("reading the JSON columns' types", _reading(json_storage.detect))
@@ -249,12 +255,8 @@ def run_backfill(
             describe_sizing(knobs, "block" if walker.by_blocks else walker.fresh_order.name),
             _resuming(walker) if resumed else "",
         )
-        mode = CTID
         if walker.dialect == "postgresql":
             log.info("JSON columns: %s", json.describe())
-            mode = walker.tx.retrying(
-                "looking for the citus extension", _reading(lambda c: join_back_mode(c, knobs))
-            )
             log.info("join-back: by %s", "session_id" if mode == KEY else "ctid")
         run_range = backfill_range(
             walker.dialect, dry_run, json, BACKFILL_JOB if keep_record else None, mode
@@ -307,13 +309,12 @@ def run_backfill(
     return result
 
 
-def _choose_blocks(conn: Connection, knobs: BackfillKnobs, keep_record: bool) -> bool:
+def _choose_blocks(conn: Connection, walk_order: str, by_key: bool, keep_record: bool) -> bool:
     """Whether a fresh walk goes by blocks: ``walk_order=blocks`` where it can walk,
     else refused by name before any write; ``auto`` where it can, else by key, saying
-    why (not on SQLite, which walks its own order)."""
-    is_citus = join_back_mode(conn, knobs) == KEY
-    why = blocks.refusal(conn, partitions.is_partitioned(conn), is_citus, keep_record)
-    if why and knobs.walk_order == "blocks":
+    why (not on SQLite, which walks its own order). ``by_key``: the join-back's mode."""
+    why = blocks.refusal(conn, partitions.is_partitioned(conn), by_key, keep_record)
+    if why and walk_order == "blocks":
         raise KnobError(f"walk_order=blocks: {why}; run with walk_order=key or auto")
     if why and conn.dialect.name == "postgresql":
         log.info("walk order: by session_id (walk_order=auto: %s)", why)

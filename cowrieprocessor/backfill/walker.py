@@ -305,9 +305,7 @@ class RangeWalker:
         if blocks.owns(lo) and self.gate is None:
             plan = BlockPlan.decode(self.run.state.walk_plan)
             if plan is None or not self._same_file(plan):
-                log.warning(
-                    "%s %s: %s: walking it again with a new plan", self.job, phase, blocks.REWRITTEN
-                )
+                self._say_rewritten(phase)
                 self.run.move_to(None)
                 self.run.restart_phase()
                 lo = None
@@ -349,12 +347,7 @@ class RangeWalker:
                         raise BatchFailed(
                             f"{self.job}: {blocks.REWRITTEN}; rerun to walk it with a new plan"
                         ) from None
-                    log.warning(
-                        "%s %s: %s: walking it again with a new plan",
-                        self.job,
-                        phase,
-                        blocks.REWRITTEN,
-                    )
+                    self._say_rewritten(phase)
                     self.order = self._plan_blocks()
                     self.run.restart_phase()
                     lo = None

@@ -189,7 +189,7 @@ class Stripes:
         job = self.coordinator.run.job
 
         def recheck(conn: Connection) -> list[JobState]:
-            plans = [p for p in map(BlockPlan.decode, (s.walk_plan for s in saved)) if p]
+            plans = {p for p in map(BlockPlan.decode, (s.walk_plan for s in saved)) if p}
             if plans:
                 if not all(p.same_file(conn) for p in plans):
                     with conn.begin():
