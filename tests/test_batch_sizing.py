@@ -7,6 +7,7 @@ from collections import defaultdict
 import pytest
 
 from cowrieprocessor.backfill import BackfillKnobs, BatchReport, run_backfill
+from cowrieprocessor.backfill.blocks import ROUNDS, BlockOrder, BlockPlan, cell_of, position
 from cowrieprocessor.backfill.progress import CATCHUP, WALK
 from cowrieprocessor.backfill.sizing import (
     ADAPTIVE_FIRST_BATCH,
@@ -31,6 +32,39 @@ def test_adaptive_sizes_follow_the_batch_time_within_bounds() -> None:
     for _ in range(20):
         sizer.observe(sizer.size, 0.001)
     assert sizer.size == 20_000  # never above batch_size in the walk
+
+
+def test_a_range_cut_short_only_ever_shrinks_the_size() -> None:
+    sizer = BatchSizer(BackfillKnobs(batch_size=20_000, batch_time=250))
+    sizer.start_phase(WALK)
+    for _ in range(3):
+        sizer.observe(sizer.size, 0.125)  # twice as fast as asked: doubled
+    assert sizer.size == 8_000
+    sizer.observe(300, 0.02)  # cut at the end of its round, fast: the size stands
+    assert sizer.size == 8_000
+    sizer.observe(4_000, 0.5)  # cut, and slower than batch_time: shrunk by its own rate
+    assert sizer.size == 2_000
+
+
+def test_a_round_of_blocks_never_ends_in_a_sliver_of_a_batch() -> None:
+    # one session per cell (rows per block = rounds), rounds of 100 cells, 10 segments
+    order = BlockOrder(BlockPlan(1, 3, ROUNDS, 100, 10), per_block=ROUNDS)
+
+    def cells(lo: int, asked: int, most: int = 1_000) -> tuple[int, int]:
+        key = None if lo == 0 else position(lo)
+        hi = order.bound_after(None, key, asked - 1)  # type: ignore[arg-type]  # no query
+        assert hi is not None
+        hi = order.widened(key, hi, most)
+        assert hi is not None
+        return cell_of(hi) - lo, order.held(key, hi, asked)
+
+    assert cells(0, 80) == (100, 100)  # 20 left: taken along, and held as such
+    assert cells(0, 80, most=90) == (80, 80)  # ... unless that passes batch_size
+    assert cells(0, 60) == (60, 60)  # 40 left: a batch of its own
+    assert cells(60, 60) == (40, 40)  # the round ends it
+    assert cells(0, 50) == (50, 50)  # halving a round: never joined
+    last = 10 * ROUNDS * 100 - 100  # the last round of the walk: to its end
+    assert order.widened(position(last), position(last + 80), 1_000) is None
 
 
 def test_adaptive_catch_up_reaches_further_and_the_walk_is_clamped_back() -> None:

