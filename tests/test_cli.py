@@ -87,6 +87,12 @@ def test_check_reports_schema_counts_and_estimate(seeded_url: str) -> None:
     assert "Needing snapshots:     600" in out.stdout
     assert "IPs in inventory:      80" in out.stdout
     assert "Estimated backfill:" in out.stdout
+    if seeded_url.startswith("postgresql"):  # as the backfill will walk (test_blocks.py)
+        assert "Walk order: by blocks of the table, 8 rounds a segment (walk_order=auto)" in (
+            out.stdout
+        )
+    else:
+        assert "Walk order:" not in out.stdout  # SQLite walks its rowid order
     assert_no_password(out)
 
 
@@ -122,6 +128,8 @@ def test_dry_run_leaves_the_database_byte_for_byte_unchanged(seeded_url: str) ->
     assert "DRY RUN - Batch 1: would update" in out.stderr
     assert "IPs found in inventory)" in out.stderr
     assert "Backfill dry run complete: would update" in out.stderr
+    says_order = "a dry run walks by session_id; the backfill walks by blocks here"
+    assert (says_order in out.stderr) == seeded_url.startswith("postgresql")
     assert_no_password(out)
     engine.dispose()
 

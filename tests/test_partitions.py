@@ -316,6 +316,10 @@ def test_check_counts_each_partition(pg_databases: Databases) -> None:
     assert all(int(s.replace(",", "")) > 0 for _n, s, _m in rows), "a month with no session"
     assert "Partitioned: 13 leaf partition(s)" in out.stdout
     assert "Join-back:  by ctid (the citus extension is not installed)" in out.stdout
+    assert (
+        "Walk order: by session_id (walk_order=auto: session_summaries is partitioned: "
+        "its leaves are walked by key)" in out.stdout
+    )
 
 
 # --- the key path: statements Citus can push down ------------------------------------

@@ -189,6 +189,11 @@ def refusal(conn: Connection, partitioned: bool, join_back_by_key: bool, record:
     return ""
 
 
+def insisted(why: str) -> str:
+    """What ``walk_order=blocks`` is told where it cannot walk (``why``: :func:`refusal`)."""
+    return f"walk_order=blocks: {why}; run with walk_order=key or auto"
+
+
 class BlockOrder(KeyOrder):
     """Ranges of cells of a :class:`BlockPlan` (module docstring). Sizes are in sessions,
     as for the other orders: a batch of ``n`` sessions spans ``n * rounds / rows per
@@ -298,4 +303,4 @@ class BlockOrder(KeyOrder):
         return max(1, math.ceil((end - first) * self.per_block / self.plan.rounds))
 
 
-__all__ = ["BlockOrder", "BlockPlan", "owns", "read_plan", "refusal"]
+__all__ = ["BlockOrder", "BlockPlan", "insisted", "owns", "read_plan", "refusal"]

@@ -234,14 +234,15 @@ def run_backfill(
             mode = walker.tx.retrying(
                 "looking for the citus extension", _reading(lambda c: join_back_mode(c, knobs))
             )
-        if knobs.walk_order != "key" and not dry_run:
+        if knobs.walk_order != "key":
             by_key = mode == KEY
-            walker.choose_blocks(
-                walker.tx.retrying(
-                    "checking walk_order",
-                    _reading(lambda c: _choose_blocks(c, knobs.walk_order, by_key, keep_record)),
-                )
+            chosen = walker.tx.retrying(
+                "checking walk_order",
+                _reading(lambda c: _choose_blocks(c, knobs.walk_order, by_key, keep_record)),
             )
+            walker.choose_blocks(chosen)
+            if chosen and dry_run:
+                log.info("a dry run walks by session_id; the backfill walks by blocks here")
         json = walker.tx.retrying("reading the JSON columns' types", _reading(json_storage.detect))
         resumed = _prepare(walker, with_record=keep_record and not dry_run)
         total, inventory = walker.tx.retrying("counting sessions", table_counts)
@@ -315,7 +316,7 @@ def _choose_blocks(conn: Connection, walk_order: str, by_key: bool, keep_record:
     why (not on SQLite, which walks its own order). ``by_key``: the join-back's mode."""
     why = blocks.refusal(conn, partitions.is_partitioned(conn), by_key, keep_record)
     if why and walk_order == "blocks":
-        raise KnobError(f"walk_order=blocks: {why}; run with walk_order=key or auto")
+        raise KnobError(blocks.insisted(why))
     if why and conn.dialect.name == "postgresql":
         log.info("walk order: by session_id (walk_order=auto: %s)", why)
     return not why

@@ -10,7 +10,7 @@ from typing import TextIO
 import sqlalchemy as sa
 
 from cowrieprocessor import report
-from cowrieprocessor.backfill import BackfillKnobs, deferred_indexes
+from cowrieprocessor.backfill import BackfillKnobs, blocks, deferred_indexes
 from cowrieprocessor.backfill.ranges import KEY, join_back_mode
 from cowrieprocessor.cli.common import (
     EXIT_OK,
@@ -20,6 +20,7 @@ from cowrieprocessor.cli.common import (
     fmt_seconds,
     open_engine,
 )
+from cowrieprocessor.db import partitions
 from cowrieprocessor.db.integrity import UnusableDatabase, require_usable_sqlite
 
 
@@ -112,7 +113,9 @@ def _write_coverage(conn: sa.Connection, args: argparse.Namespace, out: TextIO) 
                 f"{leaf.needing_snapshots or 0:,} needing snapshots\n"
             )
     if conn.dialect.name == "postgresql":
-        out.write(f"Join-back:  {_describe_join_back(conn, knobs)}\n")
+        mode = join_back_mode(conn, knobs)
+        out.write(f"Join-back:  {_describe_join_back(mode, knobs)}\n")
+        out.write(f"Walk order: {_describe_walk_order(conn, mode, knobs)}\n")
         _write_snapshot_indexes(conn, out, partitioned=bool(leaves))
 
 
@@ -134,14 +137,29 @@ def _write_snapshot_indexes(conn: sa.Connection, out: TextIO, *, partitioned: bo
         )
 
 
-def _describe_join_back(conn: sa.Connection, knobs: BackfillKnobs) -> str:
+def _describe_join_back(mode: str, knobs: BackfillKnobs) -> str:
     """How the backfill's batches will find their rows again (docs/scale-out.md)."""
-    mode = join_back_mode(conn, knobs)
     how = "by session_id" if mode == KEY else "by ctid"
     if knobs.join_back != "auto":
         return f"{how} (join_back={knobs.join_back})"
     # auto chose by key exactly when the citus extension is installed
     return f"{how} (the citus extension is {'installed' if mode == KEY else 'not installed'})"
+
+
+def _describe_walk_order(conn: sa.Connection, mode: str, knobs: BackfillKnobs) -> str:
+    """The order a fresh backfill walks in, as its ``walk_order`` chooses it here
+    (``blocks.refusal``, as the run asks it; a walk that resumes keeps its own order)."""
+    if knobs.walk_order == "key":
+        return "by session_id (walk_order=key)"
+    why = blocks.refusal(conn, partitions.is_partitioned(conn), mode == KEY, record=True)
+    if not why:
+        return (
+            f"by blocks of the table, {blocks.ROUNDS} rounds a segment "
+            f"(walk_order={knobs.walk_order})"
+        )
+    if knobs.walk_order == "blocks":
+        return f"refused ({blocks.insisted(why)})"
+    return f"by session_id (walk_order=auto: {why})"
 
 
 def _write_adoption(state: report.SchemaState, out: TextIO) -> None:
