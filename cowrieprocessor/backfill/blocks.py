@@ -237,8 +237,8 @@ class BlockOrder(KeyOrder):
         """A range that would leave less than half as much again of its round takes that
         rest too, while it holds at most ``most`` sessions (``batch_size``), so that no
         round ends in a sliver of a batch: a batch's fixed costs are paid once per round
-        instead of twice, and the sizer does not start over from the sliver's size. At
-        1.68M sessions on the field's shape, one worker: 291 batches instead of 658."""
+        instead of twice, and the sizer does not start over from the sliver's size
+        (docs/performance.md, "Where a batch's time goes")."""
         start, end = self._cell(lo), cell_of(hi)
         round_end = (start // self.plan.segment + 1) * self.plan.segment
         rest = round_end - end

@@ -55,8 +55,7 @@ class BatchSizer:
         """A committed range of ``rows`` took ``seconds``. A range that held fewer rows
         than asked (a walk by blocks ends one at the end of its round) only ever shrinks
         the size: its fixed costs weigh more on its few rows, so it would understate the
-        rate, and the next range would start over from its size (at 1.68M sessions, one
-        worker: 637 batches, a third of them below 1,500 rows, instead of about 560)."""
+        rate, and the next range would start over from its size."""
         if not self.target or rows <= 0:
             return
         if rows < self.size and seconds <= self.target:
