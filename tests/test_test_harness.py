@@ -163,10 +163,7 @@ def test_a_forked_command_says_and_exits_as_a_new_interpreter(
 
     def interrupted(name: str) -> tuple[int, str]:
         engine = create_engine_from_url(db(name))
-        # 10 batches with pauses of 0.5 s: the signal, sent once 2 are committed, lands
-        # in the walk even when a busy machine slows the polling by seconds (with 0.15 s,
-        # a run under the whole suite once ended before it, and exited 0)
-        child = Alembic(db(name), "upgrade", "head", x={"batch_size": "60", "pause_ms": "500"})
+        child = Alembic(db(name), "upgrade", "head", x={"batch_size": "60", "pause_ms": "150"})
         try:
             assert child.wait_for_batches(engine, BACKFILL_JOB, 2), child.output
             if name.endswith("fork"):  # a child of the server, not of this process
