@@ -45,6 +45,7 @@ from sqlalchemy import Connection, text
 
 from cowrieprocessor.backfill import sql
 from cowrieprocessor.backfill.keys import KeyOrder
+from cowrieprocessor.db import partitions
 
 PREFIX = "#blocks:"
 PLAN_PREFIX = "blocks:"
@@ -170,7 +171,7 @@ def read_rows_per_block(conn: Connection, table: str) -> float:
     return rows_per_block(row.tuples, row.pages)
 
 
-def refusal(conn: Connection, partitioned: bool, join_back_by_key: bool, record: bool) -> str:
+def refusal(conn: Connection, join_back_by_key: bool, record: bool) -> str:
     """Why this database cannot be walked by blocks ("" when it can)."""
     if conn.dialect.name != "postgresql":
         return "SQLite walks its rowid order already (the table's own order)"
@@ -180,7 +181,7 @@ def refusal(conn: Connection, partitioned: bool, join_back_by_key: bool, record:
             "PostgreSQL 14 or later is needed (a range of ctid is a TID Range Scan from 14; "
             f"this server is {version // 10000})"
         )
-    if partitioned:
+    if partitions.is_partitioned(conn):
         return "session_summaries is partitioned: its leaves are walked by key"
     if join_back_by_key:
         return "the join-back is by key (Citus): ctid ranges mean nothing across shards"
@@ -226,11 +227,14 @@ class BlockOrder(KeyOrder):
     def _cell(self, key: str | None) -> int:
         return 0 if key is None else cell_of(key)
 
+    def _round_end(self, cell: int) -> int:
+        """The cell after the last of ``cell``'s round: no range crosses it."""
+        return (cell // self.plan.segment + 1) * self.plan.segment
+
     def bound_after(self, conn: Connection, lo: str | None, offset: int) -> str | None:
         start = self._cell(lo)  # whole blocks of the round: at most offset + 1 sessions
         cells = max(1, math.floor((offset + 1) * self.plan.rounds / self.per_block))
-        round_end = (start // self.plan.segment + 1) * self.plan.segment
-        hi = min(start + cells, round_end)
+        hi = min(start + cells, self._round_end(start))
         return None if hi >= self._end() else position(hi)
 
     def widened(self, lo: str | None, hi: str, most: int) -> str | None:
@@ -240,7 +244,7 @@ class BlockOrder(KeyOrder):
         instead of twice, and the sizer does not start over from the sliver's size
         (docs/performance.md, "Where a batch's time goes")."""
         start, end = self._cell(lo), cell_of(hi)
-        round_end = (start // self.plan.segment + 1) * self.plan.segment
+        round_end = self._round_end(start)
         rest = round_end - end
         if rest <= 0 or rest >= (end - start) / 2 or self._about(lo, position(round_end)) > most:
             return hi

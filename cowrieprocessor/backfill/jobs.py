@@ -314,7 +314,7 @@ def _choose_blocks(conn: Connection, walk_order: str, by_key: bool, keep_record:
     """Whether a fresh walk goes by blocks: ``walk_order=blocks`` where it can walk,
     else refused by name before any write; ``auto`` where it can, else by key, saying
     why (not on SQLite, which walks its own order). ``by_key``: the join-back's mode."""
-    why = blocks.refusal(conn, partitions.is_partitioned(conn), by_key, keep_record)
+    why = blocks.refusal(conn, by_key, keep_record)
     if why and walk_order == "blocks":
         raise KnobError(blocks.insisted(why))
     if why and conn.dialect.name == "postgresql":

@@ -20,7 +20,6 @@ from cowrieprocessor.cli.common import (
     fmt_seconds,
     open_engine,
 )
-from cowrieprocessor.db import partitions
 from cowrieprocessor.db.integrity import UnusableDatabase, require_usable_sqlite
 
 
@@ -151,7 +150,7 @@ def _describe_walk_order(conn: sa.Connection, mode: str, knobs: BackfillKnobs) -
     (``blocks.refusal``, as the run asks it; a walk that resumes keeps its own order)."""
     if knobs.walk_order == "key":
         return "by session_id (walk_order=key)"
-    why = blocks.refusal(conn, partitions.is_partitioned(conn), mode == KEY, record=True)
+    why = blocks.refusal(conn, mode == KEY, record=True)
     if not why:
         return (
             f"by blocks of the table, {blocks.ROUNDS} rounds a segment "
