@@ -14,8 +14,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from cowrieprocessor.backfill import BACKFILL_JOB, BackfillKnobs, KnobError, run_backfill
-from cowrieprocessor.backfill.blocks import ROUNDS, BlockPlan, owns
+from cowrieprocessor.backfill import BACKFILL_JOB, BackfillKnobs, KnobError, blocks, run_backfill
+from cowrieprocessor.backfill.blocks import ROUNDS, ROUNDS_NOT_HOT, BlockPlan, owns
 from cowrieprocessor.backfill.errors import BackfillInterrupted
 from cowrieprocessor.backfill.progress import load, load_workers
 from cowrieprocessor.backfill.walker import BatchReport
@@ -44,11 +44,17 @@ def counts(result: object) -> tuple[int, ...]:
     return tuple(getattr(result, n) for n in names)
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    ("workers", "indexed"), [("1", False), ("2", False), ("2", True)], ids=["1", "2", "2-indexed"]
+)
 def test_a_walk_by_blocks_writes_what_the_walk_by_key_writes(
-    pg_databases: Databases, workers: str
+    pg_databases: Databases, workers: str, indexed: bool
 ) -> None:
     by_key, by_blocks = seeded(pg_databases), seeded(pg_databases)
+    if indexed:  # as the field's databases: no update is HOT, and fewer rounds
+        for engine in (by_key, by_blocks):
+            with engine.begin() as conn:
+                conn.execute(sa.text("CREATE INDEX snap_asn ON session_summaries (snapshot_asn)"))
     key_reports: list[BatchReport] = []
     block_reports: list[BatchReport] = []
     expected = run_backfill(by_key, knobs(walk_order="key"), on_batch=key_reports.append)
@@ -73,9 +79,48 @@ def test_a_walk_by_blocks_writes_what_the_walk_by_key_writes(
         state = load(conn, BACKFILL_JOB)
     assert state is not None and state.phase == "done"
     plan = BlockPlan.decode(state.walk_plan)
-    assert plan is not None and plan.rounds == ROUNDS and plan.segments >= int(workers)
+    rounds = ROUNDS_NOT_HOT if indexed else ROUNDS
+    assert plan is not None and plan.rounds == rounds and plan.segments >= int(workers)
     by_key.dispose()
     by_blocks.dispose()
+
+
+@pytest.mark.parametrize(
+    ("index", "rounds"),
+    [
+        ("CREATE INDEX {} ON session_summaries (snapshot_asn)", ROUNDS_NOT_HOT),
+        (
+            "CREATE INDEX {} ON session_summaries (first_event_at) INCLUDE (source_ip)",
+            ROUNDS_NOT_HOT,
+        ),
+        ("CREATE UNIQUE INDEX {} ON session_summaries (session_id, enrichment_at)", ROUNDS_NOT_HOT),
+        # not counted: a BRIN index, a column read only by an expression or a predicate
+        ("CREATE INDEX {} ON session_summaries USING brin (enrichment_at)", ROUNDS),
+        ("CREATE INDEX {} ON session_summaries (lower(snapshot_country))", ROUNDS),
+        ("CREATE INDEX {} ON session_summaries (session_id) WHERE source_ip IS NULL", ROUNDS),
+    ],
+    ids=["key", "include", "unique", "brin", "expression", "predicate"],
+)
+def test_the_rounds_follow_whether_an_index_makes_every_update_non_hot(
+    pg_databases: Databases, index: str, rounds: int
+) -> None:
+    engine = at_0002(pg_databases.new())
+    name = 'snap "idx"; DROP TABLE raw_events; --'  # a name is shown quoted, never run
+    with engine.begin() as conn:
+        assert blocks.rounds(conn, "session_summaries") == (
+            ROUNDS,
+            "no index has a snapshot column",
+        )
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        conn.execute(sa.text(index.format(quoted)))
+        count, why = blocks.rounds(conn, "session_summaries")
+        assert count == rounds
+        if rounds == ROUNDS_NOT_HOT:
+            assert why == f"no update is HOT: index {quoted} has a snapshot column"
+            # an index that defer_indexes drops before the walk does not count
+            assert blocks.rounds(conn, "session_summaries", [name])[0] == ROUNDS
+        assert sa.inspect(conn).has_table("raw_events")
+    engine.dispose()
 
 
 MOVED = 25

@@ -7,9 +7,11 @@ docs/performance.md, "Checkpoints at 5M"). This order walks the table's blocks
 instead: the table is cut into *segments* of ``segment`` blocks, and each segment is
 walked in ``rounds`` rounds, every round taking only the sessions whose
 ``hashtext(session_id) & (rounds - 1)`` is that round. A round holds about as many rows
-as a batch by key (:data:`ROUND_ROWS`) and is at most one batch, a page is changed
-``rounds`` times within a second or two, and the old row versions of one round leave
-room for the next one's HOT updates.
+as a batch by key (:data:`ROUND_ROWS`) and is at most one batch, and a page is changed
+``rounds`` times within a second or two. Where the updates may be HOT (no index has a
+snapshot column: our schema's walk, before 0004 indexes them), 8 rounds, and the old
+row versions of one round leave room for the next one's HOT updates; where an index
+has one (the field's databases), no update is HOT, and 2 rounds (:func:`rounds`).
 
 **Positions.** The plan (:class:`BlockPlan`: the table's file, the oldest transaction
 running when the walk began, rounds, segment, blocks) is saved in the progress row's
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +49,7 @@ from sqlalchemy import Connection, text
 from cowrieprocessor.backfill import sql
 from cowrieprocessor.backfill.keys import KeyOrder
 from cowrieprocessor.db import partitions
+from cowrieprocessor.db.ddl import show_name
 
 PREFIX = "#blocks:"
 PLAN_PREFIX = "blocks:"
@@ -54,6 +58,11 @@ PLAN_PREFIX = "blocks:"
 # 16 rounds 28.8 s, 4 rounds 27.2 s (and 1.4 times the WAL); rounds of 40,000 rows
 # 38.4 s, with batches of up to 0.9 s. A round is at most one batch.
 ROUNDS = 8
+# Where an index has a snapshot column, no update of the walk is HOT, and the room that
+# more rounds leave on a page only keeps a new row version among its old neighbours:
+# on the field's shape at 1.68M, one worker, 2 rounds walked in 77.6-87.8 s against
+# 87.2-92.1 s for 8, two workers 0.69x the limit against 0.75x (docs/performance.md).
+ROUNDS_NOT_HOT = 2
 ROUND_ROWS = 6_000
 MIN_SERVER = 140000  # server_version_num: TID Range Scans
 ROWS_PER_BLOCK_GUESS = 50.0  # a table the planner has never counted
@@ -147,17 +156,34 @@ def describe_stripe(saved_plan: str | None, lo: str | None, hi: str | None) -> s
 
 
 def read_plan(conn: Connection, table: str, batch_rows: int, parts: int) -> tuple[BlockPlan, float]:
-    """A new plan for ``table`` (and its rows per block, for sizing): segments whose
-    round holds :data:`ROUND_ROWS` rows (``batch_rows``, the largest batch, when fewer),
-    or fewer, so that there are at least ``parts`` of them (the workers' stripes)."""
+    """A new plan for ``table`` (and its rows per block, for sizing): :func:`rounds`
+    rounds of segments whose round holds :data:`ROUND_ROWS` rows (``batch_rows``, the
+    largest batch, when fewer), or fewer, so that there are at least ``parts`` of them
+    (the workers' stripes)."""
     row = conn.execute(sql.BLOCK_PLAN, {"table": table}).one()
     blocks = int(row.blocks)
     per_block = rows_per_block(row.tuples, row.pages)
-    wanted = math.ceil(min(ROUND_ROWS, batch_rows) * ROUNDS / per_block)
+    count, _ = rounds(conn, table)
+    wanted = math.ceil(min(ROUND_ROWS, batch_rows) * count / per_block)
     segment = max(1, min(wanted, math.ceil(max(blocks, 1) / max(parts, 1))))
     # xids 0-2 are special (a since that wrapped onto one would count every row as new)
     since = max(int(row.since), FIRST_NORMAL_XID)
-    return BlockPlan(int(row.filenode), since, ROUNDS, segment, blocks), per_block
+    return BlockPlan(int(row.filenode), since, count, segment, blocks), per_block
+
+
+def rounds(conn: Connection, table: str, dropped: Collection[str] = ()) -> tuple[int, str]:
+    """How many rounds a segment of ``table`` is walked in, and why: :data:`ROUNDS_NOT_HOT`
+    where an index other than those named in ``dropped`` (to be dropped before the walk,
+    ``defer_indexes``) has a snapshot column (``sql.NOT_HOT_INDEXES``), else
+    :data:`ROUNDS`."""
+    found = conn.execute(
+        sql.NOT_HOT_INDEXES, {"table": table, "columns": sorted(sql.SNAPSHOT_COLUMNS)}
+    ).scalars()
+    names = [name for name in found if name not in dropped]
+    if names:
+        shown = show_name(conn.dialect, names[0])
+        return ROUNDS_NOT_HOT, f"no update is HOT: index {shown} has a snapshot column"
+    return ROUNDS, "no index has a snapshot column"
 
 
 def rows_per_block(tuples: float | None, pages: int | None) -> float:
@@ -307,4 +333,4 @@ class BlockOrder(KeyOrder):
         return max(1, math.ceil((end - first) * self.per_block / self.plan.rounds))
 
 
-__all__ = ["BlockOrder", "BlockPlan", "insisted", "owns", "read_plan", "refusal"]
+__all__ = ["BlockOrder", "BlockPlan", "insisted", "owns", "read_plan", "refusal", "rounds"]

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+from cowrieprocessor.backfill import sql
 from cowrieprocessor.backfill.knobs import KnobError
 from cowrieprocessor.db import adoption, ledger, partitions
 from cowrieprocessor.db.ddl import Statement, show_name
@@ -53,9 +54,6 @@ log = logging.getLogger("cowrieprocessor.backfill")
 REVISION = "0003_backfill_session_snapshots"  # the ledger rows are the data revision's
 DEFERRED = "deferred"
 TABLE = "session_summaries"
-SNAPSHOT_COLUMNS = frozenset(
-    {"source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type", "enrichment_at"}
-)
 
 # Every index of the table with a snapshot column among its key columns, and what would
 # keep it from being rebuilt exactly from its name and key columns.
@@ -109,7 +107,7 @@ class Index:
 def found(conn: Connection) -> tuple[list[Index], list[tuple[Index, str]]]:
     """The indexes on the snapshot columns: those that can be deferred, and the others
     with the reason each stays."""
-    rows = conn.execute(_INDEXES, {"table": TABLE, "snapshot": sorted(SNAPSHOT_COLUMNS)}).all()
+    rows = conn.execute(_INDEXES, {"table": TABLE, "snapshot": sorted(sql.SNAPSHOT_COLUMNS)}).all()
     can = [Index(r.name, tuple(r.columns)) for r in rows if r.kept_because is None]
     kept = [(Index(r.name, tuple(r.columns)), str(r.kept_because)) for r in rows if r.kept_because]
     return can, kept
@@ -127,7 +125,7 @@ def pending(conn: Connection) -> list[Index]:
     out: list[Index] = []
     for entry in rows:
         cols = tuple(c.strip() for c in (entry.detail or "").split(","))
-        if all(c in columns for c in cols) and SNAPSHOT_COLUMNS.intersection(cols):
+        if all(c in columns for c in cols) and sql.SNAPSHOT_COLUMNS.intersection(cols):
             out.append(Index(entry.name, cols))
         else:
             log.warning(

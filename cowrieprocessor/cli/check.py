@@ -152,9 +152,11 @@ def _describe_walk_order(conn: sa.Connection, mode: str, knobs: BackfillKnobs) -
         return "by session_id (walk_order=key)"
     why = blocks.refusal(conn, mode == KEY, record=True)
     if not why:
+        dropped = [i.name for i in deferred_indexes.found(conn)[0]] if knobs.defer_indexes else []
+        count, because = blocks.rounds(conn, deferred_indexes.TABLE, dropped)
         return (
-            f"by blocks of the table, {blocks.ROUNDS} rounds a segment "
-            f"(walk_order={knobs.walk_order})"
+            f"by blocks of the table, {count} rounds a segment "
+            f"({because}; walk_order={knobs.walk_order})"
         )
     if knobs.walk_order == "blocks":
         return f"refused ({blocks.insisted(why)})"

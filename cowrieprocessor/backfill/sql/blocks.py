@@ -24,6 +24,22 @@ BLOCK_PLAN = text(
     "FROM pg_class c WHERE c.oid = CAST(:table AS regclass)"
 )
 
+# The table's indexes that have one of :columns (the columns the backfill writes) among
+# their own columns, key or INCLUDE, and are maintained by its updates: an update that
+# changes such a column is never HOT. BRIN indexes (PostgreSQL 16 lets their columns
+# change in a HOT update) and columns read only by an index's expression or predicate
+# are not counted, so where they alone read a snapshot column the walk keeps the rounds
+# of a table whose updates may be HOT.
+NOT_HOT_INDEXES = text(
+    "SELECT c.relname FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_am am ON am.oid = c.relam "
+    "WHERE i.indrelid = CAST(:table AS regclass) AND i.indisready AND am.amname <> 'brin' "
+    "AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid "
+    "AND a.attnum = ANY (i.indkey) AND a.attname = ANY (:columns)) "
+    "ORDER BY c.relname"
+)
+
 # Inside a batch's transaction, before its statement: the lock its UPDATE takes anyway,
 # taken first, so that no rewrite of the table (VACUUM FULL, CLUSTER) can come between
 # this read of its file and the UPDATE; then the file the plan's blocks refer to.

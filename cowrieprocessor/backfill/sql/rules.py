@@ -39,6 +39,11 @@ The conditions on a session ``s``, each defined here once:
 
 from __future__ import annotations
 
+# The five columns the backfill writes (the ORM's are ``db.models.SNAPSHOT_COLUMNS``; the
+# commands start without the ORM).
+SNAPSHOT_COLUMNS = frozenset(
+    {"source_ip", "snapshot_asn", "snapshot_country", "snapshot_ip_type", "enrichment_at"}
+)
 NEEDS_SNAPSHOT = (
     "(s.source_ip IS NULL OR s.snapshot_asn IS NULL OR s.snapshot_country IS NULL "
     "OR s.snapshot_ip_type IS NULL OR s.enrichment_at IS NULL)"
