@@ -60,8 +60,10 @@ PLAN_PREFIX = "blocks:"
 ROUNDS = 8
 # Where an index has a snapshot column, no update of the walk is HOT, and the room that
 # more rounds leave on a page only keeps a new row version among its old neighbours:
-# on the field's shape at 1.68M, one worker, 2 rounds walked in 77.6-87.8 s against
-# 87.2-92.1 s for 8, two workers 0.69x the limit against 0.75x (docs/performance.md).
+# on the field's shape at 1.68M, one worker, 2 rounds walked in 77.3-81.1 s against
+# 87.2-92.1 s for 8 (1.00x the limit's UPDATE against 1.16x); two workers took 0.69x
+# the limit's whole upgrade against 0.75x (docs/performance.md, "Where a batch's time
+# goes").
 ROUNDS_NOT_HOT = 2
 ROUND_ROWS = 6_000
 MIN_SERVER = 140000  # server_version_num: TID Range Scans
