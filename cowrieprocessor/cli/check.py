@@ -10,7 +10,7 @@ from typing import TextIO
 import sqlalchemy as sa
 
 from cowrieprocessor import report
-from cowrieprocessor.backfill import BackfillKnobs, blocks, deferred_indexes
+from cowrieprocessor.backfill import BackfillKnobs, blocks, deferred_indexes, sql
 from cowrieprocessor.backfill.ranges import KEY, join_back_mode
 from cowrieprocessor.cli.common import (
     EXIT_OK,
@@ -114,14 +114,21 @@ def _write_coverage(conn: sa.Connection, args: argparse.Namespace, out: TextIO) 
     if conn.dialect.name == "postgresql":
         mode = join_back_mode(conn, knobs)
         out.write(f"Join-back:  {_describe_join_back(mode, knobs)}\n")
-        out.write(f"Walk order: {_describe_walk_order(conn, mode, knobs)}\n")
-        _write_snapshot_indexes(conn, out, partitioned=bool(leaves))
+        indexes = deferred_indexes.found(conn)
+        out.write(f"Walk order: {_describe_walk_order(conn, mode, knobs, indexes[0])}\n")
+        _write_snapshot_indexes(conn, out, indexes, partitioned=bool(leaves))
 
 
-def _write_snapshot_indexes(conn: sa.Connection, out: TextIO, *, partitioned: bool) -> None:
+def _write_snapshot_indexes(
+    conn: sa.Connection,
+    out: TextIO,
+    indexes: tuple[list[deferred_indexes.Index], list[tuple[deferred_indexes.Index, str]]],
+    *,
+    partitioned: bool,
+) -> None:
     """The indexes on the snapshot columns, which make the walk's updates non-HOT, and
     any that a backfill deferred and has not built again yet (docs/runbook.md)."""
-    can, kept = deferred_indexes.found(conn)
+    can, kept = indexes  # deferred_indexes.found
     pending = deferred_indexes.pending(conn)
     shown = [i.describe(conn.dialect) for i in can]
     shown += [f"{i.describe(conn.dialect)} [stays: {why}]" for i, why in kept]
@@ -145,15 +152,18 @@ def _describe_join_back(mode: str, knobs: BackfillKnobs) -> str:
     return f"{how} (the citus extension is {'installed' if mode == KEY else 'not installed'})"
 
 
-def _describe_walk_order(conn: sa.Connection, mode: str, knobs: BackfillKnobs) -> str:
+def _describe_walk_order(
+    conn: sa.Connection, mode: str, knobs: BackfillKnobs, deferrable: list[deferred_indexes.Index]
+) -> str:
     """The order a fresh backfill walks in, as its ``walk_order`` chooses it here
-    (``blocks.refusal``, as the run asks it; a walk that resumes keeps its own order)."""
+    (``blocks.refusal``, as the run asks it; a walk that resumes keeps its own order).
+    ``deferrable``: the indexes ``defer_indexes=on`` would drop before the walk."""
     if knobs.walk_order == "key":
         return "by session_id (walk_order=key)"
     why = blocks.refusal(conn, mode == KEY, record=True)
     if not why:
-        dropped = [i.name for i in deferred_indexes.found(conn)[0]] if knobs.defer_indexes else []
-        count, because = blocks.rounds(conn, deferred_indexes.TABLE, dropped)
+        dropped = [i.name for i in deferrable] if knobs.defer_indexes else []
+        count, because = blocks.rounds(conn, sql.SESSIONS_TABLE, dropped)
         return (
             f"by blocks of the table, {count} rounds a segment "
             f"({because}; walk_order={knobs.walk_order})"
